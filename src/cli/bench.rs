@@ -1,0 +1,202 @@
+//! `dlm bench …`: speed measured against a baseline taken in the same run, because these machines
+//! are noisy. Each benchmark prints its figures and the ratio to its baseline.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand};
+
+use super::args::{load_model, parse_device, RuntimeArgs};
+use crate::model::{Architecture, ModelConfig};
+use crate::ops::AttentionMask;
+use crate::rng::Rng;
+use crate::sample::autoregressive::{generate, ArOptions};
+use crate::sample::filter::TokenChoice;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One full forward (all logits) at a given length, against f32 matmul throughput.
+    Forward(ForwardArgs),
+    /// Autoregressive decoding with the KV cache: tokens per second.
+    Generate(GenerateBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// causal or bidirectional.
+    #[arg(long, default_value = "bidirectional")]
+    pub attention: String,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateBenchArgs {
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub fn run(c: BenchCommand) -> anyhow::Result<()> {
+    match c {
+        BenchCommand::Forward(a) => forward(a),
+        BenchCommand::Generate(a) => generate_bench(a),
+    }
+}
+
+/// Best wall time of `iters` runs of `f`, after one warm-up run.
+fn best_of(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// FLOPs of one forward over `tokens` positions of length `l` sequences: every weight matrix
+/// (head included) once per token, plus the two attention products.
+fn forward_flops(c: &ModelConfig, batch: usize, l: usize) -> f64 {
+    let (d, f) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = (c.num_heads * c.head_dim) as f64;
+    let kv = (c.num_kv_heads * c.head_dim) as f64;
+    let per_layer = match c.arch {
+        Architecture::Gpt2 => 3.0 * d * d + d * d + 2.0 * d * f,
+        Architecture::Llama => d * q + 2.0 * d * kv + q * d + 3.0 * d * f,
+    };
+    let tokens = (batch * l) as f64;
+    let linear = 2.0 * tokens * (c.num_layers as f64 * per_layer + c.vocab_size as f64 * d);
+    let attention = c.num_layers as f64 * batch as f64 * 4.0 * (l * l) as f64 * q;
+    linear + attention
+}
+
+/// f32 GEMM throughput on this machine now, on the model's own MLP shape.
+fn matmul_gflops(m: usize, k: usize, n: usize, device: &Device) -> anyhow::Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
+    let secs = best_of(5, || {
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        drop(c);
+        Ok(())
+    })?;
+    Ok(2.0 * (m * k * n) as f64 / secs / 1e9)
+}
+
+fn forward(a: ForwardArgs) -> anyhow::Result<()> {
+    let m = load_model(&a.model, &a.runtime)?;
+    let device = parse_device(&a.runtime.device)?;
+    let c = &m.config;
+    let mask = match a.attention.as_str() {
+        "causal" => AttentionMask::Causal,
+        "bidirectional" => AttentionMask::Bidirectional,
+        other => anyhow::bail!("bench forward takes causal or bidirectional, not `{other}`"),
+    };
+    let mut rng = Rng::seed(0);
+    let ids: Vec<u32> = (0..a.batch * a.seq)
+        .map(|_| (rng.next_u64() % c.vocab_size as u64) as u32)
+        .collect();
+    let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
+    let baseline = matmul_gflops(a.batch * a.seq, c.hidden_size, c.intermediate_size, &device)?;
+    let secs = best_of(a.iters, || {
+        let logits = m.model.forward(&ids, &mask)?;
+        device.synchronize()?;
+        drop(logits);
+        Ok(())
+    })?;
+    let flops = forward_flops(c, a.batch, a.seq);
+    let gflops = flops / secs / 1e9;
+    println!(
+        "forward {} {}x{} {} ({}): {:.1} ms, {:.0} tokens/s, {:.1} GFLOP/s effective",
+        a.model.display(),
+        a.batch,
+        a.seq,
+        a.attention,
+        a.runtime.dtype,
+        secs * 1e3,
+        (a.batch * a.seq) as f64 / secs,
+        gflops
+    );
+    println!(
+        "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; ratio {:.2}",
+        a.batch * a.seq,
+        c.hidden_size,
+        c.intermediate_size,
+        baseline,
+        gflops / baseline
+    );
+    Ok(())
+}
+
+fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
+    let m = load_model(&a.model, &a.runtime)?;
+    let device = parse_device(&a.runtime.device)?;
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| 100 + i).collect();
+    let opts = ArOptions {
+        max_new_tokens: a.tokens,
+        choice: TokenChoice::Greedy,
+        stop_ids: vec![],
+    };
+    let mut rng = Rng::seed(0);
+    let run = |n: usize, rng: &mut Rng| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        generate(
+            m.model.as_ref(),
+            &prompt,
+            &ArOptions {
+                max_new_tokens: n,
+                ..opts.clone()
+            },
+            rng,
+            &device,
+            |_| {},
+        )?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Prefill alone (one token), then the full run: the difference is pure decoding.
+    let prefill = run(1, &mut rng)?;
+    let total = run(a.tokens, &mut rng)?;
+    let decode = (total - prefill).max(1e-9) / (a.tokens - 1).max(1) as f64;
+    // Baseline: the time to stream every weight once, which bounds batch-1 decoding from below.
+    let bytes: usize = m
+        .weights
+        .iter()
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
+    let src = Tensor::zeros(bytes / 4, DType::F32, &device)?;
+    let stream = best_of(3, || {
+        let s = src.sum_all()?;
+        drop(s);
+        Ok(())
+    })?;
+    println!(
+        "generate {}: prefill {} tokens {:.1} ms, decode {:.1} ms/token ({:.1} tokens/s)",
+        a.model.display(),
+        a.prompt_tokens,
+        prefill * 1e3,
+        decode * 1e3,
+        1.0 / decode
+    );
+    println!(
+        "baseline: reading all {:.0} MB of weights once takes {:.1} ms; ratio decode/stream {:.2}",
+        bytes as f64 / 1e6,
+        stream * 1e3,
+        decode / stream
+    );
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `dlm info MODEL_DIR`: what a model directory holds.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use super::args::{load_model, RuntimeArgs};
+use crate::data::tokenizer::Tokenizer;
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// HF-layout model directory.
+    pub model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: InfoArgs) -> anyhow::Result<()> {
+    let m = load_model(
+        &a.model,
+        &RuntimeArgs {
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        },
+    )?;
+    let c = &m.config;
+    let stored_dtype = c
+        .raw
+        .get("torch_dtype")
+        .or(c.raw.get("dtype"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json")).ok();
+    let name = |id: Option<u32>| id.and_then(|i| tok.as_ref().and_then(|t| t.id_to_token(i)));
+    let info = json!({
+        "architecture": c.arch.name(),
+        "parameters": c.num_parameters(),
+        "dtype": stored_dtype,
+        "vocab_size": c.vocab_size,
+        "tokenizer_vocab_size": tok.as_ref().map(|t| t.vocab_size()),
+        "hidden_size": c.hidden_size,
+        "layers": c.num_layers,
+        "heads": c.num_heads,
+        "kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "intermediate_size": c.intermediate_size,
+        "context_length": c.max_position_embeddings,
+        "rope_theta": (c.arch == crate::model::Architecture::Llama).then_some(c.rope_theta),
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id, "bos_token": name(c.bos_token_id),
+        "eos_token_id": c.eos_token_id, "eos_token": name(c.eos_token_id),
+        "pad_token_id": c.pad_token_id, "pad_token": name(c.pad_token_id),
+        "mask_token_id": c.mask_token_id, "mask_token": name(c.mask_token_id),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else if let serde_json::Value::Object(map) = info {
+        println!("{}", a.model.display());
+        for (k, v) in map {
+            if !v.is_null() {
+                println!("  {k:<22} {v}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Text in, token ids out. Knows nothing of models.
+
+pub mod tokenizer;

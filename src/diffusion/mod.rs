@@ -1,0 +1,3 @@
+//! The paper's diffusion mathematics as pure functions: no loops over steps, no model.
+
+pub mod anneal;

@@ -1,0 +1,193 @@
+//! LLaMA (Touvron et al. 2023) under HF `LlamaForCausalLM` names: RMSNorm, RoPE (rotate_half),
+//! grouped-query attention, SwiGLU, tied or untied head. The attention mask is an argument.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{check_ids, linear, KvCache, LanguageModel, ModelConfig};
+use crate::ops::{
+    scaled_dot_product_attention, silu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
+    WeightLayout,
+};
+
+fn rms_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(vb.get(d, "weight")?, eps))
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (d, dh, bias) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
+        let (q, kv) = (cfg.num_heads * dh, cfg.num_kv_heads * dh);
+        Ok(Self {
+            q_proj: linear(vb.pp("q_proj"), d, q, bias, WeightLayout::OutIn)?,
+            k_proj: linear(vb.pp("k_proj"), d, kv, bias, WeightLayout::OutIn)?,
+            v_proj: linear(vb.pp("v_proj"), d, kv, bias, WeightLayout::OutIn)?,
+            o_proj: linear(vb.pp("o_proj"), q, d, bias, WeightLayout::OutIn)?,
+            n_head: cfg.num_heads,
+            n_kv_head: cfg.num_kv_heads,
+            head_dim: dh,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: &AttentionMask,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let (b, l, _d) = x.dims3()?;
+        let dh = self.head_dim;
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            proj.forward(x)?.reshape((b, l, n, dh))?.transpose(1, 2) // [B, n, L, Dh]
+        };
+        let q = rope.apply(&heads(&self.q_proj, self.n_head)?, offset)?;
+        let mut k = rope.apply(&heads(&self.k_proj, self.n_kv_head)?, offset)?;
+        let mut v = heads(&self.v_proj, self.n_kv_head)?.contiguous()?;
+        if let Some(cache) = cache {
+            if let Some((ck, cv)) = cache.as_ref() {
+                k = Tensor::cat(&[ck, &k], 2)?;
+                v = Tensor::cat(&[cv, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
+        let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?; // [B, H, L, Dh]
+        self.o_proj
+            .forward(&y.transpose(1, 2)?.reshape((b, l, self.n_head * dh))?)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (d, f, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(vb.pp("gate_proj"), d, f, bias, WeightLayout::OutIn)?,
+            up_proj: linear(vb.pp("up_proj"), d, f, bias, WeightLayout::OutIn)?,
+            down_proj: linear(vb.pp("down_proj"), f, d, bias, WeightLayout::OutIn)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.norm_eps);
+        Ok(Self {
+            input_layernorm: rms_norm(vb.pp("input_layernorm"), d, eps)?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), d, eps)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: &AttentionMask,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let x = (x + self.self_attn.forward(&h, rope, mask, cache, offset)?)?;
+        &x + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?
+    }
+}
+
+pub struct Llama {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Llama {
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let m = vb.pp("model");
+        let d = cfg.hidden_size;
+        let embed = m.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.get((cfg.vocab_size, d), "lm_head.weight")?
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            embed_tokens: Embedding::new(embed),
+            layers: (0..cfg.num_layers)
+                .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+                .collect::<Result<_>>()?,
+            norm: rms_norm(m.pp("norm"), d, cfg.norm_eps)?,
+            lm_head: Linear::new(lm_head, None, WeightLayout::OutIn),
+            rope: Rope::new(
+                cfg.rope_theta,
+                cfg.head_dim,
+                cfg.max_position_embeddings,
+                vb.device(),
+            )?,
+        })
+    }
+}
+
+impl LanguageModel for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: &AttentionMask,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        check_ids(ids, self.config.vocab_size)?;
+        let (_b, l) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = self.embed_tokens.forward(ids)?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| c.layer(i));
+            x = block.forward(&x, &self.rope, mask, layer_cache, offset)?;
+        }
+        if let Some(c) = cache {
+            c.advance(l);
+        }
+        self.norm.forward(&x)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+}

@@ -1,0 +1,138 @@
+//! Architectures and their weights. A model maps token ids and an attention mask to hidden states
+//! and logits; it knows nothing of noise, losses, sampling or training.
+
+pub mod config;
+pub mod gguf;
+pub mod gpt2;
+pub mod llama;
+pub mod mask_token;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::{Architecture, ModelConfig};
+pub use weights::Weights;
+
+use crate::error::{Error, Result};
+use crate::ops::{AttentionMask, Linear, WeightLayout};
+
+/// Key/value states per layer for incremental (autoregressive) decoding. The caller owns it; the
+/// model only appends to it.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn layer(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
+        &mut self.layers[i]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
+/// A transformer language model: ids [B, L] → hidden [B, L, D] → logits [B, L, V].
+pub trait LanguageModel: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+
+    /// Final-norm hidden states for every position. With a cache, `ids` continue the cached
+    /// sequence and their keys/values are appended to it.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor>;
+
+    /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
+    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Logits at every position.
+    fn forward(&self, ids: &Tensor, mask: &AttentionMask) -> candle_core::Result<Tensor> {
+        self.head(&self.hidden(ids, mask, None)?)
+    }
+}
+
+/// Out-of-vocabulary ids would index past the embedding table; refuse them with the culprit named.
+fn check_ids(ids: &Tensor, vocab: usize) -> candle_core::Result<()> {
+    let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+    if max as usize >= vocab {
+        candle_core::bail!("token id {max} is out of vocabulary (size {vocab})");
+    }
+    Ok(())
+}
+
+fn linear(
+    vb: VarBuilder,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    layout: WeightLayout,
+) -> candle_core::Result<Linear> {
+    let weight = match layout {
+        WeightLayout::OutIn => vb.get((d_out, d_in), "weight")?,
+        WeightLayout::InOut => vb.get((d_in, d_out), "weight")?,
+    };
+    let bias = if bias {
+        Some(vb.get(d_out, "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias, layout))
+}
+
+/// Builds the architecture the config names from a VarBuilder (checkpoint or fresh variables).
+pub fn build(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Box<dyn LanguageModel>> {
+    Ok(match config.arch {
+        Architecture::Gpt2 => Box::new(gpt2::Gpt2::load(vb, config)?),
+        Architecture::Llama => Box::new(llama::Llama::load(vb, config)?),
+    })
+}
+
+/// A model directory in HF layout, loaded: config, weights by HF name, and the built model.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub model: Box<dyn LanguageModel>,
+}
+
+/// Loads `dir/config.json` and its safetensors (single file, sharded, or the DiffuGPT layout)
+/// into `dtype` on `device`.
+pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::load_dir(dir, config.arch, dtype, device)?;
+    if config.mask_token_id.is_none() {
+        config.mask_token_id = mask_token::known_mask_id(&config);
+    }
+    let model = build(&config, weights.var_builder(dtype, device))
+        .map_err(|e| Error::checkpoint(weights.source(), e))?;
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        config,
+        weights,
+        model,
+    })
+}

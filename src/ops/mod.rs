@@ -1,0 +1,17 @@
+//! Differentiable building blocks. Every op here is composed from candle primitives that carry
+//! gradients, so the same code trains on CPU and CUDA. candle-nn's fused `softmax_last_dim`,
+//! `layer_norm`, `rms_norm` and `rope*` are deliberately not used: they have no backward pass.
+
+mod activations;
+mod attention;
+mod attention_mask;
+mod linear;
+mod norm;
+mod rope;
+
+pub use activations::{gelu_new, silu};
+pub use attention::{scaled_dot_product_attention, softmax_last_dim};
+pub use attention_mask::AttentionMask;
+pub use linear::{Embedding, Linear, WeightLayout};
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::Rope;

@@ -1,0 +1,161 @@
+//! Bad checkpoints and configs give clear errors naming the file and tensor, never a panic; the
+//! binary exits non-zero with the message.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use common::fixture;
+use dlm::model::load_dir;
+
+/// A copy of a tiny fixture model (config + weights) in a temp dir, to be damaged.
+fn copy_model(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match load_dir(dir, DType::F32, &Device::Cpu) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn rewrite_weights(dir: &Path, edit: impl Fn(&mut std::collections::HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut ts = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut ts);
+    candle_core::safetensors::save(&ts, &path).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = copy_model("llama-tiny");
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("model.safetensors") && e.contains("corrupt or truncated"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_safetensors_header() {
+    let dir = copy_model("gpt2-tiny");
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] = b'!';
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_model("llama-tiny");
+    rewrite_weights(dir.path(), |ts| {
+        ts.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn misshaped_tensor_is_named() {
+    let dir = copy_model("gpt2-tiny");
+    rewrite_weights(dir.path(), |ts| {
+        ts.insert(
+            "transformer.h.0.attn.c_attn.weight".into(),
+            Tensor::zeros((32, 95), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("transformer.h.0.attn.c_attn.weight") && e.contains("[32, 95]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_weights_file() {
+    let dir = copy_model("llama-tiny");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("no model.safetensors"), "{e}");
+}
+
+#[test]
+fn unservable_configs_are_refused_by_name() {
+    let cases = [
+        (
+            r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#,
+            "rope scaling `llama3`",
+        ),
+        (r#""hidden_act": "gelu""#, "activation `gelu`"),
+        (r#""model_type": "mistral""#, "model_type `mistral`"),
+        (r#""num_key_value_heads": 3"#, "not a multiple of 3"),
+    ];
+    for (patch, want) in cases {
+        let dir = copy_model("llama-tiny");
+        let path = dir.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let extra: serde_json::Value = serde_json::from_str(&format!("{{{patch}}}")).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains(want) && e.contains("config.json"),
+            "{patch}: {e}"
+        );
+    }
+}
+
+#[test]
+fn binary_exits_nonzero_with_message() {
+    let dir = copy_model("llama-tiny");
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .arg("info")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("model.safetensors"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args([
+            "score",
+            fixture("llama-tiny").to_str().unwrap(),
+            "--ids",
+            "1,2,500",
+            "--attention",
+            "causal",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token id 500 is out of vocabulary"));
+}
