@@ -1,9 +1,22 @@
-//! TEMPORARY placeholder for the GGUF importer (API only).
+//! Import of llama-architecture GGUF files (e.g. SmolLM2) into HF `LlamaForCausalLM` tensors:
+//! hyper-parameters from `llama.*` metadata, every tensor dequantised to f32 in HF names and
+//! `[out, in]` layout with llama.cpp's Q/K row permutation undone, and the embedded BPE
+//! tokenizer rebuilt. Anything dlm cannot serve faithfully is refused by name rather than
+//! approximated.
+
+mod dequant;
+mod reader;
+
 use std::path::Path;
 
-use crate::data::tokenizer::Tokenizer;
-use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
 
+use crate::data::tokenizer::Tokenizer;
+use crate::error::Result;
+pub use reader::{GgufFile, GgufValue, TensorInfo};
+
+/// Hyper-parameters of a llama-architecture model, as read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GgufLlamaParams {
     pub n_layer: usize,
     pub hidden: usize,
@@ -18,15 +31,348 @@ pub struct GgufLlamaParams {
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub pad_id: Option<u32>,
+    /// No `output.weight`: the LM head is the token embedding.
     pub tied: bool,
     pub name: Option<String>,
 }
+
+/// Everything a GGUF file provides for building a model.
+#[derive(Debug)]
 pub struct GgufImport {
     pub params: GgufLlamaParams,
-    pub tensors: Vec<(String, candle_core::Tensor)>,
+    /// HF names (`model.layers.0.self_attn.q_proj.weight`, ...), f32 on the CPU, `[out, in]`.
+    pub tensors: Vec<(String, Tensor)>,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
 }
+
+/// Reads a llama-architecture GGUF file; see the module docs.
 pub fn import_llama_gguf(path: &Path) -> Result<GgufImport> {
-    Err(Error::gguf(path, "not yet"))
+    let f = GgufFile::open(path)?;
+    match f.get("general.architecture").map(|v| v.as_str()) {
+        Some(Some("llama")) => {}
+        Some(Some(arch)) => {
+            return Err(f.err(format!(
+                "architecture {arch:?} is not supported (only \"llama\")"
+            )))
+        }
+        _ => return Err(f.err("general.architecture is missing or not a string")),
+    }
+    let (tokenizer, vocab, [bos_id, eos_id, pad_id]) = read_tokenizer(&f)?;
+    let params = read_params(&f, vocab, [bos_id, eos_id, pad_id])?;
+
+    let mut tensors = Vec::with_capacity(f.tensors.len());
+    for t in &f.tensors {
+        let (hf, expect) = hf_name(&f, &params, &t.name)?;
+        // GGUF dims are [ne0 = in, ne1 = out]; HF wants [out, in].
+        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if shape != expect {
+            return Err(f.err(format!(
+                "tensor {} has shape {shape:?} (HF order), expected {expect:?} from the metadata",
+                t.name
+            )));
+        }
+        let mut data = f.dequantize(t)?;
+        if t.name.ends_with(".attn_q.weight") {
+            data = unpermute_rows(&data, params.n_head, params.head_dim, params.hidden);
+        } else if t.name.ends_with(".attn_k.weight") {
+            data = unpermute_rows(&data, params.n_kv_head, params.head_dim, params.hidden);
+        }
+        tensors.push((hf, Tensor::from_vec(data, shape, &Device::Cpu)?));
+    }
+
+    let mut missing: Vec<String> = expected_names(&params)
+        .into_iter()
+        .filter(|n| !tensors.iter().any(|(h, _)| h == n))
+        .collect();
+    if !missing.is_empty() {
+        missing.truncate(8);
+        return Err(f.err(format!(
+            "missing tensors (HF names): {}",
+            missing.join(", ")
+        )));
+    }
+    let chat_template = f
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    Ok(GgufImport {
+        params,
+        tensors,
+        tokenizer,
+        chat_template,
+    })
+}
+
+/// Only the embedded tokenizer (cheap: no tensor is dequantised). Any architecture is accepted.
+pub fn import_gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let f = GgufFile::open(path)?;
+    Ok(read_tokenizer(&f)?.0)
+}
+
+fn req_usize(f: &GgufFile, key: &str) -> Result<usize> {
+    opt_usize(f, key)?.ok_or_else(|| f.err(format!("metadata {key} is missing")))
+}
+
+fn opt_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64().and_then(|x| usize::try_from(x).ok()) {
+            Some(x) => Ok(Some(x)),
+            None => Err(f.err(format!(
+                "metadata {key} = {v:?} is not a non-negative integer"
+            ))),
+        },
+    }
+}
+
+fn opt_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() => Ok(Some(x)),
+            _ => Err(f.err(format!("metadata {key} = {v:?} is not a finite float"))),
+        },
+    }
+}
+
+fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<GgufLlamaParams> {
+    let p = "llama.";
+    let n_layer = req_usize(f, &format!("{p}block_count"))?;
+    let hidden = req_usize(f, &format!("{p}embedding_length"))?;
+    let n_head = req_usize(f, &format!("{p}attention.head_count"))?;
+    let n_kv_head = opt_usize(f, &format!("{p}attention.head_count_kv"))?.unwrap_or(n_head);
+    let ffn = req_usize(f, &format!("{p}feed_forward_length"))?;
+    let context_length = req_usize(f, &format!("{p}context_length"))?;
+    let rope_theta = opt_f64(f, &format!("{p}rope.freq_base"))?.unwrap_or(10000.0);
+    let rms_eps = opt_f64(f, &format!("{p}attention.layer_norm_rms_epsilon"))?
+        .ok_or_else(|| f.err("metadata llama.attention.layer_norm_rms_epsilon is missing"))?;
+
+    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
+        return Err(f.err(format!(
+            "{n_head} heads / {n_kv_head} KV heads do not fit hidden size {hidden}"
+        )));
+    }
+    let head_dim = hidden / n_head;
+    // key_length is written when head_dim != hidden / n_head; dlm's llama assumes equality.
+    if let Some(k) = opt_usize(f, &format!("{p}attention.key_length"))? {
+        if k != head_dim {
+            return Err(f.err(format!(
+                "attention.key_length {k} != hidden/heads {head_dim}; not supported"
+            )));
+        }
+    }
+    // Partial rotary embeddings are not served: the rotary dimension must be the head dimension.
+    if let Some(r) = opt_usize(f, &format!("{p}rope.dimension_count"))? {
+        if r != head_dim {
+            return Err(f.err(format!(
+                "rope.dimension_count {r} != head_dim {head_dim}; partial RoPE is not supported"
+            )));
+        }
+    }
+    if head_dim % 2 != 0 {
+        return Err(f.err(format!("head_dim {head_dim} is odd; RoPE needs pairs")));
+    }
+    // Scaled RoPE (linear, yarn, llama3) changes positions; importing it as plain RoPE would
+    // silently degrade long-context behaviour, so refuse it.
+    if let Some(v) = f.get(&format!("{p}rope.scaling.type")) {
+        match v.as_str() {
+            Some("none") => {}
+            other => {
+                return Err(f.err(format!(
+                    "RoPE scaling {other:?} is not supported (only none)"
+                )))
+            }
+        }
+    }
+    if let Some(fac) = opt_f64(f, &format!("{p}rope.scaling.factor"))? {
+        if fac != 1.0 && f.get(&format!("{p}rope.scaling.type")).is_none() {
+            return Err(f.err(format!("RoPE scaling factor {fac} is not supported")));
+        }
+    }
+    // A corrupt block_count must not drive per-layer work (the missing-tensor check lists
+    // names per layer); every layer has tensors, so it cannot exceed the tensor count.
+    if n_layer > f.tensors.len() {
+        return Err(f.err(format!(
+            "block_count {n_layer} is larger than the tensor count {}",
+            f.tensors.len()
+        )));
+    }
+    if n_layer == 0 || ffn == 0 || vocab == 0 {
+        return Err(f.err("block_count, feed_forward_length and the vocabulary must be non-zero"));
+    }
+    let [bos_id, eos_id, pad_id] = special;
+    Ok(GgufLlamaParams {
+        n_layer,
+        hidden,
+        n_head,
+        n_kv_head,
+        head_dim,
+        ffn,
+        vocab,
+        rope_theta,
+        rms_eps,
+        context_length,
+        bos_id,
+        eos_id,
+        pad_id,
+        tied: f.tensor("output.weight").is_none(),
+        name: f
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+    })
+}
+
+/// HF name and expected HF shape of a GGUF tensor.
+fn hf_name(f: &GgufFile, p: &GgufLlamaParams, name: &str) -> Result<(String, Vec<usize>)> {
+    let (h, q, kv, ffn, v) = (
+        p.hidden,
+        p.n_head * p.head_dim,
+        p.n_kv_head * p.head_dim,
+        p.ffn,
+        p.vocab,
+    );
+    let global = match name {
+        "token_embd.weight" => Some(("model.embed_tokens.weight".to_owned(), vec![v, h])),
+        "output_norm.weight" => Some(("model.norm.weight".to_owned(), vec![h])),
+        "output.weight" => Some(("lm_head.weight".to_owned(), vec![v, h])),
+        _ => None,
+    };
+    if let Some(g) = global {
+        return Ok(g);
+    }
+    let unknown = || f.err(format!("unknown tensor {name} (not part of a llama model)"));
+    let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
+    let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
+    let layer: usize = layer.parse().map_err(|_| unknown())?;
+    if layer >= p.n_layer {
+        return Err(f.err(format!(
+            "tensor {name}: layer {layer} >= block_count {}",
+            p.n_layer
+        )));
+    }
+    let (hf, shape) = match suffix {
+        "attn_norm.weight" => ("input_layernorm.weight", vec![h]),
+        "ffn_norm.weight" => ("post_attention_layernorm.weight", vec![h]),
+        "attn_q.weight" => ("self_attn.q_proj.weight", vec![q, h]),
+        "attn_k.weight" => ("self_attn.k_proj.weight", vec![kv, h]),
+        "attn_v.weight" => ("self_attn.v_proj.weight", vec![kv, h]),
+        "attn_output.weight" => ("self_attn.o_proj.weight", vec![h, q]),
+        "ffn_gate.weight" => ("mlp.gate_proj.weight", vec![ffn, h]),
+        "ffn_up.weight" => ("mlp.up_proj.weight", vec![ffn, h]),
+        "ffn_down.weight" => ("mlp.down_proj.weight", vec![h, ffn]),
+        _ => return Err(unknown()),
+    };
+    Ok((format!("model.layers.{layer}.{hf}"), shape))
+}
+
+fn expected_names(p: &GgufLlamaParams) -> Vec<String> {
+    let mut v = vec![
+        "model.embed_tokens.weight".to_owned(),
+        "model.norm.weight".to_owned(),
+    ];
+    for i in 0..p.n_layer {
+        for s in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            v.push(format!("model.layers.{i}.{s}.weight"));
+        }
+    }
+    v
+}
+
+/// Undoes llama.cpp's permutation of Q/K rows (made for interleaved-pair RoPE) so HF's
+/// `rotate_half` RoPE applies: `W_hf = W.reshape(heads, hd/2, 2, in).swapaxes(1, 2)`, i.e.
+/// HF row `h*hd + s*hd/2 + i` is GGUF row `h*hd + 2*i + s`. Shapes were checked by the caller.
+fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let r = h * head_dim + 2 * i + s;
+                out.extend_from_slice(&w[r * cols..(r + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+type Specials = [Option<u32>; 3];
+
+/// Rebuilds the embedded GPT-2 style BPE; returns it with the vocabulary size and the
+/// bos/eos/padding ids.
+fn read_tokenizer(f: &GgufFile) -> Result<(Tokenizer, usize, Specials)> {
+    match f.get("tokenizer.ggml.model").map(|v| v.as_str()) {
+        Some(Some("gpt2")) => {}
+        Some(Some(m)) => {
+            return Err(f.err(format!(
+                "tokenizer model {m:?} is not supported (only \"gpt2\" byte-level BPE)"
+            )))
+        }
+        _ => return Err(f.err("tokenizer.ggml.model is missing")),
+    }
+    // The pre-tokenizer decides how text is split before BPE; an unknown one would silently
+    // produce different ids, so only the schemes implemented here are accepted.
+    let split_digits = match f.get("tokenizer.ggml.pre").map(|v| v.as_str()) {
+        None | Some(Some("default" | "gpt2")) => false,
+        Some(Some("smollm")) => true,
+        Some(other) => {
+            return Err(f.err(format!(
+                "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm)"
+            )))
+        }
+    };
+    let strings = |key: &str| -> Result<Vec<String>> {
+        let arr = f.get(key).and_then(|v| v.as_array());
+        let arr = arr.ok_or_else(|| f.err(format!("{key} is missing or not an array")))?;
+        arr.iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| f.err(format!("{key} holds non-strings")))
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(GgufValue::as_i64).collect::<Option<Vec<_>>>())
+            .filter(|t| t.len() == tokens.len())
+            .ok_or_else(|| f.err("tokenizer.ggml.token_type is not one integer per token"))?,
+    };
+    // Type 3 = CONTROL: special tokens matched whole (<|im_start|> and friends).
+    let special: Vec<(u32, String)> = types
+        .iter()
+        .zip(&tokens)
+        .enumerate()
+        .filter(|(_, (&t, _))| t == 3)
+        .map(|(i, (_, s))| (i as u32, s.clone()))
+        .collect();
+    let tokenizer = Tokenizer::from_bpe_parts(&tokens, &merges, &special, split_digits)
+        .map_err(|e| f.err(format!("embedded tokenizer: {e}")))?;
+
+    let mut ids = [None; 3];
+    for (slot, key) in ids.iter_mut().zip(["bos", "eos", "padding"]) {
+        let key = format!("tokenizer.ggml.{key}_token_id");
+        if let Some(id) = opt_usize(f, &key)? {
+            if id >= tokens.len() {
+                return Err(f.err(format!(
+                    "{key} {id} is outside the vocabulary ({})",
+                    tokens.len()
+                )));
+            }
+            *slot = Some(id as u32);
+        }
+    }
+    Ok((tokenizer, tokens.len(), ids))
 }
