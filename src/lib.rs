@@ -21,5 +21,6 @@ pub mod model;
 pub mod ops;
 pub mod rng;
 pub mod sample;
+pub mod train;
 
 pub use error::{Error, Result};

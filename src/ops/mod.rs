@@ -5,6 +5,7 @@
 mod activations;
 mod attention;
 mod attention_mask;
+mod cross_entropy;
 mod linear;
 mod norm;
 mod rope;
@@ -12,6 +13,7 @@ mod rope;
 pub use activations::{gelu_new, silu};
 pub use attention::{scaled_dot_product_attention, softmax_last_dim};
 pub use attention_mask::AttentionMask;
+pub use cross_entropy::cross_entropy;
 pub use linear::{Embedding, Linear, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::Rope;
