@@ -19,6 +19,7 @@ pub mod diffusion;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod train;

@@ -57,11 +57,15 @@ fn chat_prompt(model_dir: &Path, user: &str) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let marker = "<|im_start|>system\\n";
-    let system = template.find(marker).and_then(|start| {
-        let rest = &template[start + marker.len()..];
-        rest.find("<|im_end|>").map(|end| rest[..end].to_string())
-    });
+    // The default system message sits in a string literal, after a newline that the template
+    // may hold literally or as an escape.
+    let system = ["<|im_start|>system\n", "<|im_start|>system\\n"]
+        .iter()
+        .find_map(|marker| {
+            let start = template.find(marker)? + marker.len();
+            let rest = &template[start..];
+            rest.find("<|im_end|>").map(|end| rest[..end].to_string())
+        });
     let mut out = String::new();
     if let Some(system) = system {
         out += &format!("<|im_start|>system\n{system}<|im_end|>\n");
@@ -93,7 +97,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut shown = String::new();
     let mut all = Vec::new();
     let out = generate(m.model.as_ref(), &ids, &opts, &mut rng, &device, |t| {
-        // Decode the whole continuation each time so multi-byte characters print whole.
+        // Decode the whole continuation each time so multi-byte characters print whole; the
+        // stop token itself is not shown.
+        if opts.stop_ids.contains(&t) {
+            return;
+        }
         all.push(t);
         if let Ok(text) = tokenizer.decode(&all) {
             if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{FFFD}') {

@@ -82,6 +82,14 @@ pub fn read_safetensors(
     Ok(out)
 }
 
+/// Writes tensors as one safetensors file, atomically, with the `format: pt` metadata HF expects.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .map_err(|e| Error::checkpoint(path, e))?;
+    write_atomic(path, &bytes)
+}
+
 /// HF GPT-2 buffers that are not parameters (old checkpoints stored them).
 fn is_gpt2_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias") && !name.contains("c_attn") || name.ends_with(".attn.masked_bias")
@@ -180,11 +188,7 @@ impl Weights {
             };
             stored.push((name.clone(), t.contiguous()?));
         }
-        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let bytes =
-            safetensors::serialize(stored.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-                .map_err(|e| Error::checkpoint(dir.join(SINGLE_FILE), e))?;
-        write_atomic(&dir.join(SINGLE_FILE), &bytes)?;
+        write_safetensors(&dir.join(SINGLE_FILE), &stored)?;
         let json = serde_json::to_string_pretty(&config.to_hf_json(dtype_name))
             .map_err(|e| Error::Input(e.to_string()))?;
         write_atomic(&dir.join("config.json"), json.as_bytes())

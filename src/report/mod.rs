@@ -1,0 +1,3 @@
+//! What long jobs show people and machines: JSONL logs (and, later, plots).
+
+pub mod jsonl;

@@ -1,0 +1,81 @@
+//! What a training step optimises: the ablation switches of the paper in one enum
+//! (reference-semantics §1; paper Table 3).
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::loader::Batch;
+use crate::diffusion::anneal::{anneal_ratio, annealed_mask};
+use crate::diffusion::loss::LossTargets;
+use crate::diffusion::noise::{mask_tokens, sample_mask_draws, sample_times};
+use crate::error::Result;
+use crate::ops::AttentionMask;
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Objective {
+    /// Next-token cross-entropy with causal attention.
+    Ar,
+    /// Algorithm 1: masked diffusion with the 1/t-weighted loss.
+    Diffusion {
+        mask_id: u32,
+        /// Logits at i predict token i+1 (off: the "without shift" ablation).
+        shift: bool,
+        /// Steps of causal → bidirectional annealing; 0 = bidirectional from the start.
+        anneal_steps: u64,
+    },
+}
+
+/// A batch made ready for the model: the input ids, the scored targets and the attention.
+pub struct Prepared {
+    pub input: Vec<Vec<u32>>,
+    pub targets: LossTargets,
+    pub mask: AttentionMask,
+    /// The annealing ratio used (1 = bidirectional), for logs.
+    pub anneal_ratio: f64,
+    /// Number of positions that could carry a target (for per-token bounds).
+    pub candidate_targets: usize,
+}
+
+impl Objective {
+    /// Noises a batch (diffusion) or passes it through (AR). All draws come from `rng` in a fixed
+    /// order — times, mask draws, then the annealing matrix — so a resumed run draws the same.
+    pub fn prepare(&self, batch: &Batch, step: u64, rng: &mut Rng, device: &Device) -> Result<Prepared> {
+        let b = batch.ids.len();
+        let l = batch.ids.first().map_or(0, |r| r.len());
+        match *self {
+            Objective::Ar => Ok(Prepared {
+                input: batch.ids.clone(),
+                targets: LossTargets::autoregressive(&batch.ids),
+                mask: AttentionMask::Causal,
+                anneal_ratio: 0.0,
+                candidate_targets: b * l.saturating_sub(1),
+            }),
+            Objective::Diffusion { mask_id, shift, anneal_steps } => {
+                let t = sample_times(b, rng);
+                let draws = sample_mask_draws(b, l, rng);
+                let x_t: Vec<Vec<u32>> = (0..b)
+                    .map(|i| {
+                        let src: Vec<bool> = batch.src_mask[i].iter().map(|&s| s != 0).collect();
+                        mask_tokens(&batch.ids[i], &draws[i], t[i], &src, mask_id).x_t
+                    })
+                    .collect();
+                let targets = LossTargets::diffusion(&batch.ids, &x_t, &t, mask_id, shift);
+                let ratio = anneal_ratio(step, anneal_steps);
+                let candidates: usize = batch
+                    .src_mask
+                    .iter()
+                    .map(|m| m.iter().skip(usize::from(shift)).filter(|&&s| s == 0).count())
+                    .sum();
+                Ok(Prepared {
+                    input: x_t,
+                    targets,
+                    mask: annealed_mask(ratio, l, rng, device)?,
+                    anneal_ratio: ratio,
+                    candidate_targets: candidates,
+                })
+            }
+        }
+    }
+}

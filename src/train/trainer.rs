@@ -1,0 +1,180 @@
+//! The training loop around Algorithm 1: micro-batches with gradient accumulation, clipping,
+//! AdamW, the learning-rate schedule, validation, checkpoints, logs and a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
+use super::checkpoint::{self, TrainerState};
+use super::objective::Objective;
+use super::params::TrainableModel;
+use super::schedule::Schedule;
+use super::step::forward_loss;
+use crate::data::loader::{Batch, ExampleSource, Loader};
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use crate::report::jsonl::JsonlLog;
+use crate::rng::Rng;
+
+/// Everything that defines a run; saved as run_config.json and the first log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub command: String,
+    pub objective: Objective,
+    pub seq_len: usize,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub optimizer: AdamWConfig,
+    pub schedule: Schedule,
+    /// Global-norm clipping threshold (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    pub max_steps: u64,
+    pub val_every: u64,
+    pub val_batches: usize,
+    pub save_every: u64,
+    /// Checkpoints kept (0: all).
+    pub keep_last: usize,
+    /// Skip (and count) steps with a non-finite loss or gradient instead of stopping.
+    pub skip_nonfinite: bool,
+    /// Where the data came from, for the record.
+    pub data: Vec<PathBuf>,
+    pub base: Option<PathBuf>,
+}
+
+pub struct Session<'a, S: ExampleSource> {
+    pub run: &'a RunConfig,
+    pub run_dir: &'a Path,
+    pub model: &'a mut TrainableModel,
+    /// The config written with each checkpoint (mask id recorded).
+    pub model_config: &'a ModelConfig,
+    pub optimizer: &'a mut AdamW,
+    pub loader: &'a mut Loader<S>,
+    /// Fixed validation batches, scored with a fixed noise seed so curves are comparable.
+    pub val_batches: &'a [Batch],
+    pub state: &'a mut TrainerState,
+    pub tokenizer_dir: Option<&'a Path>,
+    pub device: &'a Device,
+    pub show_progress: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub steps: u64,
+    pub last_loss: f64,
+    pub last_val: Option<f64>,
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Validation: the 1/t-weighted bound in nats per candidate token (diffusion) or the mean
+/// next-token cross-entropy (AR), averaged over the fixed batches.
+pub fn validate(model: &TrainableModel, objective: &Objective, batches: &[Batch], device: &Device) -> Result<f64> {
+    let mut rng = Rng::seed(0x5eed_0f_7a1);
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for batch in batches {
+        // Validation always uses the final attention (bidirectional for diffusion).
+        let prepared = objective.prepare(batch, u64::MAX - 1, &mut rng, device)?;
+        let loss = forward_loss(model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, device)?;
+        total += loss.weighted.to_scalar::<f32>()? as f64 * loss.n_targets as f64;
+        count += prepared.candidate_targets;
+    }
+    Ok(if count == 0 { 0.0 } else { total / count as f64 })
+}
+
+fn add_grads(acc: &mut Vec<(String, Tensor)>, new: Vec<(String, Tensor)>) -> Result<()> {
+    if acc.is_empty() {
+        *acc = new;
+        return Ok(());
+    }
+    for ((_, a), (_, g)) in acc.iter_mut().zip(new) {
+        *a = (&*a + g)?;
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    bar
+}
+
+/// Runs from `state.step` to `run.max_steps`, saving every `save_every` steps and at the end.
+pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
+    let run = s.run;
+    let log = JsonlLog::append(&s.run_dir.join("metrics.jsonl"))?;
+    if s.state.step == 0 {
+        log.write(&json!({"kind": "config", "run": run}))?;
+    }
+    let bar = progress_bar(run.max_steps, s.state.step, s.show_progress);
+    let mut summary = Summary::default();
+    while s.state.step < run.max_steps {
+        let step = s.state.step;
+        let started = Instant::now();
+        let (mut grads, mut loss_sum, mut unweighted_sum, mut tokens, mut ratio) = (Vec::new(), 0.0, 0.0, 0, 1.0);
+        for _ in 0..run.grad_accum {
+            let batch = s.loader.next_batch()?;
+            let prepared = run.objective.prepare(&batch, step, &mut s.state.rng, s.device)?;
+            let loss = forward_loss(s.model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, s.device)?;
+            let scaled = (&loss.weighted / run.grad_accum as f64)?;
+            add_grads(&mut grads, s.model.gradients(&scaled.backward()?)?)?;
+            loss_sum += loss.weighted.to_scalar::<f32>()? as f64 / run.grad_accum as f64;
+            unweighted_sum += loss.unweighted as f64 / run.grad_accum as f64;
+            tokens += batch.ids.iter().map(Vec::len).sum::<usize>();
+            ratio = prepared.anneal_ratio;
+        }
+        let norm = global_grad_norm(&grads)?;
+        if !loss_sum.is_finite() || !norm.is_finite() {
+            if run.skip_nonfinite {
+                s.state.skipped_nonfinite += 1;
+                s.state.step += 1;
+                log.write(&json!({"kind": "skipped", "step": step, "loss": loss_sum, "grad_norm": norm}))?;
+                continue;
+            }
+            let last = checkpoint::latest(s.run_dir)?;
+            return Err(Error::Input(format!(
+                "non-finite loss ({loss_sum}) or gradient norm ({norm}) at step {step}; stopping. Last good checkpoint: {}. Lower the learning rate, or pass --skip-nonfinite.",
+                last.map_or("none".into(), |p| p.display().to_string())
+            )));
+        }
+        let lr = run.schedule.lr(step);
+        s.optimizer.step(&s.model.vars, &grads, lr, clip_coefficient(norm, run.max_grad_norm))?;
+        s.state.step += 1;
+        s.state.tokens_seen += tokens as u64;
+        let secs = started.elapsed().as_secs_f64();
+        log.write(&json!({
+            "kind": "train", "step": s.state.step, "loss": loss_sum, "unweighted_loss": unweighted_sum,
+            "lr": lr, "grad_norm": norm, "anneal_ratio": ratio, "tokens": s.state.tokens_seen,
+            "tokens_per_s": tokens as f64 / secs, "seconds": secs,
+        }))?;
+        summary.last_loss = loss_sum;
+        bar.set_position(s.state.step);
+        bar.set_message(format!("loss {loss_sum:.4} lr {lr:.2e} {:.0} tok/s", tokens as f64 / secs));
+        let done = s.state.step == run.max_steps;
+        if !s.val_batches.is_empty() && (done || (run.val_every > 0 && s.state.step % run.val_every == 0)) {
+            let val = validate(s.model, &run.objective, s.val_batches, s.device)?;
+            log.write(&json!({"kind": "val", "step": s.state.step, "val_loss": val, "tokens": s.state.tokens_seen}))?;
+            summary.last_val = Some(val);
+        }
+        if done || (run.save_every > 0 && s.state.step % run.save_every == 0) {
+            s.state.loader = s.loader.state().clone();
+            let dir = checkpoint::save(s.run_dir, s.model, s.model_config, s.optimizer, s.state, s.tokenizer_dir)?;
+            checkpoint::prune(s.run_dir, run.keep_last)?;
+            summary.checkpoint = Some(dir);
+        }
+    }
+    bar.finish_and_clear();
+    summary.steps = s.state.step;
+    Ok(summary)
+}
