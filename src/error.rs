@@ -26,6 +26,11 @@ pub enum Error {
     #[error("config {path}: {msg}")]
     Config { path: PathBuf, msg: String },
 
+    /// A corpus file that cannot be read as documents: bad JSON, a missing field, a bad
+    /// Parquet column. `path` carries `:line` (or `:element`) where one is known.
+    #[error("data {path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
@@ -54,6 +59,13 @@ impl Error {
 
     pub fn gguf(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::Gguf {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    pub fn data(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::Data {
             path: path.into(),
             msg: msg.to_string(),
         }

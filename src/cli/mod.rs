@@ -6,6 +6,7 @@ mod convert;
 mod generate;
 mod info;
 mod score;
+mod tokenizer;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,9 @@ pub enum Command {
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Tokenizer tools (`train`: byte-level BPE from a corpus).
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Tokenizer(c) => tokenizer::run(c),
     }
 }

@@ -1,3 +1,15 @@
 //! Text in, token ids out. Knows nothing of models.
+//!
+//! `corpus` streams documents from files; `packing` (§1.6) and `sft` (§1.7) turn them into
+//! fixed-length examples; `loader` batches those with a resumable, deterministic cursor;
+//! `tokenizer_train` trains a byte-level BPE from a corpus.
 
+pub mod corpus;
+mod corpus_formats;
+#[cfg(feature = "parquet")]
+mod corpus_parquet;
+pub mod loader;
+pub mod packing;
+pub mod sft;
 pub mod tokenizer;
+pub mod tokenizer_train;

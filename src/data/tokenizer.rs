@@ -33,6 +33,13 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Wraps a tokenizer built with the `tokenizers` API directly (e.g. a freshly trained one).
+impl From<tokenizers::Tokenizer> for Tokenizer {
+    fn from(inner: tokenizers::Tokenizer) -> Self {
+        Self { inner }
+    }
+}
+
 impl Tokenizer {
     /// Loads an HF `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
