@@ -1,12 +1,16 @@
 //! The command line: one file per subcommand, shared option groups in `args`.
 
+mod adapt;
 mod args;
 mod bench;
 mod convert;
 mod generate;
 mod info;
+mod pretrain;
 mod score;
+mod sft;
 mod tokenizer;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +31,12 @@ pub struct Cli {
 pub enum Command {
     /// Import a GGUF (llama architecture) into an HF-layout model directory.
     Convert(convert::ConvertArgs),
+    /// Adapt an AR model into a diffusion LM (Algorithm 1).
+    Adapt(adapt::AdaptArgs),
+    /// Train from random initialisation (AR or diffusion objective).
+    Pretrain(pretrain::PretrainArgs),
+    /// Supervised fine-tuning of a diffusion LM on prompt/response pairs.
+    Sft(sft::SftArgs),
     /// Describe a model directory.
     Info(info::InfoArgs),
     /// Generate text (`--ar`: causal decoding with a KV cache, the AR baseline).
@@ -44,6 +54,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(a) => convert::run(a),
+        Command::Adapt(a) => adapt::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Sft(a) => sft::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),

@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod init;
 pub mod objective;
 pub mod params;
 pub mod schedule;

@@ -1,0 +1,83 @@
+//! `dlm sft`: DiffuSeq-style supervised fine-tuning (reference-semantics §1.7): [BOS] prompt
+//! [SEP] response [EOS] + pads; the prompt is never masked, response, EOS and pads are trained;
+//! full attention (`anneal_steps = 1`), shift on.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use clap::Args;
+
+use super::adapt::set_mask_token;
+use super::train::{drive, resume_point, RunFiles, Setup, TrainArgs};
+use crate::data::corpus::{Corpus, CorpusOptions, Fields};
+use crate::data::sft::{SftFormat, SftSource};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::{load_dir, Architecture, ModelConfig};
+use crate::train::objective::Objective;
+
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// The (diffusion) model directory to fine-tune.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Held-out prompt/response pairs for validation.
+    #[arg(long, num_args = 1..)]
+    pub val_data: Vec<PathBuf>,
+    /// Separator between prompt and response: an id. Default: the config's `sep_token_id`,
+    /// GPT-2's `======` (50155) for a GPT-2 vocabulary, else EOS.
+    #[arg(long)]
+    pub sep_token: Option<u32>,
+    /// Mask token: an id, or `new` (default: the model's).
+    #[arg(long)]
+    pub mask_token: Option<String>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+fn format(config: &ModelConfig, sep: Option<u32>, cutoff_len: usize) -> anyhow::Result<SftFormat> {
+    let eos = config.eos_token_id.context("the model has no eos_token_id; SFT needs one")?;
+    let sep = sep
+        .or_else(|| config.raw.get("sep_token_id").and_then(|v| v.as_u64()).map(|v| v as u32))
+        .or_else(|| (config.arch == Architecture::Gpt2 && config.vocab_size >= 50257).then_some(50155))
+        .unwrap_or(eos);
+    Ok(SftFormat { bos: config.bos_token_id.unwrap_or(eos), sep, eos, pad: config.pad_token_id.unwrap_or(eos), cutoff_len })
+}
+
+fn source(paths: &[PathBuf], tokenizer: &Tokenizer, f: SftFormat) -> anyhow::Result<SftSource> {
+    let corpus = Corpus::open(paths, CorpusOptions { fields: Fields::pair(), line_docs: false })?;
+    Ok(SftSource::new(corpus, tokenizer.clone(), f)?)
+}
+
+pub fn run(a: SftArgs) -> anyhow::Result<()> {
+    let t = &a.train;
+    if let Some(run_dir) = &t.resume {
+        let mut run = RunFiles::load_config(run_dir)?;
+        if let Some(steps) = t.max_steps {
+            run.max_steps = steps;
+            run.schedule.total_steps = steps;
+        }
+        let (ckpt, config, weights) = resume_point(run_dir)?;
+        let tokenizer = Tokenizer::from_file(&RunFiles { dir: run_dir.clone() }.tokenizer_dir().join("tokenizer.json"))?;
+        let f = format(&config, a.sep_token, run.seq_len)?;
+        let val = (!a.val_data.is_empty()).then(|| source(&a.val_data, &tokenizer, f)).transpose()?;
+        let train = source(&run.data, &tokenizer, f)?;
+        return drive(&run, run_dir, Setup { config, weights, train_source: train, val_source: val }, Some(ckpt), t);
+    }
+    let base = a.base.as_ref().context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
+    let out = t.out.as_ref().context("pass --out RUN_DIR")?;
+    if t.data.is_empty() {
+        bail!("pass --data train.jsonl (prompt/response pairs)");
+    }
+    let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
+    let (mut config, mut weights) = (loaded.config, loaded.weights);
+    let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
+    let mask_id = set_mask_token(a.mask_token.as_deref(), &mut config, &mut weights, &mut tokenizer, t.seed)?;
+    let objective = Objective::Diffusion { mask_id, shift: true, anneal_steps: 1 };
+    let run = t.run_config("sft", objective, Some(base.clone()))?;
+    let f = format(&config, a.sep_token, run.seq_len)?;
+    RunFiles::create(out, &run, &tokenizer, Some(base))?;
+    let val = (!a.val_data.is_empty()).then(|| source(&a.val_data, &tokenizer, f)).transpose()?;
+    let train = source(&run.data, &tokenizer, f)?;
+    drive(&run, out, Setup { config, weights, train_source: train, val_source: val }, None, t)
+}
