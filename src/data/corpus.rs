@@ -343,3 +343,35 @@ fn open_parquet(path: &Path, _fields: &Fields) -> Result<Option<Box<dyn DocSourc
         "this dlm was built without the `parquet` feature",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_and_compression_come_from_the_name() {
+        let c = |n: &str| classify(Path::new(n));
+        assert_eq!(c("a/b.txt"), Some((Format::Text, Compression::None)));
+        assert_eq!(c("x.JSONL.GZ"), Some((Format::Jsonl, Compression::Gzip)));
+        assert_eq!(c("x.json.zst"), Some((Format::Json, Compression::Zstd)));
+        assert_eq!(
+            c("train-0001.parquet"),
+            Some((Format::Parquet, Compression::None))
+        );
+        // Unknown or missing extensions are skipped in directory walks.
+        assert_eq!(c("model.safetensors"), None);
+        assert_eq!(c("README"), None);
+        assert_eq!(c("x.gz"), None);
+    }
+
+    #[test]
+    fn pair_fields_build_pairs_in_order() {
+        let doc = Fields::pair().document(vec!["p".into(), "r".into()]);
+        let want = Document::Pair {
+            prompt: "p".into(),
+            response: "r".into(),
+        };
+        assert_eq!(doc, want);
+        assert_eq!(Fields::text().names(), vec!["text"]);
+    }
+}
