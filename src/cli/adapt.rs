@@ -50,7 +50,9 @@ pub fn set_mask_token(
     match spec {
         Some("new") => {}
         Some(id) => {
-            let id: u32 = id.parse().with_context(|| format!("--mask-token takes an id or `new`, not `{id}`"))?;
+            let id: u32 = id
+                .parse()
+                .with_context(|| format!("--mask-token takes an id or `new`, not `{id}`"))?;
             reuse_mask_token(config, id)?;
             return Ok(id);
         }
@@ -84,10 +86,33 @@ pub fn packed_sources(
     val_fraction: f64,
 ) -> anyhow::Result<(PackedSource, Option<PackedSource>)> {
     let corpus = Corpus::open(&run.data, options)?;
-    let split = DocSplit { seed: run.seed, val: if val_fraction > 0.0 { ValSplit::Fraction(val_fraction) } else { ValSplit::None } };
-    let train = PackedSource::new(corpus.clone(), tokenizer.clone(), run.seq_len, eos, split, Part::Train)?;
+    let split = DocSplit {
+        seed: run.seed,
+        val: if val_fraction > 0.0 {
+            ValSplit::Fraction(val_fraction)
+        } else {
+            ValSplit::None
+        },
+    };
+    let train = PackedSource::new(
+        corpus.clone(),
+        tokenizer.clone(),
+        run.seq_len,
+        eos,
+        split,
+        Part::Train,
+    )?;
     let val = (val_fraction > 0.0)
-        .then(|| PackedSource::new(corpus, tokenizer.clone(), run.seq_len, eos, split, Part::Val))
+        .then(|| {
+            PackedSource::new(
+                corpus,
+                tokenizer.clone(),
+                run.seq_len,
+                eos,
+                split,
+                Part::Val,
+            )
+        })
         .transpose()?;
     Ok((train, val))
 }
@@ -113,11 +138,36 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
             run.schedule.total_steps = steps;
         }
         let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = load_tokenizer_from(&RunFiles { dir: run_dir.clone() }.tokenizer_dir())?;
-        let (train, val) = packed_sources(&run, &tokenizer, eos_id(&config, &tokenizer)?, t.corpus_options(CorpusOptions::default()), t.val_fraction)?;
-        return drive(&run, run_dir, Setup { config, weights, train_source: train, val_source: val }, Some(ckpt), t);
+        let tokenizer = load_tokenizer_from(
+            &RunFiles {
+                dir: run_dir.clone(),
+            }
+            .tokenizer_dir(),
+        )?;
+        let (train, val) = packed_sources(
+            &run,
+            &tokenizer,
+            eos_id(&config, &tokenizer)?,
+            t.corpus_options(CorpusOptions::default()),
+            t.val_fraction,
+        )?;
+        return drive(
+            &run,
+            run_dir,
+            Setup {
+                config,
+                weights,
+                train_source: train,
+                val_source: val,
+            },
+            Some(ckpt),
+            t,
+        );
     }
-    let base = a.base.as_ref().context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
+    let base = a
+        .base
+        .as_ref()
+        .context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
     let out = t.out.as_ref().context("pass --out RUN_DIR")?;
     if t.data.is_empty() {
         bail!("pass --data PATH...");
@@ -125,10 +175,37 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
     let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
     let (mut config, mut weights) = (loaded.config, loaded.weights);
     let mut tokenizer = load_tokenizer_from(base)?;
-    let mask_id = set_mask_token(a.mask_token.as_deref(), &mut config, &mut weights, &mut tokenizer, t.seed)?;
-    let objective = Objective::Diffusion { mask_id, shift: !a.no_shift, anneal_steps: a.anneal_steps };
+    let mask_id = set_mask_token(
+        a.mask_token.as_deref(),
+        &mut config,
+        &mut weights,
+        &mut tokenizer,
+        t.seed,
+    )?;
+    let objective = Objective::Diffusion {
+        mask_id,
+        shift: !a.no_shift,
+        anneal_steps: a.anneal_steps,
+    };
     let run = t.run_config("adapt", objective, Some(base.clone()))?;
     RunFiles::create(out, &run, &tokenizer, Some(base))?;
-    let (train, val) = packed_sources(&run, &tokenizer, eos_id(&config, &tokenizer)?, t.corpus_options(CorpusOptions::default()), t.val_fraction)?;
-    drive(&run, out, Setup { config, weights, train_source: train, val_source: val }, None, t)
+    let (train, val) = packed_sources(
+        &run,
+        &tokenizer,
+        eos_id(&config, &tokenizer)?,
+        t.corpus_options(CorpusOptions::default()),
+        t.val_fraction,
+    )?;
+    drive(
+        &run,
+        out,
+        Setup {
+            config,
+            weights,
+            train_source: train,
+            val_source: val,
+        },
+        None,
+        t,
+    )
 }

@@ -50,7 +50,13 @@ fn size(name: &str) -> Option<(usize, usize, usize)> {
     }
 }
 
-fn hf_config(arch: &str, spec: &str, vocab: usize, context: usize, eos: Option<u32>) -> anyhow::Result<serde_json::Value> {
+fn hf_config(
+    arch: &str,
+    spec: &str,
+    vocab: usize,
+    context: usize,
+    eos: Option<u32>,
+) -> anyhow::Result<serde_json::Value> {
     if let Some((layers, d, heads)) = size(spec) {
         return Ok(match arch {
             "gpt2" => json!({
@@ -69,8 +75,13 @@ fn hf_config(arch: &str, spec: &str, vocab: usize, context: usize, eos: Option<u
             other => bail!("unknown --arch `{other}` (gpt2 or llama)"),
         });
     }
-    let text = std::fs::read_to_string(spec).with_context(|| format!("--config `{spec}` is neither a size (tiny, mini, small) nor a readable config.json"))?;
-    let mut value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{spec}: not valid JSON"))?;
+    let text = std::fs::read_to_string(spec).with_context(|| {
+        format!(
+            "--config `{spec}` is neither a size (tiny, mini, small) nor a readable config.json"
+        )
+    })?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{spec}: not valid JSON"))?;
     value["vocab_size"] = vocab.into();
     Ok(value)
 }
@@ -84,12 +95,38 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
             run.schedule.total_steps = steps;
         }
         let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = Tokenizer::from_file(&RunFiles { dir: run_dir.clone() }.tokenizer_dir().join("tokenizer.json"))?;
-        let (train, val) = packed_sources(&run, &tokenizer, eos_id(&config, &tokenizer)?, t.corpus_options(CorpusOptions::default()), t.val_fraction)?;
-        return drive(&run, run_dir, Setup { config, weights, train_source: train, val_source: val }, Some(ckpt), t);
+        let tokenizer = Tokenizer::from_file(
+            &RunFiles {
+                dir: run_dir.clone(),
+            }
+            .tokenizer_dir()
+            .join("tokenizer.json"),
+        )?;
+        let (train, val) = packed_sources(
+            &run,
+            &tokenizer,
+            eos_id(&config, &tokenizer)?,
+            t.corpus_options(CorpusOptions::default()),
+            t.val_fraction,
+        )?;
+        return drive(
+            &run,
+            run_dir,
+            Setup {
+                config,
+                weights,
+                train_source: train,
+                val_source: val,
+            },
+            Some(ckpt),
+            t,
+        );
     }
     let out = t.out.as_ref().context("pass --out RUN_DIR")?;
-    let tok_path = a.tokenizer.as_ref().context("pass --tokenizer tokenizer.json (train one with `dlm tokenizer train`)")?;
+    let tok_path = a
+        .tokenizer
+        .as_ref()
+        .context("pass --tokenizer tokenizer.json (train one with `dlm tokenizer train`)")?;
     if t.data.is_empty() {
         bail!("pass --data PATH...");
     }
@@ -102,7 +139,11 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
                 Some(id) => id,
                 None => tokenizer.add_special_token(NEW_MASK_TOKEN)?,
             };
-            Objective::Diffusion { mask_id, shift: !a.no_shift, anneal_steps: a.anneal_steps }
+            Objective::Diffusion {
+                mask_id,
+                shift: !a.no_shift,
+                anneal_steps: a.anneal_steps,
+            }
         }
         other => bail!("unknown --objective `{other}` (ar or diffusion)"),
     };
@@ -115,6 +156,23 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     let weights = init_weights(&config, &mut Rng::seed(t.seed))?;
     let run = t.run_config("pretrain", objective, None)?;
     RunFiles::create(out, &run, &tokenizer, None)?;
-    let (train, val) = packed_sources(&run, &tokenizer, eos_id(&config, &tokenizer)?, t.corpus_options(CorpusOptions::default()), t.val_fraction)?;
-    drive(&run, out, Setup { config, weights, train_source: train, val_source: val }, None, t)
+    let (train, val) = packed_sources(
+        &run,
+        &tokenizer,
+        eos_id(&config, &tokenizer)?,
+        t.corpus_options(CorpusOptions::default()),
+        t.val_fraction,
+    )?;
+    drive(
+        &run,
+        out,
+        Setup {
+            config,
+            weights,
+            train_source: train,
+            val_source: val,
+        },
+        None,
+        t,
+    )
 }

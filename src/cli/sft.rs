@@ -36,16 +36,38 @@ pub struct SftArgs {
 }
 
 fn format(config: &ModelConfig, sep: Option<u32>, cutoff_len: usize) -> anyhow::Result<SftFormat> {
-    let eos = config.eos_token_id.context("the model has no eos_token_id; SFT needs one")?;
+    let eos = config
+        .eos_token_id
+        .context("the model has no eos_token_id; SFT needs one")?;
     let sep = sep
-        .or_else(|| config.raw.get("sep_token_id").and_then(|v| v.as_u64()).map(|v| v as u32))
-        .or_else(|| (config.arch == Architecture::Gpt2 && config.vocab_size >= 50257).then_some(50155))
+        .or_else(|| {
+            config
+                .raw
+                .get("sep_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+        })
+        .or_else(|| {
+            (config.arch == Architecture::Gpt2 && config.vocab_size >= 50257).then_some(50155)
+        })
         .unwrap_or(eos);
-    Ok(SftFormat { bos: config.bos_token_id.unwrap_or(eos), sep, eos, pad: config.pad_token_id.unwrap_or(eos), cutoff_len })
+    Ok(SftFormat {
+        bos: config.bos_token_id.unwrap_or(eos),
+        sep,
+        eos,
+        pad: config.pad_token_id.unwrap_or(eos),
+        cutoff_len,
+    })
 }
 
 fn source(paths: &[PathBuf], tokenizer: &Tokenizer, f: SftFormat) -> anyhow::Result<SftSource> {
-    let corpus = Corpus::open(paths, CorpusOptions { fields: Fields::pair(), line_docs: false })?;
+    let corpus = Corpus::open(
+        paths,
+        CorpusOptions {
+            fields: Fields::pair(),
+            line_docs: false,
+        },
+    )?;
     Ok(SftSource::new(corpus, tokenizer.clone(), f)?)
 }
 
@@ -58,13 +80,35 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
             run.schedule.total_steps = steps;
         }
         let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = Tokenizer::from_file(&RunFiles { dir: run_dir.clone() }.tokenizer_dir().join("tokenizer.json"))?;
+        let tokenizer = Tokenizer::from_file(
+            &RunFiles {
+                dir: run_dir.clone(),
+            }
+            .tokenizer_dir()
+            .join("tokenizer.json"),
+        )?;
         let f = format(&config, a.sep_token, run.seq_len)?;
-        let val = (!a.val_data.is_empty()).then(|| source(&a.val_data, &tokenizer, f)).transpose()?;
+        let val = (!a.val_data.is_empty())
+            .then(|| source(&a.val_data, &tokenizer, f))
+            .transpose()?;
         let train = source(&run.data, &tokenizer, f)?;
-        return drive(&run, run_dir, Setup { config, weights, train_source: train, val_source: val }, Some(ckpt), t);
+        return drive(
+            &run,
+            run_dir,
+            Setup {
+                config,
+                weights,
+                train_source: train,
+                val_source: val,
+            },
+            Some(ckpt),
+            t,
+        );
     }
-    let base = a.base.as_ref().context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
+    let base = a
+        .base
+        .as_ref()
+        .context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
     let out = t.out.as_ref().context("pass --out RUN_DIR")?;
     if t.data.is_empty() {
         bail!("pass --data train.jsonl (prompt/response pairs)");
@@ -72,12 +116,35 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
     let (mut config, mut weights) = (loaded.config, loaded.weights);
     let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
-    let mask_id = set_mask_token(a.mask_token.as_deref(), &mut config, &mut weights, &mut tokenizer, t.seed)?;
-    let objective = Objective::Diffusion { mask_id, shift: true, anneal_steps: 1 };
+    let mask_id = set_mask_token(
+        a.mask_token.as_deref(),
+        &mut config,
+        &mut weights,
+        &mut tokenizer,
+        t.seed,
+    )?;
+    let objective = Objective::Diffusion {
+        mask_id,
+        shift: true,
+        anneal_steps: 1,
+    };
     let run = t.run_config("sft", objective, Some(base.clone()))?;
     let f = format(&config, a.sep_token, run.seq_len)?;
     RunFiles::create(out, &run, &tokenizer, Some(base))?;
-    let val = (!a.val_data.is_empty()).then(|| source(&a.val_data, &tokenizer, f)).transpose()?;
+    let val = (!a.val_data.is_empty())
+        .then(|| source(&a.val_data, &tokenizer, f))
+        .transpose()?;
     let train = source(&run.data, &tokenizer, f)?;
-    drive(&run, out, Setup { config, weights, train_source: train, val_source: val }, None, t)
+    drive(
+        &run,
+        out,
+        Setup {
+            config,
+            weights,
+            train_source: train,
+            val_source: val,
+        },
+        None,
+        t,
+    )
 }

@@ -96,7 +96,12 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn run_config(&self, command: &str, objective: Objective, base: Option<PathBuf>) -> anyhow::Result<RunConfig> {
+    pub fn run_config(
+        &self,
+        command: &str,
+        objective: Objective,
+        base: Option<PathBuf>,
+    ) -> anyhow::Result<RunConfig> {
         let tokens_per_step = (self.micro_batch * self.grad_accum * self.seq_len) as u64;
         let max_steps = match (self.max_steps, self.max_tokens) {
             (Some(s), _) => s,
@@ -118,8 +123,20 @@ impl TrainArgs {
             seq_len: self.seq_len,
             micro_batch: self.micro_batch,
             grad_accum: self.grad_accum,
-            optimizer: AdamWConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay },
-            schedule: Schedule { peak_lr: self.lr, warmup_steps: self.warmup, total_steps: max_steps, decay, min_lr_ratio: self.min_lr_ratio },
+            optimizer: AdamWConfig {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            },
+            schedule: Schedule {
+                peak_lr: self.lr,
+                warmup_steps: self.warmup,
+                total_steps: max_steps,
+                decay,
+                min_lr_ratio: self.min_lr_ratio,
+            },
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             seed: self.seed,
             max_steps,
@@ -134,7 +151,10 @@ impl TrainArgs {
     }
 
     pub fn corpus_options(&self, options: CorpusOptions) -> CorpusOptions {
-        CorpusOptions { line_docs: self.line_docs, ..options }
+        CorpusOptions {
+            line_docs: self.line_docs,
+            ..options
+        }
     }
 }
 
@@ -153,13 +173,28 @@ impl RunFiles {
     }
 
     /// Creates a new run directory; refuses to overwrite one that already has checkpoints.
-    pub fn create(dir: &Path, run: &RunConfig, tokenizer: &Tokenizer, base: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn create(
+        dir: &Path,
+        run: &RunConfig,
+        tokenizer: &Tokenizer,
+        base: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if checkpoint::latest(dir)?.is_some() {
-            bail!("{} already holds a run; pass --resume {} to continue it, or choose another --out", dir.display(), dir.display());
+            bail!(
+                "{} already holds a run; pass --resume {} to continue it, or choose another --out",
+                dir.display(),
+                dir.display()
+            );
         }
-        let files = Self { dir: dir.to_path_buf() };
-        std::fs::create_dir_all(files.tokenizer_dir()).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(&files.config_path(), serde_json::to_string_pretty(run)?.as_bytes())?;
+        let files = Self {
+            dir: dir.to_path_buf(),
+        };
+        std::fs::create_dir_all(files.tokenizer_dir())
+            .with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(
+            &files.config_path(),
+            serde_json::to_string_pretty(run)?.as_bytes(),
+        )?;
         tokenizer.save(&files.tokenizer_dir().join("tokenizer.json"))?;
         for f in ["tokenizer_config.json", "generation_config.json"] {
             if let Some(src) = base.map(|b| b.join(f)).filter(|p| p.exists()) {
@@ -171,8 +206,10 @@ impl RunFiles {
 
     pub fn load_config(dir: &Path) -> anyhow::Result<RunConfig> {
         let path = dir.join("run_config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is this a dlm run directory?)", path.display()))?;
-        Ok(serde_json::from_str(&text).with_context(|| format!("{}: bad run config", path.display()))?)
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {} (is this a dlm run directory?)", path.display())
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: bad run config", path.display()))
     }
 }
 
@@ -185,12 +222,24 @@ pub struct Setup<S> {
 }
 
 /// Runs (or resumes) a training session and prints where the result is.
-pub fn drive<S: ExampleSource>(run: &RunConfig, run_dir: &Path, setup: Setup<S>, resume_from: Option<PathBuf>, args: &TrainArgs) -> anyhow::Result<()> {
+pub fn drive<S: ExampleSource>(
+    run: &RunConfig,
+    run_dir: &Path,
+    setup: Setup<S>,
+    resume_from: Option<PathBuf>,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
     let device: Device = parse_device(&args.device)?;
-    let files = RunFiles { dir: run_dir.to_path_buf() };
+    let files = RunFiles {
+        dir: run_dir.to_path_buf(),
+    };
     let mut model = TrainableModel::new(&setup.config, &setup.weights, &device)?;
     let mut optimizer = AdamW::new(run.optimizer);
-    let loader_config = LoaderConfig { batch_size: run.micro_batch, shuffle_buffer: args.shuffle_buffer, seed: run.seed };
+    let loader_config = LoaderConfig {
+        batch_size: run.micro_batch,
+        shuffle_buffer: args.shuffle_buffer,
+        seed: run.seed,
+    };
     let (mut state, mut loader) = match &resume_from {
         Some(dir) => {
             let (state, moments) = checkpoint::load_state(dir)?;
@@ -200,7 +249,13 @@ pub fn drive<S: ExampleSource>(run: &RunConfig, run_dir: &Path, setup: Setup<S>,
         }
         None => {
             let loader = Loader::new(setup.train_source, loader_config)?;
-            let state = TrainerState { step: 0, rng: Rng::seed(run.seed), loader: loader.state().clone(), tokens_seen: 0, skipped_nonfinite: 0 };
+            let state = TrainerState {
+                step: 0,
+                rng: Rng::seed(run.seed),
+                loader: loader.state().clone(),
+                tokens_seen: 0,
+                skipped_nonfinite: 0,
+            };
             (state, loader)
         }
     };
@@ -238,18 +293,33 @@ pub fn drive<S: ExampleSource>(run: &RunConfig, run_dir: &Path, setup: Setup<S>,
         "done: {} steps, last loss {:.4}{}; model at {}",
         summary.steps,
         summary.last_loss,
-        summary.last_val.map_or(String::new(), |v| format!(", validation {v:.4} nats/token")),
-        summary.checkpoint.map_or("(no checkpoint)".into(), |p| p.display().to_string())
+        summary
+            .last_val
+            .map_or(String::new(), |v| format!(", validation {v:.4} nats/token")),
+        summary
+            .checkpoint
+            .map_or("(no checkpoint)".into(), |p| p.display().to_string())
     );
     Ok(())
 }
 
 /// The first `n` batches of a source, in order (validation uses no shuffling).
-fn first_batches<S: ExampleSource>(source: S, batch_size: usize, n: usize) -> anyhow::Result<Vec<Batch>> {
+fn first_batches<S: ExampleSource>(
+    source: S,
+    batch_size: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Batch>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let mut loader = Loader::new(source, LoaderConfig { batch_size, shuffle_buffer: 1, seed: 0 })?;
+    let mut loader = Loader::new(
+        source,
+        LoaderConfig {
+            batch_size,
+            shuffle_buffer: 1,
+            seed: 0,
+        },
+    )?;
     let mut out = Vec::new();
     while out.len() < n {
         let batch = match loader.next_batch() {
@@ -266,7 +336,12 @@ fn first_batches<S: ExampleSource>(source: S, batch_size: usize, n: usize) -> an
 
 /// Where to resume from: the run's latest checkpoint, with its model weights and config.
 pub fn resume_point(run_dir: &Path) -> anyhow::Result<(PathBuf, ModelConfig, Weights)> {
-    let dir = checkpoint::latest(run_dir)?.with_context(|| format!("{} has no completed checkpoint to resume from", run_dir.display()))?;
+    let dir = checkpoint::latest(run_dir)?.with_context(|| {
+        format!(
+            "{} has no completed checkpoint to resume from",
+            run_dir.display()
+        )
+    })?;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::load_dir(&dir, config.arch, DType::F32, &Device::Cpu)?;
     Ok((dir, config, weights))

@@ -85,8 +85,9 @@ pub fn read_safetensors(
 /// Writes tensors as one safetensors file, atomically, with the `format: pt` metadata HF expects.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-        .map_err(|e| Error::checkpoint(path, e))?;
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+            .map_err(|e| Error::checkpoint(path, e))?;
     write_atomic(path, &bytes)
 }
 

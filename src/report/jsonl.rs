@@ -32,12 +32,16 @@ impl JsonlLog {
             .file
             .lock()
             .map_err(|_| Error::Input("log file lock poisoned".into()))?;
-        f.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))
+        f.write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Every line of a log, parsed; unparsable lines (a torn last line) are skipped.
     pub fn read(path: &Path) -> Result<Vec<serde_json::Value>> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }

@@ -20,7 +20,11 @@ use crate::train::params::TrainableModel;
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 /// Files copied from the base model so that a checkpoint is a complete model directory.
-const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"];
+const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -55,7 +59,10 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // f32 always: an exact resume needs the exact parameters.
     model.weights(run_dir).save_dir(&tmp, config, DType::F32)?;
-    write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state_tensors(&model.vars)?)?;
+    write_safetensors(
+        &tmp.join(OPTIMIZER_FILE),
+        &optimizer.state_tensors(&model.vars)?,
+    )?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Input(e.to_string()))?;
     write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
     if let Some(src) = tokenizer_dir {
@@ -82,7 +89,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let name = std::fs::read_to_string(&pointer).map_err(|e| Error::io(&pointer, e))?;
     let dir = checkpoints_dir(run_dir).join(name.trim());
     if !dir.join(STATE_FILE).exists() {
-        return Err(Error::checkpoint(&dir, "`latest` names an incomplete checkpoint"));
+        return Err(Error::checkpoint(
+            &dir,
+            "`latest` names an incomplete checkpoint",
+        ));
     }
     Ok(Some(dir))
 }
@@ -91,9 +101,11 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn load_state(dir: &Path) -> Result<(TrainerState, Vec<(String, Tensor)>)> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, format!("bad trainer state: {e}")))?;
-    let moments = read_safetensors(&dir.join(OPTIMIZER_FILE), DType::F32, &Device::Cpu, |_| true)?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&path, format!("bad trainer state: {e}")))?;
+    let moments = read_safetensors(&dir.join(OPTIMIZER_FILE), DType::F32, &Device::Cpu, |_| {
+        true
+    })?;
     Ok((state, moments))
 }
 
@@ -106,7 +118,11 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
         .collect();
     steps.sort();
     let excess = steps.len().saturating_sub(keep);

@@ -14,8 +14,11 @@ use crate::rng::Rng;
 pub fn init_weights(config: &ModelConfig, rng: &mut Rng) -> Result<Weights> {
     // Building the model over a VarMap enumerates every parameter name and shape once.
     let varmap = VarMap::new();
-    build(config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
-        .map_err(|e| Error::config("<init>", e))?;
+    build(
+        config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .map_err(|e| Error::config("<init>", e))?;
     let shapes: BTreeMap<String, Vec<usize>> = varmap
         .data()
         .lock()
@@ -33,7 +36,9 @@ pub fn init_weights(config: &ModelConfig, rng: &mut Rng) -> Result<Weights> {
         } else if is_norm {
             vec![1.0; n]
         } else {
-            let residual = ["attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj."].iter().any(|p| name.contains(p));
+            let residual = ["attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj."]
+                .iter()
+                .any(|p| name.contains(p));
             let std = if residual { residual_std } else { 0.02 };
             (0..n).map(|_| (rng.normal() * std) as f32).collect()
         };

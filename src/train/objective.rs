@@ -41,7 +41,13 @@ pub struct Prepared {
 impl Objective {
     /// Noises a batch (diffusion) or passes it through (AR). All draws come from `rng` in a fixed
     /// order — times, mask draws, then the annealing matrix — so a resumed run draws the same.
-    pub fn prepare(&self, batch: &Batch, step: u64, rng: &mut Rng, device: &Device) -> Result<Prepared> {
+    pub fn prepare(
+        &self,
+        batch: &Batch,
+        step: u64,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Prepared> {
         let b = batch.ids.len();
         let l = batch.ids.first().map_or(0, |r| r.len());
         match *self {
@@ -52,7 +58,11 @@ impl Objective {
                 anneal_ratio: 0.0,
                 candidate_targets: b * l.saturating_sub(1),
             }),
-            Objective::Diffusion { mask_id, shift, anneal_steps } => {
+            Objective::Diffusion {
+                mask_id,
+                shift,
+                anneal_steps,
+            } => {
                 let t = sample_times(b, rng);
                 let draws = sample_mask_draws(b, l, rng);
                 let x_t: Vec<Vec<u32>> = (0..b)
@@ -66,7 +76,12 @@ impl Objective {
                 let candidates: usize = batch
                     .src_mask
                     .iter()
-                    .map(|m| m.iter().skip(usize::from(shift)).filter(|&&s| s == 0).count())
+                    .map(|m| {
+                        m.iter()
+                            .skip(usize::from(shift))
+                            .filter(|&&s| s == 0)
+                            .count()
+                    })
                     .sum();
                 Ok(Prepared {
                     input: x_t,

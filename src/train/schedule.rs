@@ -31,7 +31,9 @@ impl Schedule {
         let floor = self.min_lr_ratio;
         let factor = match self.decay {
             Decay::Constant => 1.0,
-            Decay::Cosine => floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Decay::Cosine => {
+                floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
             Decay::Linear => floor + (1.0 - floor) * (1.0 - progress),
         };
         self.peak_lr * factor
@@ -44,14 +46,26 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = Schedule { peak_lr: 1.0, warmup_steps: 10, total_steps: 110, decay: Decay::Cosine, min_lr_ratio: 0.0 };
+        let s = Schedule {
+            peak_lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            decay: Decay::Cosine,
+            min_lr_ratio: 0.0,
+        };
         assert!((s.lr(0) - 0.1).abs() < 1e-12);
         assert!((s.lr(9) - 1.0).abs() < 1e-12);
         assert!((s.lr(60) - 0.5).abs() < 1e-12);
         assert!(s.lr(110).abs() < 1e-12);
-        let c = Schedule { decay: Decay::Constant, ..s };
+        let c = Schedule {
+            decay: Decay::Constant,
+            ..s
+        };
         assert_eq!(c.lr(100), 1.0);
-        let l = Schedule { decay: Decay::Linear, ..s };
+        let l = Schedule {
+            decay: Decay::Linear,
+            ..s
+        };
         assert!((l.lr(60) - 0.5).abs() < 1e-12);
     }
 }

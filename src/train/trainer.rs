@@ -73,17 +73,32 @@ pub struct Summary {
 
 /// Validation: the 1/t-weighted bound in nats per candidate token (diffusion) or the mean
 /// next-token cross-entropy (AR), averaged over the fixed batches.
-pub fn validate(model: &TrainableModel, objective: &Objective, batches: &[Batch], device: &Device) -> Result<f64> {
-    let mut rng = Rng::seed(0x5eed_0f_7a1);
+pub fn validate(
+    model: &TrainableModel,
+    objective: &Objective,
+    batches: &[Batch],
+    device: &Device,
+) -> Result<f64> {
+    let mut rng = Rng::seed(0x0005_eed0_f7a1);
     let (mut total, mut count) = (0.0f64, 0usize);
     for batch in batches {
         // Validation always uses the final attention (bidirectional for diffusion).
         let prepared = objective.prepare(batch, u64::MAX - 1, &mut rng, device)?;
-        let loss = forward_loss(model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, device)?;
+        let loss = forward_loss(
+            model.model.as_ref(),
+            &prepared.input,
+            &prepared.mask,
+            &prepared.targets,
+            device,
+        )?;
         total += loss.weighted.to_scalar::<f32>()? as f64 * loss.n_targets as f64;
         count += prepared.candidate_targets;
     }
-    Ok(if count == 0 { 0.0 } else { total / count as f64 })
+    Ok(if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    })
 }
 
 fn add_grads(acc: &mut Vec<(String, Tensor)>, new: Vec<(String, Tensor)>) -> Result<()> {
@@ -122,11 +137,20 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
     while s.state.step < run.max_steps {
         let step = s.state.step;
         let started = Instant::now();
-        let (mut grads, mut loss_sum, mut unweighted_sum, mut tokens, mut ratio) = (Vec::new(), 0.0, 0.0, 0, 1.0);
+        let (mut grads, mut loss_sum, mut unweighted_sum, mut tokens, mut ratio) =
+            (Vec::new(), 0.0, 0.0, 0, 1.0);
         for _ in 0..run.grad_accum {
             let batch = s.loader.next_batch()?;
-            let prepared = run.objective.prepare(&batch, step, &mut s.state.rng, s.device)?;
-            let loss = forward_loss(s.model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, s.device)?;
+            let prepared = run
+                .objective
+                .prepare(&batch, step, &mut s.state.rng, s.device)?;
+            let loss = forward_loss(
+                s.model.model.as_ref(),
+                &prepared.input,
+                &prepared.mask,
+                &prepared.targets,
+                s.device,
+            )?;
             let scaled = (&loss.weighted / run.grad_accum as f64)?;
             add_grads(&mut grads, s.model.gradients(&scaled.backward()?)?)?;
             loss_sum += loss.weighted.to_scalar::<f32>()? as f64 / run.grad_accum as f64;
@@ -139,7 +163,9 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
             if run.skip_nonfinite {
                 s.state.skipped_nonfinite += 1;
                 s.state.step += 1;
-                log.write(&json!({"kind": "skipped", "step": step, "loss": loss_sum, "grad_norm": norm}))?;
+                log.write(
+                    &json!({"kind": "skipped", "step": step, "loss": loss_sum, "grad_norm": norm}),
+                )?;
                 continue;
             }
             let last = checkpoint::latest(s.run_dir)?;
@@ -149,7 +175,12 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
             )));
         }
         let lr = run.schedule.lr(step);
-        s.optimizer.step(&s.model.vars, &grads, lr, clip_coefficient(norm, run.max_grad_norm))?;
+        s.optimizer.step(
+            &s.model.vars,
+            &grads,
+            lr,
+            clip_coefficient(norm, run.max_grad_norm),
+        )?;
         s.state.step += 1;
         s.state.tokens_seen += tokens as u64;
         let secs = started.elapsed().as_secs_f64();
@@ -160,16 +191,28 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         }))?;
         summary.last_loss = loss_sum;
         bar.set_position(s.state.step);
-        bar.set_message(format!("loss {loss_sum:.4} lr {lr:.2e} {:.0} tok/s", tokens as f64 / secs));
+        bar.set_message(format!(
+            "loss {loss_sum:.4} lr {lr:.2e} {:.0} tok/s",
+            tokens as f64 / secs
+        ));
         let done = s.state.step == run.max_steps;
-        if !s.val_batches.is_empty() && (done || (run.val_every > 0 && s.state.step % run.val_every == 0)) {
+        if !s.val_batches.is_empty()
+            && (done || (run.val_every > 0 && s.state.step.is_multiple_of(run.val_every)))
+        {
             let val = validate(s.model, &run.objective, s.val_batches, s.device)?;
             log.write(&json!({"kind": "val", "step": s.state.step, "val_loss": val, "tokens": s.state.tokens_seen}))?;
             summary.last_val = Some(val);
         }
-        if done || (run.save_every > 0 && s.state.step % run.save_every == 0) {
+        if done || (run.save_every > 0 && s.state.step.is_multiple_of(run.save_every)) {
             s.state.loader = s.loader.state().clone();
-            let dir = checkpoint::save(s.run_dir, s.model, s.model_config, s.optimizer, s.state, s.tokenizer_dir)?;
+            let dir = checkpoint::save(
+                s.run_dir,
+                s.model,
+                s.model_config,
+                s.optimizer,
+                s.state,
+                s.tokenizer_dir,
+            )?;
             checkpoint::prune(s.run_dir, run.keep_last)?;
             summary.checkpoint = Some(dir);
         }

@@ -1,0 +1,201 @@
+//! End-to-end training through the CLI on a tiny corpus: tokenizer → AR pre-training → adaptation,
+//! and exact resume: N steps straight equal N/2 + stop + resume + N/2, also when the first run is
+//! killed with SIGKILL mid-run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn dlm(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dlm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn data() -> String {
+    format!("{}/tests/fixtures/data", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tokenizer and a 10-step AR model, made once per test.
+fn base(dir: &Path) -> PathBuf {
+    let tok = dir.join("tok.json");
+    dlm(&[
+        "tokenizer",
+        "train",
+        "--vocab-size",
+        "400",
+        "--data",
+        &data(),
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    let run = dir.join("ar");
+    dlm(&[
+        "pretrain",
+        "--arch",
+        "gpt2",
+        "--config",
+        "tiny",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--objective",
+        "ar",
+        "--data",
+        &data(),
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "2",
+        "--max-steps",
+        "10",
+        "--lr",
+        "3e-3",
+        "--no-progress",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    run.join("checkpoints/step-00000010")
+}
+
+fn adapt_args<'a>(base: &'a str, out: &'a str, steps: &'a str, schedule: &'a str) -> Vec<&'a str> {
+    vec![
+        "adapt",
+        "--base",
+        base,
+        "--data",
+        "DATA",
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "2",
+        "--max-steps",
+        steps,
+        "--anneal-steps",
+        "4",
+        "--schedule",
+        schedule,
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--shuffle-buffer",
+        "8",
+        "--no-progress",
+        "--out",
+        out,
+    ]
+}
+
+fn with_data(args: Vec<&str>, data: &str) -> Vec<String> {
+    args.into_iter()
+        .map(|a| {
+            if a == "DATA" {
+                data.to_string()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect()
+}
+
+fn final_files(run: &Path, step: u64) -> (Vec<u8>, Vec<u8>, String) {
+    let dir = run.join(format!("checkpoints/step-{step:08}"));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap())
+            .unwrap();
+    (
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        std::fs::read(dir.join("optimizer.safetensors")).unwrap(),
+        format!("{}{}", state["rng"], state["loader"]),
+    )
+}
+
+#[test]
+fn pretrain_then_adapt_then_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base(tmp.path());
+    let (b, d) = (base.to_str().unwrap().to_string(), data());
+    let straight = tmp.path().join("straight");
+    let args = with_data(
+        adapt_args(&b, straight.to_str().unwrap(), "8", "constant"),
+        &d,
+    );
+    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The adapted checkpoint is a diffusion model directory with its mask id recorded.
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(straight.join("checkpoints/step-00000008/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["mask_token_id"], 400);
+    let lines = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"train\""))
+            .count(),
+        8
+    );
+
+    let halves = tmp.path().join("halves");
+    let args = with_data(
+        adapt_args(&b, halves.to_str().unwrap(), "4", "constant"),
+        &d,
+    );
+    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    dlm(&[
+        "adapt",
+        "--resume",
+        halves.to_str().unwrap(),
+        "--max-steps",
+        "8",
+        "--no-progress",
+    ]);
+    assert!(
+        final_files(&straight, 8) == final_files(&halves, 8),
+        "4 + resume + 4 differs from 8 straight"
+    );
+}
+
+#[test]
+fn killed_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base(tmp.path());
+    let (b, d) = (base.to_str().unwrap().to_string(), data());
+    let straight = tmp.path().join("straight");
+    let args = with_data(
+        adapt_args(&b, straight.to_str().unwrap(), "12", "cosine"),
+        &d,
+    );
+    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let killed = tmp.path().join("killed");
+    let args = with_data(adapt_args(&b, killed.to_str().unwrap(), "12", "cosine"), &d);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(&args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed.join("checkpoints/latest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !latest.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, wherever it is
+    child.wait().unwrap();
+    dlm(&[
+        "adapt",
+        "--resume",
+        killed.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(
+        final_files(&straight, 12) == final_files(&killed, 12),
+        "killed + resumed run differs"
+    );
+}
