@@ -20,6 +20,24 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// Autoregressive decoding with the KV cache: tokens per second.
     Generate(GenerateBenchArgs),
+    /// One diffusion training step (forward, backward, AdamW) on a GPT-2-small shape.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    /// Model size (see `dlm pretrain --config`).
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 50257)]
+    pub vocab: usize,
+    /// Timed steps after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +72,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Generate(a) => generate_bench(a),
+        BenchCommand::Train(a) => train_bench(a),
     }
 }
 
@@ -197,6 +216,79 @@ fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
         bytes as f64 / 1e6,
         stream * 1e3,
         decode / stream
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
+    use crate::data::loader::Batch;
+    use crate::train::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
+    use crate::train::objective::Objective;
+    use crate::train::params::TrainableModel;
+    use crate::train::step::forward_loss;
+
+    let device = Device::Cpu;
+    let (layers, d, heads) = match a.config.as_str() {
+        "tiny" => (2, 64, 4),
+        "mini" => (6, 384, 6),
+        "small" => (12, 768, 12),
+        other => anyhow::bail!("unknown size `{other}` (tiny, mini, small)"),
+    };
+    // GPT-2 small with an untied head, as the PyTorch reference step in bench/ measures.
+    let value = serde_json::json!({
+        "model_type": "gpt2", "vocab_size": a.vocab, "n_positions": a.seq.max(1024), "n_embd": d,
+        "n_layer": layers, "n_head": heads, "tie_word_embeddings": false,
+    });
+    let config = ModelConfig::from_json(value, std::path::Path::new("<bench>"))?;
+    let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
+    let mut model = TrainableModel::new(&config, &weights, &device)?;
+    let mut optimizer = AdamW::new(AdamWConfig::default());
+    let objective = Objective::Diffusion { mask_id: 0, shift: true, anneal_steps: 0 };
+    let mut rng = Rng::seed(1);
+    let batch = Batch {
+        ids: (0..a.batch).map(|_| (0..a.seq).map(|_| 1 + (rng.next_u64() % (a.vocab as u64 - 1)) as u32).collect()).collect(),
+        src_mask: vec![vec![0; a.seq]; a.batch],
+        epoch: 0,
+    };
+    let baseline = matmul_gflops(a.batch * a.seq, d, 4 * d, &device)?;
+    let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..=a.steps {
+        let t0 = Instant::now();
+        let prepared = objective.prepare(&batch, step as u64, &mut rng, &device)?;
+        let loss = forward_loss(model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, &device)?;
+        let t1 = Instant::now();
+        let grads = model.gradients(&loss.weighted.backward()?)?;
+        let t2 = Instant::now();
+        let norm = global_grad_norm(&grads)?;
+        optimizer.step(&model.vars, &grads, 3e-4, clip_coefficient(norm, Some(1.0)))?;
+        let t3 = Instant::now();
+        if step > 0 {
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            opt.push((t3 - t2).as_secs_f64());
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (f, b, o) = (mean(&fwd), mean(&bwd), mean(&opt));
+    let total = f + b + o;
+    let params = model.num_parameters();
+    // 6·N·tokens for forward + backward of the weight matmuls (the head scores ~t of the rows).
+    let flops = 6.0 * params as f64 * (a.batch * a.seq) as f64;
+    println!(
+        "train step gpt2-{} (untied head, {} params) batch {} seq {}: {:.2} s/step = forward {:.2} + backward {:.2} + optimizer {:.2}; {:.0} tokens/s; peak RSS {:.0} MB",
+        a.config, params, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
+    );
+    println!(
+        "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; step at {:.1} GFLOP/s effective (6·N·tokens), ratio {:.2}; PyTorch fp32 reference on this machine: 3.2 s/step (bench/pytorch_train_step.py)",
+        a.batch * a.seq, d, 4 * d, baseline, flops / total / 1e9, flops / total / 1e9 / baseline
     );
     Ok(())
 }
