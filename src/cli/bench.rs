@@ -249,7 +249,7 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     });
     let config = ModelConfig::from_json(value, std::path::Path::new("<bench>"))?;
     let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
-    let mut model = TrainableModel::new(&config, &weights, &device)?;
+    let model = TrainableModel::new(&config, &weights, &device)?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
     let objective = Objective::Diffusion { mask_id: 0, shift: true, anneal_steps: 0 };
     let mut rng = Rng::seed(1);
