@@ -3,7 +3,9 @@
 mod args;
 mod bench;
 mod convert;
+mod diffusion;
 mod generate;
+mod infill;
 mod info;
 mod score;
 
@@ -28,8 +30,10 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Describe a model directory.
     Info(info::InfoArgs),
-    /// Generate text (`--ar`: causal decoding with a KV cache, the AR baseline).
+    /// Generate text by diffusion sampling (`--ar`: causal decoding with a KV cache, the AR baseline).
     Generate(generate::GenerateArgs),
+    /// Fill masked spans between given text (prefix/suffix or a `<|mask:N|>` template).
+    Infill(infill::InfillArgs),
     /// Per-position logits and the shifted log-likelihood of a text under a chosen attention.
     Score(score::ScoreArgs),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Infill(a) => infill::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(c) => bench::run(c),
     }
