@@ -20,6 +20,8 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// Autoregressive decoding with the KV cache: tokens per second.
     Generate(GenerateBenchArgs),
+    /// Diffusion sampling: the exact path against each acceleration.
+    Sample(super::bench_sample::SampleBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +56,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Generate(a) => generate_bench(a),
+        BenchCommand::Sample(a) => super::bench_sample::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_sample;
 mod convert;
 mod diffusion;
 mod generate;
