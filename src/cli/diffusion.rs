@@ -269,9 +269,10 @@ fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
     }
 }
 
-/// The canvas with masked positions as dim `░`, for `--show-steps`.
+/// The canvas with masked positions as dim `░`, for `--show-steps` (ids space-separated when
+/// there is no tokenizer).
 fn draw(tok: Option<&Tokenizer>, tokens: &[u32], masked: &[bool]) -> String {
-    tokens
+    let cells: Vec<String> = tokens
         .iter()
         .zip(masked)
         .map(|(&t, &m)| {
@@ -281,7 +282,8 @@ fn draw(tok: Option<&Tokenizer>, tokens: &[u32], masked: &[bool]) -> String {
                 render(tok, &[t])
             }
         })
-        .collect()
+        .collect();
+    cells.join(if tok.is_some() { "" } else { " " })
 }
 
 /// Samples every request and prints the results. `prompt_only` prints only the generated part.
