@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Generate(GenerateBenchArgs),
     /// One diffusion training step (forward, backward, AdamW) on a GPT-2-small shape.
     Train(TrainBenchArgs),
+    /// Diffusion sampling: the exact path against each acceleration.
+    Sample(super::bench_sample::SampleBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +75,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Forward(a) => forward(a),
         BenchCommand::Generate(a) => generate_bench(a),
         BenchCommand::Train(a) => train_bench(a),
+        BenchCommand::Sample(a) => super::bench_sample::run(a),
     }
 }
 
@@ -251,10 +254,20 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
     let model = TrainableModel::new(&config, &weights, &device)?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let objective = Objective::Diffusion { mask_id: 0, shift: true, anneal_steps: 0 };
+    let objective = Objective::Diffusion {
+        mask_id: 0,
+        shift: true,
+        anneal_steps: 0,
+    };
     let mut rng = Rng::seed(1);
     let batch = Batch {
-        ids: (0..a.batch).map(|_| (0..a.seq).map(|_| 1 + (rng.next_u64() % (a.vocab as u64 - 1)) as u32).collect()).collect(),
+        ids: (0..a.batch)
+            .map(|_| {
+                (0..a.seq)
+                    .map(|_| 1 + (rng.next_u64() % (a.vocab as u64 - 1)) as u32)
+                    .collect()
+            })
+            .collect(),
         src_mask: vec![vec![0; a.seq]; a.batch],
         epoch: 0,
     };
@@ -263,7 +276,13 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     for step in 0..=a.steps {
         let t0 = Instant::now();
         let prepared = objective.prepare(&batch, step as u64, &mut rng, &device)?;
-        let loss = forward_loss(model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, &device)?;
+        let loss = forward_loss(
+            model.model.as_ref(),
+            &prepared.input,
+            &prepared.mask,
+            &prepared.targets,
+            &device,
+        )?;
         let t1 = Instant::now();
         let grads = model.gradients(&loss.weighted.backward()?)?;
         let t2 = Instant::now();

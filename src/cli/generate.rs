@@ -1,5 +1,7 @@
-//! `dlm generate --ar MODEL_DIR --prompt TEXT`: autoregressive decoding with a KV cache, the
-//! baseline that every DLM is compared with. Tokens stream to stdout as they are chosen.
+//! `dlm generate MODEL_DIR [--prompt TEXT] --length N --steps T`: diffusion sampling
+//! (Algorithm 2, reference-semantics §2), prefix-conditioned or unconditional; the work is in
+//! `cli::diffusion`. `--ar`: autoregressive decoding with a KV cache, the baseline that every DLM
+//! is compared with; its tokens stream to stdout as they are chosen.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::args::{load_model, load_tokenizer, RuntimeArgs};
+use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::filter::TokenChoice;
@@ -20,24 +23,25 @@ pub struct GenerateArgs {
     /// Causal, left-to-right decoding with a KV cache (the AR baseline).
     #[arg(long)]
     pub ar: bool,
+    /// The prompt; without one (and without --prompt-ids) diffusion generation is unconditional.
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
+    /// The prompt as raw comma-separated token ids (no BOS is added).
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_ids: Option<String>,
     /// Wrap the prompt in the model's chat template (ChatML templates).
     #[arg(long)]
     pub chat: bool,
+    /// With --ar: the most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Softmax temperature; 0 means greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus filtering threshold.
+    /// Diffusion: generated positions after the prompt (the canvas length is fixed).
     #[arg(long)]
-    pub top_p: Option<f32>,
-    /// Keep only the k most likely tokens.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    pub length: Option<usize>,
+    #[command(flatten)]
+    pub choice: ChoiceArgs,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -76,23 +80,26 @@ fn chat_prompt(model_dir: &Path, user: &str) -> anyhow::Result<String> {
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if !a.ar {
-        bail!("diffusion generation is not available yet; pass --ar for autoregressive decoding");
+        return run_diffusion(a);
     }
+    let Some(user) = &a.prompt else {
+        bail!("--ar needs --prompt");
+    };
     let m = load_model(&a.model, &a.runtime)?;
     let tokenizer = load_tokenizer(&a.model)?;
     let prompt = if a.chat {
-        chat_prompt(&a.model, &a.prompt)?
+        chat_prompt(&a.model, user)?
     } else {
-        a.prompt.clone()
+        user.clone()
     };
     let ids = tokenizer.encode(&prompt)?;
     let device = super::args::parse_device(&a.runtime.device)?;
     let opts = ArOptions {
         max_new_tokens: a.max_new_tokens,
-        choice: TokenChoice::from_flags(a.temperature, a.top_k, a.top_p),
+        choice: TokenChoice::from_flags(a.choice.temperature, a.choice.top_k, a.choice.top_p),
         stop_ids: m.config.eos_token_id.into_iter().collect(),
     };
-    let mut rng = Rng::seed(a.seed);
+    let mut rng = Rng::seed(a.choice.seed);
     let start = Instant::now();
     let mut shown = String::new();
     let mut all = Vec::new();
@@ -121,4 +128,37 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         out.len() as f64 / secs
     );
     Ok(())
+}
+
+/// Diffusion generation: one request from the flags, or one per `--input` line.
+fn run_diffusion(a: GenerateArgs) -> anyhow::Result<()> {
+    let requests = match &a.diffusion.input {
+        Some(path) => {
+            if a.prompt.is_some() || a.prompt_ids.is_some() {
+                bail!("--input replaces --prompt/--prompt-ids; give one or the other");
+            }
+            read_jsonl(path)?
+        }
+        None => {
+            let prompt = match (&a.prompt, a.chat) {
+                (Some(p), true) => Some(chat_prompt(&a.model, p)?),
+                (None, true) => bail!("--chat needs --prompt"),
+                (p, false) => p.clone(),
+            };
+            vec![Request {
+                prompt,
+                prompt_ids: a.prompt_ids.as_deref().map(parse_ids).transpose()?,
+                ..Default::default()
+            }]
+        }
+    };
+    super::diffusion::run(
+        &a.model,
+        &a.runtime,
+        &a.diffusion,
+        &a.choice,
+        requests,
+        a.length,
+        true,
+    )
 }

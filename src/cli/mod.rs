@@ -3,8 +3,11 @@
 mod adapt;
 mod args;
 mod bench;
+mod bench_sample;
 mod convert;
+mod diffusion;
 mod generate;
+mod infill;
 mod info;
 mod pretrain;
 mod score;
@@ -39,8 +42,10 @@ pub enum Command {
     Sft(sft::SftArgs),
     /// Describe a model directory.
     Info(info::InfoArgs),
-    /// Generate text (`--ar`: causal decoding with a KV cache, the AR baseline).
+    /// Generate text by diffusion sampling (`--ar`: causal decoding with a KV cache, the AR baseline).
     Generate(generate::GenerateArgs),
+    /// Fill masked spans between given text (prefix/suffix or a `<|mask:N|>` template).
+    Infill(infill::InfillArgs),
     /// Per-position logits and the shifted log-likelihood of a text under a chosen attention.
     Score(score::ScoreArgs),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(a) => sft::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Infill(a) => infill::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Tokenizer(c) => tokenizer::run(c),

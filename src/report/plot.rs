@@ -22,9 +22,15 @@ fn ensure_font() -> Result<()> {
         let bytes = FONT_PATHS
             .iter()
             .find_map(|p| std::fs::read(p).ok())
-            .ok_or_else(|| format!("no DejaVu Sans font at {FONT_PATHS:?} (apt-get install fonts-dejavu-core)"))?;
-        register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-            .map_err(|_| "the DejaVu Sans font could not be parsed".to_string())
+            .ok_or_else(|| {
+                format!("no DejaVu Sans font at {FONT_PATHS:?} (apt-get install fonts-dejavu-core)")
+            })?;
+        register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            Box::leak(bytes.into_boxed_slice()),
+        )
+        .map_err(|_| "the DejaVu Sans font could not be parsed".to_string())
     })
     .clone()
     .map_err(Error::Input)
@@ -46,7 +52,10 @@ pub fn loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
     let train = series(&lines, "train", "loss");
     let val = series(&lines, "val", "val_loss");
     if train.is_empty() {
-        return Err(Error::Input(format!("{}: no training steps logged yet", metrics.display())));
+        return Err(Error::Input(format!(
+            "{}: no training steps logged yet",
+            metrics.display()
+        )));
     }
     let all = train.iter().chain(&val);
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
@@ -61,7 +70,11 @@ pub fn loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
             .x_label_area_size(40)
             .y_label_area_size(60)
             .build_cartesian_2d(0.0..x_max, y_min..y_max)?;
-        chart.configure_mesh().x_desc("step").y_desc("loss (nats)").draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss (nats)")
+            .draw()?;
         chart
             .draw_series(LineSeries::new(train.iter().copied(), &BLUE))?
             .label("train (1/t-weighted)")
@@ -72,7 +85,11 @@ pub fn loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
                 .label("validation (nats/token)")
                 .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         Ok(())
     };

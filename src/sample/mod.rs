@@ -1,5 +1,11 @@
-//! Turning models into text: the autoregressive baseline here; the diffusion samplers of
-//! Algorithm 2 build on the same filters.
+//! Turning models into text: the autoregressive baseline, and the diffusion samplers of
+//! Algorithm 2 (reference-semantics §2) with their accelerations, on the same filters.
 
 pub mod autoregressive;
+pub mod canvas;
+pub mod diffusion;
+pub mod events;
 pub mod filter;
+pub mod random_keep;
+pub mod topk_confidence;
+pub mod unmask;

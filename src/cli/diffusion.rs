@@ -1,0 +1,409 @@
+//! What `dlm generate` (without `--ar`) and `dlm infill` share: sampler flags folded into
+//! `DiffusionOptions`, requests (flags or JSONL lines) turned into canvases, batched sampling by
+//! canvas length, and the output: text, `--json` lines with `--trace`, or `--show-steps`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::args::{load_model, parse_device, RuntimeArgs};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::LoadedModel;
+use crate::rng::Rng;
+use crate::sample::canvas::{parse_template, Canvas, Segment, TemplatePart};
+use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
+use crate::sample::events::StepEvent;
+use crate::sample::filter::TokenChoice;
+use crate::sample::unmask::Rule;
+
+/// Canvases sampled in one batched forward, at most.
+const MAX_BATCH: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SamplerName {
+    /// Reference (eval scripts): floor(N·t/T) lowest-confidence positions stay masked.
+    TopkConfidence,
+    /// Reference (quick-start): each masked position commits with probability 1/(t+1).
+    RandomKeep,
+    /// Commit the most confident masked positions, linear schedule.
+    Confidence,
+    /// Commit by top-1 minus top-2 probability.
+    Margin,
+    /// Commit the lowest-entropy positions.
+    Entropy,
+    /// Commit in random order.
+    Random,
+}
+
+/// Token-choice flags, shared with `--ar`.
+#[derive(Debug, Clone, Args)]
+pub struct ChoiceArgs {
+    /// Softmax temperature; 0 means greedy (argmax).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus filtering threshold.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiffusionArgs {
+    /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
+    #[arg(long, default_value_t = 64)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t = SamplerName::TopkConfidence)]
+    pub sampler: SamplerName,
+    /// Parallel decoding: also commit every masked position whose token has probability > P.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Semi-autoregressive blocks of B generated positions, left to right.
+    #[arg(long)]
+    pub block_length: Option<usize>,
+    /// Run the LM head on every row and all T forwards, as the reference does (slower).
+    #[arg(long)]
+    pub exact: bool,
+    /// Mask token id, overriding the model config's `mask_token_id`.
+    #[arg(long)]
+    pub mask_id: Option<u32>,
+    /// Trim trailing EOS/pad tokens from the reported ids (the text always stops at EOS).
+    #[arg(long)]
+    pub variable_length: bool,
+    /// A JSONL file of requests, one object per line (fields as the flags: prompt, prompt_ids,
+    /// prefix, suffix, suffix_ids, template, length).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// One JSON object per canvas on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json: the canvas after every step.
+    #[arg(long)]
+    pub trace: bool,
+    /// Redraw the canvas in the terminal (stderr) after every step.
+    #[arg(long)]
+    pub show_steps: bool,
+}
+
+/// One canvas to fill, from flags or a JSONL line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub prompt: Option<String>,
+    pub prompt_ids: Option<Vec<u32>>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub suffix_ids: Option<Vec<u32>>,
+    pub template: Option<String>,
+    pub length: Option<usize>,
+}
+
+/// Parses `"1,2,3"` into ids.
+pub fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("`{x}` is not a token id"))
+        })
+        .collect()
+}
+
+/// Requests from a JSONL file; a malformed line is an error naming its line number.
+pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Request>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not a request object", path.display(), n + 1))?;
+        out.push(req);
+    }
+    if out.is_empty() {
+        bail!("{} holds no requests", path.display());
+    }
+    Ok(out)
+}
+
+impl DiffusionArgs {
+    /// Folds the flags into sampler options, once, before any loop.
+    pub fn options(&self, c: &ChoiceArgs) -> anyhow::Result<DiffusionOptions> {
+        let sampler = match self.sampler {
+            SamplerName::TopkConfidence => Sampler::TopkConfidence,
+            SamplerName::RandomKeep => Sampler::RandomKeep,
+            SamplerName::Confidence => Sampler::Ranked(Rule::Confidence),
+            SamplerName::Margin => Sampler::Ranked(Rule::Margin),
+            SamplerName::Entropy => Sampler::Ranked(Rule::Entropy),
+            SamplerName::Random => Sampler::Ranked(Rule::Random),
+        };
+        if sampler == Sampler::TopkConfidence && (c.top_p.is_some() || c.top_k.is_some()) {
+            bail!(
+                "--sampler topk-confidence samples from the tempered softmax without top-p/top-k \
+                 (reference-semantics §2.2); drop them or pick another sampler"
+            );
+        }
+        if self.trace && !self.json {
+            bail!("--trace needs --json");
+        }
+        Ok(DiffusionOptions {
+            steps: self.steps,
+            sampler,
+            choice: TokenChoice::from_flags(c.temperature, c.top_k, c.top_p),
+            threshold: self.threshold,
+            block_length: self.block_length,
+            head_rows: if self.exact {
+                HeadRows::All
+            } else {
+                HeadRows::Needed
+            },
+        })
+    }
+}
+
+/// The model's mask id, or a clear error saying how to set one.
+pub fn mask_id(m: &LoadedModel, flag: Option<u32>) -> anyhow::Result<u32> {
+    flag.or(m.config.mask_token_id).with_context(|| {
+        format!(
+            "{} has no mask token: diffusion sampling needs one. Add \"mask_token_id\": ID to its \
+             config.json (an adapted DiffuGPT/DiffuLLaMA checkpoint records it) or pass --mask-id ID",
+            m.dir.display()
+        )
+    })
+}
+
+/// Builds canvases from requests: text is tokenised (BOS first when the model has one), ids are
+/// used as given.
+pub struct CanvasBuilder<'a> {
+    pub model: &'a LoadedModel,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub mask_id: u32,
+    pub default_length: Option<usize>,
+}
+
+impl CanvasBuilder<'_> {
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let Some(tok) = self.tokenizer else {
+            bail!(
+                "{} has no tokenizer.json; pass token ids (--prompt-ids, --suffix-ids) instead of text",
+                self.model.dir.display()
+            );
+        };
+        Ok(tok.encode(text)?)
+    }
+
+    fn bos(&self) -> Vec<u32> {
+        let cfg = &self.model.config;
+        cfg.bos_token_id
+            .filter(|&b| (b as usize) < cfg.vocab_size && b != self.mask_id)
+            .into_iter()
+            .collect()
+    }
+
+    pub fn build(&self, r: &Request) -> anyhow::Result<Canvas> {
+        if let Some(t) = &r.template {
+            let mut segs = vec![Segment::Fixed(self.bos())];
+            for part in parse_template(t)? {
+                segs.push(match part {
+                    TemplatePart::Text(s) => Segment::Fixed(self.encode(&s)?),
+                    TemplatePart::Mask(n) => Segment::Masked(n),
+                });
+            }
+            segs.retain(|s| !matches!(s, Segment::Fixed(v) if v.is_empty()));
+            return Ok(Canvas::from_segments(&segs, self.mask_id)?);
+        }
+        let length = r
+            .length
+            .or(self.default_length)
+            .context("--length is required")?;
+        let text = r.prompt.as_ref().or(r.prefix.as_ref());
+        let prefix = match (&r.prompt_ids, text) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(t)) => [self.bos(), self.encode(t)?].concat(),
+            (None, None) => self.bos(),
+        };
+        let suffix = match (&r.suffix_ids, &r.suffix) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(t)) => self.encode(t)?,
+            (None, None) => vec![],
+        };
+        Ok(Canvas::infill(&prefix, length, &suffix, self.mask_id)?)
+    }
+}
+
+/// The text of a finished canvas: fixed and generated tokens after position 0's BOS, generation
+/// stopping at the first EOS in a generated position and pad tokens hidden.
+fn visible(c: &Canvas, m: &LoadedModel, skip_first: bool) -> Vec<u32> {
+    let cfg = &m.config;
+    let mut out = Vec::new();
+    for (i, &t) in c.ids.iter().enumerate().skip(usize::from(skip_first)) {
+        if !c.fixed[i] && Some(t) == cfg.eos_token_id {
+            break;
+        }
+        if !c.fixed[i] && Some(t) == cfg.pad_token_id {
+            continue;
+        }
+        out.push(t);
+    }
+    out
+}
+
+fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
+    match tok.map(|t| t.decode(ids)) {
+        Some(Ok(s)) => s,
+        _ => ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// The canvas with masked positions as dim `░`, for `--show-steps` (ids space-separated when
+/// there is no tokenizer).
+fn draw(tok: Option<&Tokenizer>, tokens: &[u32], masked: &[bool]) -> String {
+    let cells: Vec<String> = tokens
+        .iter()
+        .zip(masked)
+        .map(|(&t, &m)| {
+            if m {
+                "\x1b[2m░\x1b[0m".to_string()
+            } else {
+                render(tok, &[t])
+            }
+        })
+        .collect();
+    cells.join(if tok.is_some() { "" } else { " " })
+}
+
+/// Samples every request and prints the results. `prompt_only` prints only the generated part.
+pub fn run(
+    model_dir: &Path,
+    runtime: &RuntimeArgs,
+    d: &DiffusionArgs,
+    choice: &ChoiceArgs,
+    requests: Vec<Request>,
+    default_length: Option<usize>,
+    prompt_only: bool,
+) -> anyhow::Result<()> {
+    let opts = d.options(choice)?;
+    let m = load_model(model_dir, runtime)?;
+    let device = parse_device(&runtime.device)?;
+    let mask_id = mask_id(&m, d.mask_id)?;
+    let tokenizer = if model_dir.join("tokenizer.json").exists() {
+        Some(super::args::load_tokenizer(model_dir)?)
+    } else {
+        None
+    };
+    let builder = CanvasBuilder {
+        model: &m,
+        tokenizer: tokenizer.as_ref(),
+        mask_id,
+        default_length,
+    };
+    let mut canvases = Vec::new();
+    for (k, r) in requests.iter().enumerate() {
+        let c = builder.build(r).with_context(|| format!("request {k}"))?;
+        let n = c.num_masked();
+        if d.steps > n {
+            eprintln!("warning: request {k}: --steps {} > {n} masked positions; using {n} steps (each step commits at least one token)", d.steps);
+        }
+        canvases.push(c);
+    }
+    // Group by length: one batched forward needs one canvas length.
+    let mut order: Vec<usize> = (0..canvases.len()).collect();
+    order.sort_by_key(|&k| canvases[k].len());
+    let mut rng = Rng::seed(choice.seed);
+    let mut traces: Vec<Vec<serde_json::Value>> = vec![vec![]; canvases.len()];
+    let mut steps = vec![0; canvases.len()];
+    let start = std::time::Instant::now();
+    let lens: Vec<usize> = canvases.iter().map(Canvas::len).collect();
+    for group in order.chunk_by(|&a, &b| lens[a] == lens[b]) {
+        for chunk in group.chunks(MAX_BATCH) {
+            let mut batch: Vec<Canvas> = chunk.iter().map(|&k| canvases[k].clone()).collect();
+            let mut shown: Vec<String> = batch
+                .iter()
+                .map(|c| draw(tokenizer.as_ref(), &c.ids, &c.masked))
+                .collect();
+            let mut on_step = |e: &StepEvent| {
+                if d.trace {
+                    traces[chunk[e.canvas]].push(json!({
+                        "step": e.step, "tokens": e.tokens, "masked": e.masked,
+                    }));
+                }
+                if d.show_steps {
+                    shown[e.canvas] = draw(tokenizer.as_ref(), e.tokens, e.masked);
+                    eprint!(
+                        "\x1b[2J\x1b[Hstep {}/{}\n\n{}\n",
+                        e.step,
+                        e.total_steps,
+                        shown.join("\n\n")
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            };
+            let report = sample(
+                m.model.as_ref(),
+                &mut batch,
+                &opts,
+                &mut rng,
+                &device,
+                &mut on_step,
+            )?;
+            for (j, &k) in chunk.iter().enumerate() {
+                steps[k] = report.steps[j];
+                canvases[k] = batch[j].clone();
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for (k, c) in canvases.iter().enumerate() {
+        let skip_first = c.fixed[0] && builder.bos().first() == Some(&c.ids[0]);
+        let shown = visible(c, &m, skip_first);
+        let text_ids: Vec<u32> = if prompt_only {
+            let first_gen = c.generated().first().copied().unwrap_or(c.len());
+            let gen: Vec<u32> = c.ids[first_gen..].to_vec();
+            let cut = gen.iter().position(|&t| Some(t) == m.config.eos_token_id);
+            gen[..cut.unwrap_or(gen.len())].to_vec()
+        } else {
+            shown
+        };
+        let text = render(tokenizer.as_ref(), &text_ids);
+        if d.json {
+            let mut ids: Vec<u32> = c.generated().iter().map(|&i| c.ids[i]).collect();
+            if d.variable_length {
+                let special = [m.config.eos_token_id, m.config.pad_token_id];
+                while ids.last().is_some_and(|t| special.contains(&Some(*t))) {
+                    ids.pop();
+                }
+            }
+            let mut v =
+                json!({"index": k, "ids": ids, "canvas": c.ids, "text": text, "steps": steps[k]});
+            if d.trace {
+                v["trace"] = json!(traces[k]);
+            }
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out, "{text}")?;
+        }
+    }
+    let generated: usize = canvases.iter().map(|c| c.generated().len()).sum();
+    eprintln!(
+        "{} canvases, {generated} generated tokens in {secs:.2} s ({:.1} tokens/s)",
+        canvases.len(),
+        generated as f64 / secs
+    );
+    Ok(())
+}

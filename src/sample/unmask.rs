@@ -1,0 +1,161 @@
+//! Unmasking rules beyond the reference (which has only top-k confidence and random keep,
+//! reference-semantics §2.2): rank the still-masked positions by confidence, top-1 − top-2
+//! margin, negative entropy or a random draw, and commit as many as a linear schedule asks;
+//! optionally every position above a confidence threshold (parallel decoding); optionally
+//! within semi-autoregressive blocks, left to right.
+//!
+//! Unlike the reference's top-k rule, committed positions do not compete here: only masked
+//! positions are ranked, so exactly the scheduled count commits (more under `--threshold`).
+
+use super::filter::log_softmax;
+use crate::error::{Error, Result};
+
+/// What ranks the masked positions; higher commits first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Log-probability of the chosen token.
+    Confidence,
+    /// Probability of the top token minus that of the runner-up.
+    Margin,
+    /// Negative entropy of the position's distribution.
+    Entropy,
+    /// A uniform draw: the order is random (MaskGIT-style ablation).
+    Random,
+}
+
+impl Rule {
+    /// Whether ranking needs the full distribution, beyond the chosen token's log-probability.
+    pub fn needs_distribution(self) -> bool {
+        matches!(self, Rule::Margin | Rule::Entropy)
+    }
+}
+
+/// Margin and negative entropy of one position from its (tempered) logits.
+pub fn distribution_score(rule: Rule, logits: &[f32]) -> f32 {
+    let lp = log_softmax(logits);
+    match rule {
+        Rule::Margin => {
+            let (mut p1, mut p2) = (0.0f32, 0.0f32);
+            for &x in &lp {
+                let p = x.exp();
+                if p > p1 {
+                    p2 = p1;
+                    p1 = p;
+                } else if p > p2 {
+                    p2 = p;
+                }
+            }
+            p1 - p2
+        }
+        Rule::Entropy => lp
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|&x| x.exp() * x)
+            .sum(),
+        Rule::Confidence | Rule::Random => f32::NAN,
+    }
+}
+
+/// Linear schedule: of `n` positions, `floor(n·t/T)` remain masked after loop step `t` of `total`.
+pub fn linear_remaining(n: usize, t: usize, total: usize) -> usize {
+    n * t / total.max(1)
+}
+
+/// One masked position as the ranking sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub pos: usize,
+    /// Rule score; higher commits first.
+    pub rank: f32,
+    /// Probability of the chosen token, for `--threshold`.
+    pub prob: f32,
+}
+
+/// Commits the `count` best candidates, plus (with a threshold) every candidate whose chosen
+/// token has probability above it. Ties keep position order, so the result is deterministic.
+pub fn ranked_commits(cands: &[Candidate], count: usize, threshold: Option<f32>) -> Vec<usize> {
+    let mut order: Vec<&Candidate> = cands.iter().collect();
+    order.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(a.pos.cmp(&b.pos)));
+    let mut out: Vec<usize> = order
+        .iter()
+        .enumerate()
+        .filter(|(k, c)| *k < count || threshold.is_some_and(|p| c.prob > p))
+        .map(|(_, c)| c.pos)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// A stretch of the schedule: these positions unmask over `steps` forwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub positions: Vec<usize>,
+    pub steps: usize,
+}
+
+/// Splits the generated positions into semi-autoregressive blocks of `block_length` (one phase
+/// without blocks) and shares `steps` among them, earlier blocks taking the remainder. Each
+/// phase gets at least one step and at most one per position, because every step commits at
+/// least one token: steps beyond the masked count are clamped (the CLI warns).
+pub fn plan(generated: &[usize], steps: usize, block_length: Option<usize>) -> Result<Vec<Phase>> {
+    if steps == 0 {
+        return Err(Error::Input("--steps must be at least 1".into()));
+    }
+    if generated.is_empty() {
+        return Ok(vec![]);
+    }
+    let block = match block_length {
+        Some(0) => return Err(Error::Input("--block-length must be at least 1".into())),
+        Some(b) => b,
+        None => generated.len(),
+    };
+    let blocks: Vec<&[usize]> = generated.chunks(block).collect();
+    let (base, extra) = (steps / blocks.len(), steps % blocks.len());
+    Ok(blocks
+        .iter()
+        .enumerate()
+        .map(|(k, b)| Phase {
+            positions: b.to_vec(),
+            steps: (base + usize::from(k < extra)).clamp(1, b.len()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_threshold_and_schedule() {
+        let c = |pos, rank, prob| Candidate { pos, rank, prob };
+        let cands = [c(2, -0.1, 0.9), c(5, -3.0, 0.05), c(7, -0.5, 0.6)];
+        assert_eq!(ranked_commits(&cands, 1, None), vec![2]);
+        assert_eq!(ranked_commits(&cands, 2, None), vec![2, 7]);
+        assert_eq!(ranked_commits(&cands, 1, Some(0.5)), vec![2, 7]);
+        assert_eq!(ranked_commits(&cands, 0, Some(0.95)), Vec::<usize>::new());
+        assert_eq!(linear_remaining(12, 7, 8), 10);
+        assert_eq!(linear_remaining(12, 0, 8), 0);
+    }
+
+    #[test]
+    fn margin_and_entropy() {
+        let m = distribution_score(Rule::Margin, &[0.0, 0.0, -100.0]);
+        assert!(m.abs() < 1e-6);
+        let peaked = distribution_score(Rule::Entropy, &[10.0, -10.0, -10.0]);
+        let flat = distribution_score(Rule::Entropy, &[0.0, 0.0, 0.0]);
+        assert!(peaked > flat && (flat + 3f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn blocks_share_the_steps() {
+        let g: Vec<usize> = (4..14).collect();
+        let p = plan(&g, 5, Some(4)).unwrap();
+        let steps: Vec<usize> = p.iter().map(|p| p.steps).collect();
+        assert_eq!(steps, vec![2, 2, 1]);
+        assert_eq!(p[2].positions, vec![12, 13]);
+        // More steps than positions are clamped; zero steps are refused.
+        assert_eq!(plan(&g, 50, None).unwrap()[0].steps, 10);
+        assert!(plan(&g, 0, None).is_err());
+        assert!(plan(&g, 3, Some(0)).is_err());
+    }
+}
