@@ -209,3 +209,68 @@ fn gradients_norm_and_adamw_step_match() {
         assert!(worst <= 2e-4);
     }
 }
+
+#[test]
+fn score_request_reports_loss_and_gradients() {
+    let name = "llama-tiny";
+    let g = golden(name);
+    let json = golden_json(name);
+    let request = serde_json::json!({
+        "x0": rows_u32(&g["input_ids"]),
+        "t": g["t"].to_vec1::<f32>().unwrap(),
+        "mask_draws": g["mask_draws"].to_vec2::<f32>().unwrap(),
+        "src_mask": g["src_mask"].to_vec2::<i64>().unwrap(),
+        "mask_id": MASK_ID,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("req.json");
+    std::fs::write(&path, request.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args([
+            "score",
+            fixture(name).to_str().unwrap(),
+            "--request",
+            path.to_str().unwrap(),
+            "--full",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["x_t"], serde_json::json!(rows_u32(&g["x_t"])));
+    let loss = v["loss_weighted"].as_f64().unwrap() as f32;
+    assert!(
+        (loss - scalar(&json, "loss_weighted")).abs() < 1e-5,
+        "{loss}"
+    );
+    let norm = v["grad_norm"].as_f64().unwrap() as f32;
+    assert!(
+        (norm - scalar(&json, "grad_norm_before_clip")).abs() < 1e-4,
+        "{norm}"
+    );
+    let grad = &v["grads"]["model.layers.0.self_attn.q_proj.weight"]["data"];
+    let got: Vec<f32> = grad
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let want: Vec<f32> = g["grad.model.layers.0.self_attn.q_proj.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "q_proj gradient via score --request: {worst:e}"
+    );
+}

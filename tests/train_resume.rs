@@ -199,3 +199,35 @@ fn killed_run_resumes_exactly() {
         "killed + resumed run differs"
     );
 }
+
+#[test]
+fn nonfinite_loss_stops_and_keeps_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base(tmp.path());
+    let (b, d) = (base.to_str().unwrap().to_string(), data());
+    let run = tmp.path().join("blowup");
+    let mut args = with_data(adapt_args(&b, run.to_str().unwrap(), "6", "constant"), &d);
+    let lr = args.iter().position(|a| a == "--lr").unwrap();
+    args[lr + 1] = "1e30".into(); // the first step throws the weights to ~1e30; the next loss is not finite
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("non-finite") && stderr.contains("Last good checkpoint"),
+        "{stderr}"
+    );
+    assert!(run
+        .join("checkpoints/step-00000001/model.safetensors")
+        .exists());
+
+    let skip = tmp.path().join("skip");
+    let mut args = with_data(adapt_args(&b, skip.to_str().unwrap(), "6", "constant"), &d);
+    args[lr + 1] = "1e30".into();
+    args.push("--skip-nonfinite".into());
+    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = std::fs::read_to_string(skip.join("metrics.jsonl")).unwrap();
+    assert!(log.contains("\"kind\":\"skipped\""));
+}

@@ -9,8 +9,10 @@ mod diffusion;
 mod generate;
 mod infill;
 mod info;
+mod plot;
 mod pretrain;
 mod score;
+mod score_loss;
 mod sft;
 mod tokenizer;
 mod train;
@@ -40,6 +42,8 @@ pub enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Supervised fine-tuning of a diffusion LM on prompt/response pairs.
     Sft(sft::SftArgs),
+    /// Draw a run's loss curve as PNG.
+    Plot(plot::PlotArgs),
     /// Describe a model directory.
     Info(info::InfoArgs),
     /// Generate text by diffusion sampling (`--ar`: causal decoding with a KV cache, the AR baseline).
@@ -62,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Adapt(a) => adapt::run(a),
         Command::Pretrain(a) => pretrain::run(a),
         Command::Sft(a) => sft::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Infill(a) => infill::run(a),

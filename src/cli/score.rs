@@ -135,17 +135,34 @@ fn resolve_attention(
 }
 
 pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
-    let mut req: ScoreRequest = match &a.request {
+    let raw: Option<Value> = match &a.request {
         Some(p) => {
             let text = if p.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
             };
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: bad score request", p.display()))?
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", p.display()))?,
+            )
         }
-        None => ScoreRequest::default(),
+        None => None,
+    };
+    // A request with `x0` asks for the training loss and its gradients.
+    if let (Some(raw), Some(path)) = (&raw, &a.request) {
+        if raw.get("x0").is_some() {
+            let m = load_model(&a.model, &a.runtime)?;
+            let device = parse_device(&a.runtime.device)?;
+            let out = super::score_loss::run(raw.clone(), &m, &device, a.full, path)?;
+            println!("{}", serde_json::to_string(&out)?);
+            return Ok(());
+        }
+    }
+    let mut req: ScoreRequest = match (raw, &a.request) {
+        (Some(raw), Some(p)) => serde_json::from_value(raw)
+            .with_context(|| format!("{}: bad score request", p.display()))?,
+        _ => ScoreRequest::default(),
     };
     if a.text.is_some() {
         req.text = a.text.clone();

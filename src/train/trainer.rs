@@ -218,6 +218,13 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         }
     }
     bar.finish_and_clear();
+    // The curve is for people; a missing font must not fail a finished run.
+    let png = s.run_dir.join("loss.png");
+    if let Err(e) =
+        crate::report::plot::loss_curve(&s.run_dir.join("metrics.jsonl"), &png, &run.command)
+    {
+        eprintln!("warning: no loss plot: {e}");
+    }
     summary.steps = s.state.step;
     Ok(summary)
 }
