@@ -1,13 +1,13 @@
 //! `dlm adapt`: continual pre-training of an AR checkpoint into a diffusion LM (Algorithm 1,
 //! reference-semantics §1): shift on, 1/t-weighted masked loss, attention-mask annealing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::Args;
 
-use super::train::{drive, resume_point, RunFiles, Setup, TrainArgs};
+use super::train::{resume, start, TrainArgs};
 use crate::data::corpus::{Corpus, CorpusOptions};
 use crate::data::packing::{DocSplit, PackedSource, Part, ValSplit};
 use crate::data::tokenizer::Tokenizer;
@@ -125,44 +125,14 @@ pub fn eos_id(config: &ModelConfig, tokenizer: &Tokenizer) -> anyhow::Result<u32
         .context("the model has no eos_token_id and the tokenizer no <|endoftext|>: cannot separate documents")
 }
 
-fn load_tokenizer_from(dir: &Path) -> anyhow::Result<Tokenizer> {
-    Ok(Tokenizer::from_file(&dir.join("tokenizer.json"))?)
-}
-
 pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
     let t = &a.train;
+    let sources = |run: &RunConfig, config: &ModelConfig, tok: &Tokenizer| {
+        let options = t.corpus_options(CorpusOptions::default());
+        packed_sources(run, tok, eos_id(config, tok)?, options, t.val_fraction)
+    };
     if let Some(run_dir) = &t.resume {
-        let mut run = RunFiles::load_config(run_dir)?;
-        if let Some(steps) = t.max_steps {
-            run.max_steps = steps;
-            run.schedule.total_steps = steps;
-        }
-        let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = load_tokenizer_from(
-            &RunFiles {
-                dir: run_dir.clone(),
-            }
-            .tokenizer_dir(),
-        )?;
-        let (train, val) = packed_sources(
-            &run,
-            &tokenizer,
-            eos_id(&config, &tokenizer)?,
-            t.corpus_options(CorpusOptions::default()),
-            t.val_fraction,
-        )?;
-        return drive(
-            &run,
-            run_dir,
-            Setup {
-                config,
-                weights,
-                train_source: train,
-                val_source: val,
-            },
-            Some(ckpt),
-            t,
-        );
+        return resume(t, run_dir, sources);
     }
     let base = a
         .base
@@ -174,7 +144,7 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
     }
     let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
     let (mut config, mut weights) = (loaded.config, loaded.weights);
-    let mut tokenizer = load_tokenizer_from(base)?;
+    let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
     let mask_id = set_mask_token(
         a.mask_token.as_deref(),
         &mut config,
@@ -188,24 +158,14 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
         anneal_steps: a.anneal_steps,
     };
     let run = t.run_config("adapt", objective, Some(base.clone()))?;
-    RunFiles::create(out, &run, &tokenizer, Some(base))?;
-    let (train, val) = packed_sources(
-        &run,
-        &tokenizer,
-        eos_id(&config, &tokenizer)?,
-        t.corpus_options(CorpusOptions::default()),
-        t.val_fraction,
-    )?;
-    drive(
+    start(
+        t,
         &run,
         out,
-        Setup {
-            config,
-            weights,
-            train_source: train,
-            val_source: val,
-        },
-        None,
-        t,
+        config,
+        weights,
+        &tokenizer,
+        Some(base),
+        sources,
     )
 }

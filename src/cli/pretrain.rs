@@ -8,13 +8,14 @@ use clap::Args;
 use serde_json::json;
 
 use super::adapt::{eos_id, packed_sources, NEW_MASK_TOKEN};
-use super::train::{drive, resume_point, RunFiles, Setup, TrainArgs};
+use super::train::{resume, start, TrainArgs};
 use crate::data::corpus::CorpusOptions;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::ModelConfig;
 use crate::rng::Rng;
 use crate::train::init::init_weights;
 use crate::train::objective::Objective;
+use crate::train::trainer::RunConfig;
 
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
@@ -88,39 +89,12 @@ fn hf_config(
 
 pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     let t = &a.train;
+    let sources = |run: &RunConfig, config: &ModelConfig, tok: &Tokenizer| {
+        let options = t.corpus_options(CorpusOptions::default());
+        packed_sources(run, tok, eos_id(config, tok)?, options, t.val_fraction)
+    };
     if let Some(run_dir) = &t.resume {
-        let mut run = RunFiles::load_config(run_dir)?;
-        if let Some(steps) = t.max_steps {
-            run.max_steps = steps;
-            run.schedule.total_steps = steps;
-        }
-        let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = Tokenizer::from_file(
-            &RunFiles {
-                dir: run_dir.clone(),
-            }
-            .tokenizer_dir()
-            .join("tokenizer.json"),
-        )?;
-        let (train, val) = packed_sources(
-            &run,
-            &tokenizer,
-            eos_id(&config, &tokenizer)?,
-            t.corpus_options(CorpusOptions::default()),
-            t.val_fraction,
-        )?;
-        return drive(
-            &run,
-            run_dir,
-            Setup {
-                config,
-                weights,
-                train_source: train,
-                val_source: val,
-            },
-            Some(ckpt),
-            t,
-        );
+        return resume(t, run_dir, sources);
     }
     let out = t.out.as_ref().context("pass --out RUN_DIR")?;
     let tok_path = a
@@ -155,24 +129,5 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     }
     let weights = init_weights(&config, &mut Rng::seed(t.seed))?;
     let run = t.run_config("pretrain", objective, None)?;
-    RunFiles::create(out, &run, &tokenizer, None)?;
-    let (train, val) = packed_sources(
-        &run,
-        &tokenizer,
-        eos_id(&config, &tokenizer)?,
-        t.corpus_options(CorpusOptions::default()),
-        t.val_fraction,
-    )?;
-    drive(
-        &run,
-        out,
-        Setup {
-            config,
-            weights,
-            train_source: train,
-            val_source: val,
-        },
-        None,
-        t,
-    )
+    start(t, &run, out, config, weights, &tokenizer, None, sources)
 }

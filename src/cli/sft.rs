@@ -9,12 +9,13 @@ use candle_core::{DType, Device};
 use clap::Args;
 
 use super::adapt::set_mask_token;
-use super::train::{drive, resume_point, RunFiles, Setup, TrainArgs};
+use super::train::{resume, start, TrainArgs};
 use crate::data::corpus::{Corpus, CorpusOptions, Fields};
 use crate::data::sft::{SftFormat, SftSource};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::{load_dir, Architecture, ModelConfig};
 use crate::train::objective::Objective;
+use crate::train::trainer::RunConfig;
 
 #[derive(Debug, Args)]
 pub struct SftArgs {
@@ -73,37 +74,15 @@ fn source(paths: &[PathBuf], tokenizer: &Tokenizer, f: SftFormat) -> anyhow::Res
 
 pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let t = &a.train;
-    if let Some(run_dir) = &t.resume {
-        let mut run = RunFiles::load_config(run_dir)?;
-        if let Some(steps) = t.max_steps {
-            run.max_steps = steps;
-            run.schedule.total_steps = steps;
-        }
-        let (ckpt, config, weights) = resume_point(run_dir)?;
-        let tokenizer = Tokenizer::from_file(
-            &RunFiles {
-                dir: run_dir.clone(),
-            }
-            .tokenizer_dir()
-            .join("tokenizer.json"),
-        )?;
-        let f = format(&config, a.sep_token, run.seq_len)?;
+    let sources = |run: &RunConfig, config: &ModelConfig, tok: &Tokenizer| {
+        let f = format(config, a.sep_token, run.seq_len)?;
         let val = (!a.val_data.is_empty())
-            .then(|| source(&a.val_data, &tokenizer, f))
+            .then(|| source(&a.val_data, tok, f))
             .transpose()?;
-        let train = source(&run.data, &tokenizer, f)?;
-        return drive(
-            &run,
-            run_dir,
-            Setup {
-                config,
-                weights,
-                train_source: train,
-                val_source: val,
-            },
-            Some(ckpt),
-            t,
-        );
+        Ok((source(&run.data, tok, f)?, val))
+    };
+    if let Some(run_dir) = &t.resume {
+        return resume(t, run_dir, sources);
     }
     let base = a
         .base
@@ -129,22 +108,14 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
         anneal_steps: 1,
     };
     let run = t.run_config("sft", objective, Some(base.clone()))?;
-    let f = format(&config, a.sep_token, run.seq_len)?;
-    RunFiles::create(out, &run, &tokenizer, Some(base))?;
-    let val = (!a.val_data.is_empty())
-        .then(|| source(&a.val_data, &tokenizer, f))
-        .transpose()?;
-    let train = source(&run.data, &tokenizer, f)?;
-    drive(
+    start(
+        t,
         &run,
         out,
-        Setup {
-            config,
-            weights,
-            train_source: train,
-            val_source: val,
-        },
-        None,
-        t,
+        config,
+        weights,
+        &tokenizer,
+        Some(base),
+        sources,
     )
 }

@@ -334,6 +334,59 @@ fn first_batches<S: ExampleSource>(
     Ok(out)
 }
 
+/// A run's (train, validation) example sources, built from its run config, model config and
+/// tokenizer: the one thing that differs between adapt, pretrain and sft.
+pub type Sources<S> = (S, Option<S>);
+
+/// Continues the run in `run_dir` from its latest checkpoint (`--max-steps` may extend it).
+pub fn resume<S: ExampleSource>(
+    t: &TrainArgs,
+    run_dir: &Path,
+    sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
+) -> anyhow::Result<()> {
+    let mut run = RunFiles::load_config(run_dir)?;
+    if let Some(steps) = t.max_steps {
+        run.max_steps = steps;
+        run.schedule.total_steps = steps;
+    }
+    let (ckpt, config, weights) = resume_point(run_dir)?;
+    let files = RunFiles {
+        dir: run_dir.to_path_buf(),
+    };
+    let tokenizer = Tokenizer::from_file(&files.tokenizer_dir().join("tokenizer.json"))?;
+    let (train_source, val_source) = sources(&run, &config, &tokenizer)?;
+    let setup = Setup {
+        config,
+        weights,
+        train_source,
+        val_source,
+    };
+    drive(&run, run_dir, setup, Some(ckpt), t)
+}
+
+/// Starts a new run in `out` from prepared weights.
+#[allow(clippy::too_many_arguments)]
+pub fn start<S: ExampleSource>(
+    t: &TrainArgs,
+    run: &RunConfig,
+    out: &Path,
+    config: ModelConfig,
+    weights: Weights,
+    tokenizer: &Tokenizer,
+    base: Option<&Path>,
+    sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
+) -> anyhow::Result<()> {
+    RunFiles::create(out, run, tokenizer, base)?;
+    let (train_source, val_source) = sources(run, &config, tokenizer)?;
+    let setup = Setup {
+        config,
+        weights,
+        train_source,
+        val_source,
+    };
+    drive(run, out, setup, None, t)
+}
+
 /// Where to resume from: the run's latest checkpoint, with its model weights and config.
 pub fn resume_point(run_dir: &Path) -> anyhow::Result<(PathBuf, ModelConfig, Weights)> {
     let dir = checkpoint::latest(run_dir)?.with_context(|| {

@@ -6,7 +6,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{check_ids, linear, KvCache, LanguageModel, ModelConfig};
+use super::{append_kv, check_ids, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
     gelu_new, scaled_dot_product_attention, AttentionMask, Embedding, LayerNorm, Linear,
     WeightLayout,
@@ -52,14 +52,8 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous() // [B, H, L, Dh]
         };
-        let (q, mut k, mut v) = (heads(0)?, heads(1)?, heads(2)?);
-        if let Some(cache) = cache {
-            if let Some((ck, cv)) = cache.as_ref() {
-                k = Tensor::cat(&[ck, &k], 2)?;
-                v = Tensor::cat(&[cv, &v], 2)?;
-            }
-            *cache = Some((k.clone(), v.clone()));
-        }
+        let q = heads(0)?;
+        let (k, v) = append_kv(cache, heads(1)?, heads(2)?)?;
         let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
         let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?;
         self.c_proj.forward(&y.transpose(1, 2)?.reshape((b, l, d))?)

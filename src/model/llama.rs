@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{check_ids, linear, KvCache, LanguageModel, ModelConfig};
+use super::{append_kv, check_ids, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
     scaled_dot_product_attention, silu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
     WeightLayout,
@@ -53,15 +53,9 @@ impl Attention {
             proj.forward(x)?.reshape((b, l, n, dh))?.transpose(1, 2) // [B, n, L, Dh]
         };
         let q = rope.apply(&heads(&self.q_proj, self.n_head)?, offset)?;
-        let mut k = rope.apply(&heads(&self.k_proj, self.n_kv_head)?, offset)?;
-        let mut v = heads(&self.v_proj, self.n_kv_head)?.contiguous()?;
-        if let Some(cache) = cache {
-            if let Some((ck, cv)) = cache.as_ref() {
-                k = Tensor::cat(&[ck, &k], 2)?;
-                v = Tensor::cat(&[cv, &v], 2)?;
-            }
-            *cache = Some((k.clone(), v.clone()));
-        }
+        let k = rope.apply(&heads(&self.k_proj, self.n_kv_head)?, offset)?;
+        let v = heads(&self.v_proj, self.n_kv_head)?.contiguous()?;
+        let (k, v) = append_kv(cache, k, v)?;
         let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
         let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?; // [B, H, L, Dh]
         self.o_proj

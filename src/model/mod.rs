@@ -75,6 +75,24 @@ pub trait LanguageModel: Send + Sync {
     }
 }
 
+/// Appends this forward's keys and values [B, K, L, Dh] to a layer's cache (when there is one)
+/// and returns the keys and values attention should see.
+fn append_kv(
+    cache: Option<&mut Option<(Tensor, Tensor)>>,
+    k: Tensor,
+    v: Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let Some(cache) = cache else {
+        return Ok((k, v));
+    };
+    let (k, v) = match cache.as_ref() {
+        Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+        None => (k, v),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
 /// Out-of-vocabulary ids would index past the embedding table; refuse them with the culprit named.
 fn check_ids(ids: &Tensor, vocab: usize) -> candle_core::Result<()> {
     let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
