@@ -17,6 +17,7 @@ pub mod cli;
 pub mod data;
 pub mod diffusion;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod ops;
 pub mod report;

@@ -274,3 +274,41 @@ fn score_request_reports_loss_and_gradients() {
         "q_proj gradient via score --request: {worst:e}"
     );
 }
+
+#[test]
+fn multiple_choice_scorer_matches() {
+    for name in TINY {
+        let g = golden(name);
+        let json = golden_json(name);
+        let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = g["mc_input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let src: Vec<bool> = g["mc_src_mask"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .iter()
+            .map(|&s| s == 1)
+            .collect();
+        let draws: Vec<Vec<f32>> = g["mc_draws"].to_vec2().unwrap();
+        let (per_t, score) = dlm::eval::score::mc_score_with_draws(
+            m.model.as_ref(),
+            &ids,
+            &src,
+            MASK_ID,
+            &draws,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let want: Vec<f32> = g["mc_per_t"].to_vec1().unwrap();
+        for (k, (a, b)) in per_t.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{name} mc_per_t[{k}]: {a} vs {b}");
+        }
+        assert!(
+            (score - scalar(&json, "mc_score")).abs() < 1e-5,
+            "{name} mc_score {score}"
+        );
+    }
+}

@@ -73,6 +73,29 @@ pub trait LanguageModel: Send + Sync {
     fn forward(&self, ids: &Tensor, mask: &AttentionMask) -> candle_core::Result<Tensor> {
         self.head(&self.hidden(ids, mask, None)?)
     }
+
+    /// Logits [n, V] of selected positions only: `rows` indexes the flattened [B·L] positions.
+    /// The head is the largest matmul of a small model; most callers need a fraction of rows.
+    fn logits_rows(
+        &self,
+        ids: &Tensor,
+        mask: &AttentionMask,
+        rows: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = self.hidden(ids, mask, None)?;
+        let (b, l, d) = hidden.dims3()?;
+        self.head(&hidden.reshape((b * l, d))?.index_select(rows, 0)?)
+    }
+}
+
+/// Equal-length token rows as the model's [B, L] u32 input.
+pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
+    let l = rows.first().map_or(0, |r| r.len());
+    if rows.iter().any(|r| r.len() != l) {
+        candle_core::bail!("sequences of different lengths in one batch");
+    }
+    let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (rows.len(), l), device)
 }
 
 /// Appends this forward's keys and values [B, K, L, Dh] to a layer's cache (when there is one)

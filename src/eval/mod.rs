@@ -1,0 +1,3 @@
+//! Evaluation: scoring answers with a diffusion model (the reference's multiple-choice scorer).
+
+pub mod score;
