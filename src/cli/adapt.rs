@@ -1,7 +1,7 @@
 //! `dlm adapt`: continual pre-training of an AR checkpoint into a diffusion LM (Algorithm 1,
 //! reference-semantics §1): shift on, 1/t-weighted masked loss, attention-mask annealing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
@@ -77,6 +77,19 @@ pub fn set_mask_token(
     Ok(id)
 }
 
+/// A base model directory, ready to train as a DLM: config, weights, tokenizer and mask id.
+pub fn load_base(
+    base: &Path,
+    mask_spec: Option<&str>,
+    seed: u64,
+) -> anyhow::Result<(ModelConfig, Weights, Tokenizer, u32)> {
+    let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
+    let (mut config, mut weights) = (loaded.config, loaded.weights);
+    let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
+    let mask_id = set_mask_token(mask_spec, &mut config, &mut weights, &mut tokenizer, seed)?;
+    Ok((config, weights, tokenizer, mask_id))
+}
+
 /// Train and validation sources over packed blocks of a corpus (§1.6).
 pub fn packed_sources(
     run: &RunConfig,
@@ -142,16 +155,7 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
     if t.data.is_empty() {
         bail!("pass --data PATH...");
     }
-    let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
-    let (mut config, mut weights) = (loaded.config, loaded.weights);
-    let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
-    let mask_id = set_mask_token(
-        a.mask_token.as_deref(),
-        &mut config,
-        &mut weights,
-        &mut tokenizer,
-        t.seed,
-    )?;
+    let (config, weights, tokenizer, mask_id) = load_base(base, a.mask_token.as_deref(), t.seed)?;
     let objective = Objective::Diffusion {
         mask_id,
         shift: !a.no_shift,

@@ -5,15 +5,14 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use clap::Args;
 
-use super::adapt::set_mask_token;
+use super::adapt::load_base;
 use super::train::{resume, start, TrainArgs};
 use crate::data::corpus::{Corpus, CorpusOptions, Fields};
 use crate::data::sft::{SftFormat, SftSource};
 use crate::data::tokenizer::Tokenizer;
-use crate::model::{load_dir, Architecture, ModelConfig};
+use crate::model::{Architecture, ModelConfig};
 use crate::train::objective::Objective;
 use crate::train::trainer::RunConfig;
 
@@ -92,16 +91,7 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
     if t.data.is_empty() {
         bail!("pass --data train.jsonl (prompt/response pairs)");
     }
-    let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
-    let (mut config, mut weights) = (loaded.config, loaded.weights);
-    let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
-    let mask_id = set_mask_token(
-        a.mask_token.as_deref(),
-        &mut config,
-        &mut weights,
-        &mut tokenizer,
-        t.seed,
-    )?;
+    let (config, weights, tokenizer, mask_id) = load_base(base, a.mask_token.as_deref(), t.seed)?;
     let objective = Objective::Diffusion {
         mask_id,
         shift: true,
