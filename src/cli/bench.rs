@@ -249,12 +249,22 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     });
     let config = ModelConfig::from_json(value, std::path::Path::new("<bench>"))?;
     let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
-    let mut model = TrainableModel::new(&config, &weights, &device)?;
+    let model = TrainableModel::new(&config, &weights, &device)?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let objective = Objective::Diffusion { mask_id: 0, shift: true, anneal_steps: 0 };
+    let objective = Objective::Diffusion {
+        mask_id: 0,
+        shift: true,
+        anneal_steps: 0,
+    };
     let mut rng = Rng::seed(1);
     let batch = Batch {
-        ids: (0..a.batch).map(|_| (0..a.seq).map(|_| 1 + (rng.next_u64() % (a.vocab as u64 - 1)) as u32).collect()).collect(),
+        ids: (0..a.batch)
+            .map(|_| {
+                (0..a.seq)
+                    .map(|_| 1 + (rng.next_u64() % (a.vocab as u64 - 1)) as u32)
+                    .collect()
+            })
+            .collect(),
         src_mask: vec![vec![0; a.seq]; a.batch],
         epoch: 0,
     };
@@ -263,7 +273,13 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     for step in 0..=a.steps {
         let t0 = Instant::now();
         let prepared = objective.prepare(&batch, step as u64, &mut rng, &device)?;
-        let loss = forward_loss(model.model.as_ref(), &prepared.input, &prepared.mask, &prepared.targets, &device)?;
+        let loss = forward_loss(
+            model.model.as_ref(),
+            &prepared.input,
+            &prepared.mask,
+            &prepared.targets,
+            &device,
+        )?;
         let t1 = Instant::now();
         let grads = model.gradients(&loss.weighted.backward()?)?;
         let t2 = Instant::now();

@@ -1,14 +1,9 @@
-//! Scaled dot-product attention with grouped-query heads, composed from differentiable ops.
+//! Scaled dot-product attention with grouped-query heads. The two products are candle matmuls;
+//! scale, mask and softmax are one fused op on f32 CPU tensors (softmax.rs).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 
-/// Numerically stable softmax over the last dimension. The max is detached: subtracting any
-/// constant leaves softmax unchanged, so it contributes no gradient.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
+use super::softmax::scaled_softmax;
 
 /// q: [B, H, L, Dh], k and v: [B, K, Lk, Dh] with H a multiple of K; bias: [L, Lk] additive.
 /// Returns [B, H, L, Dh]. Query head h uses key/value head h / (H/K), as HF's `repeat_kv`;
@@ -20,18 +15,12 @@ pub fn scaled_dot_product_attention(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, h, l, dh) = q.dims4()?;
-    let (_, kh, lk, _) = k.dims4()?;
+    let (_, kh, _lk, _) = k.dims4()?;
     let g = h / kh;
     let scale = 1.0 / (dh as f64).sqrt();
     let q = q.reshape((b, kh, g * l, dh))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?; // [B, K, G·L, Lk]
-    let scores = match bias {
-        Some(bias) => scores
-            .reshape((b, kh, g, l, lk))?
-            .broadcast_add(bias)?
-            .reshape((b, kh, g * l, lk))?,
-        None => scores,
-    };
-    let probs = softmax_last_dim(&scores)?;
+    let scores = q.matmul(&k.t()?)?; // [B, K, G·L, Lk], unscaled
+                                     // Scale, mask (bias row = query row mod L) and softmax in one op on CPU.
+    let probs = scaled_softmax(&scores, scale, bias)?;
     probs.matmul(&v.contiguous()?)?.reshape((b, h, l, dh))
 }

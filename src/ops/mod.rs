@@ -5,15 +5,19 @@
 mod activations;
 mod attention;
 mod attention_mask;
+mod cpu;
 mod cross_entropy;
 mod linear;
 mod norm;
+mod norm_fused;
 mod rope;
+mod softmax;
 
 pub use activations::{gelu_new, silu};
-pub use attention::{scaled_dot_product_attention, softmax_last_dim};
+pub use attention::scaled_dot_product_attention;
 pub use attention_mask::AttentionMask;
 pub use cross_entropy::cross_entropy;
 pub use linear::{Embedding, Linear, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::Rope;
+pub use softmax::{scaled_softmax, scaled_softmax_composed, softmax_last_dim};
