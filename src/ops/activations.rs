@@ -144,8 +144,8 @@ mod tests {
         let dev = Device::Cpu;
         let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (5, 301), &dev)?)?;
         let up = Tensor::randn(0f32, 1.0, (5, 301), &dev)?;
-        let cases: [(fn(&Tensor) -> Result<Tensor>, fn(&Tensor) -> Result<Tensor>); 2] =
-            [(gelu_new, |x| x.gelu()), (silu, |x| x.silu())];
+        type Op = fn(&Tensor) -> Result<Tensor>;
+        let cases: [(Op, Op); 2] = [(gelu_new, |x| x.gelu()), (silu, |x| x.silu())];
         for (fused, composed) in cases {
             let (f, c) = (fused(x.as_tensor())?, composed(x.as_tensor())?);
             let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {

@@ -4,6 +4,7 @@
 
 mod activations;
 mod attention;
+mod attention_fused;
 mod attention_mask;
 mod cpu;
 mod cross_entropy;
@@ -14,7 +15,9 @@ mod rope;
 mod softmax;
 
 pub use activations::{gelu_new, silu};
-pub use attention::scaled_dot_product_attention;
+pub use attention::{
+    packed_self_attention, scaled_dot_product_attention, scaled_dot_product_attention_composed,
+};
 pub use attention_mask::AttentionMask;
 pub use cross_entropy::cross_entropy;
 pub use linear::{Embedding, Linear, WeightLayout};

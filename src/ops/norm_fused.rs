@@ -39,7 +39,7 @@ impl FusedNorm {
 
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Result<CpuStorage> {
         let d = w.len();
-        if d == 0 || x.len() % d != 0 {
+        if d == 0 || !x.len().is_multiple_of(d) {
             candle_core::bail!("norm over {d} features of an input of {} values", x.len());
         }
         let rows = x.len() / d;
