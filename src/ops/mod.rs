@@ -9,6 +9,7 @@ mod attention_mask;
 mod cpu;
 mod cross_entropy;
 mod linear;
+mod linear_fused;
 mod norm;
 mod norm_fused;
 mod rope;
