@@ -8,8 +8,8 @@ use candle_nn::VarBuilder;
 
 use super::{append_kv, check_ids, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
-    gelu_new, scaled_dot_product_attention, AttentionMask, Embedding, LayerNorm, Linear,
-    WeightLayout,
+    gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
+    LayerNorm, Linear, WeightLayout,
 };
 
 fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<LayerNorm> {
@@ -46,6 +46,12 @@ impl Attention {
         let (b, l, d) = x.dims3()?;
         let dh = d / self.n_head;
         let qkv = self.c_attn.forward(x)?; // [B, L, 3D], split q | k | v
+        if cache.is_none() {
+            // No cache: one op reads the heads in place (fused on CPU).
+            let bias = mask.bias(l, l, offset, qkv.dtype(), qkv.device())?;
+            let y = packed_self_attention(&qkv, self.n_head, bias.as_ref())?; // [B, L, D]
+            return self.c_proj.forward(&y);
+        }
         let heads = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i * d, d)?
                 .reshape((b, l, self.n_head, dh))?

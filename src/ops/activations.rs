@@ -1,15 +1,123 @@
-//! Activations. candle's unary `gelu` (tanh approximation) and `silu` both have backward rules.
+//! Activations. The composed references are candle's unary `gelu` (tanh approximation) and
+//! `silu`, whose backward rules build about ten full-size tensors each. On f32 CPU tensors one
+//! elementwise custom op computes the value, and its backward recomputes the derivative from the
+//! saved input in one pass:
+//!
+//!   gelu_new  y = ½x(1 + tanh u), u = c(x + 0.044715x³), c = √(2/π)
+//!             y' = ½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3·0.044715x²)
+//!   silu      y = x·σ(x),  y' = σ(x)(1 + x(1 − σ(x)))
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu;
 
 /// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), which is candle's `gelu`.
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
+    if cpu::fusable(&[x]) {
+        return x.contiguous()?.apply_op1(Fused::GeluNew);
+    }
     x.gelu()
 }
 
 /// LLaMA's SiLU, x·σ(x).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if cpu::fusable(&[x]) {
+        return x.contiguous()?.apply_op1(Fused::Silu);
+    }
     x.silu()
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_K: f32 = 0.044_715;
+
+/// tanh u = 1 − 2/(e^{2u} + 1): saturates to ±1 correctly, and vectorises with `cpu::exp`.
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (cpu::exp(2.0 * u) + 1.0)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + cpu::exp(-x))
+}
+
+#[derive(Clone, Copy)]
+enum Fused {
+    GeluNew,
+    Silu,
+}
+
+impl Fused {
+    /// y = f(x) over a chunk.
+    fn value(self, x: &[f32], y: &mut [f32]) {
+        match self {
+            Fused::GeluNew => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    let t = tanh(SQRT_2_OVER_PI * (x + GELU_K * x * x * x));
+                    *y = 0.5 * x * (1.0 + t);
+                }
+            }
+            Fused::Silu => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * sigmoid(x);
+                }
+            }
+        }
+    }
+
+    /// dx = dy·f'(x) over a chunk.
+    fn grad(self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        match self {
+            Fused::GeluNew => {
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let t = tanh(SQRT_2_OVER_PI * (x + GELU_K * x * x * x));
+                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_K * x * x);
+                    *dx = dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                }
+            }
+            Fused::Silu => {
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let s = sigmoid(x);
+                    *dx = dy * s * (1.0 + x * (1.0 - s));
+                }
+            }
+        }
+    }
+}
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 15;
+
+impl CustomOp1 for Fused {
+    fn name(&self) -> &'static str {
+        match self {
+            Fused::GeluNew => "fused-gelu-new",
+            Fused::Silu => "fused-silu",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu::slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| self.value(x, y));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let mut dx = vec![0f32; x.elem_count()];
+        cpu::with_data(x, |xs| {
+            cpu::with_data(dy, |dys| {
+                dx.par_chunks_mut(CHUNK)
+                    .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+                    .for_each(|(dx, (x, dy))| self.grad(x, dy, dx));
+                Ok(())
+            })
+        })?;
+        Ok(Some(cpu::tensor_like(dx, x)?))
+    }
 }
 
 #[cfg(test)]
@@ -26,6 +134,28 @@ mod tests {
             let c = (2.0f32 / std::f32::consts::PI).sqrt();
             let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
             assert!((g - want).abs() < 1e-6, "gelu_new({x}) = {g}, want {want}");
+        }
+        Ok(())
+    }
+
+    /// Fused value and gradient against candle's composed `gelu` / `silu`.
+    #[test]
+    fn fused_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (5, 301), &dev)?)?;
+        let up = Tensor::randn(0f32, 1.0, (5, 301), &dev)?;
+        type Op = fn(&Tensor) -> Result<Tensor>;
+        let cases: [(Op, Op); 2] = [(gelu_new, |x| x.gelu()), (silu, |x| x.silu())];
+        for (fused, composed) in cases {
+            let (f, c) = (fused(x.as_tensor())?, composed(x.as_tensor())?);
+            let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+                (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+            };
+            assert!(diff(&f, &c)? < 1e-5);
+            let gf = (&f * &up)?.sum_all()?.backward()?;
+            let gc = (&c * &up)?.sum_all()?.backward()?;
+            let d = diff(gf.get(&x).expect("grad"), gc.get(&x).expect("grad"))?;
+            assert!(d < 1e-5, "gradient differs by {d}");
         }
         Ok(())
     }

@@ -1,13 +1,16 @@
-//! Scaled dot-product attention with grouped-query heads, composed from differentiable ops.
+//! Scaled dot-product attention with grouped-query heads. On f32 CPU tensors one fused op does
+//! the whole of it (attention_fused.rs); the composed form (two candle matmuls around the fused
+//! or composed softmax of softmax.rs) is the reference and serves every other device.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 
-/// Numerically stable softmax over the last dimension. The max is detached: subtracting any
-/// constant leaves softmax unchanged, so it contributes no gradient.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+use super::attention_fused::FusedAttention;
+use super::cpu;
+use super::softmax::scaled_softmax;
+
+/// The fused kernel applies: f32 CPU operands and a constant f32 [L, Lk] mask.
+fn fusable(ts: &[&Tensor], bias: Option<&Tensor>) -> bool {
+    cpu::fusable(ts) && bias.is_none_or(|b| cpu::fusable(&[b]) && !b.track_op() && b.rank() == 2)
 }
 
 /// q: [B, H, L, Dh], k and v: [B, K, Lk, Dh] with H a multiple of K; bias: [L, Lk] additive.
@@ -19,19 +22,123 @@ pub fn scaled_dot_product_attention(
     v: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if fusable(&[q, k, v], bias) {
+        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+        let op = FusedAttention::new(scale, bias.cloned(), None);
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    scaled_dot_product_attention_composed(q, k, v, bias)
+}
+
+/// The composed reference of `scaled_dot_product_attention`.
+pub fn scaled_dot_product_attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, h, l, dh) = q.dims4()?;
-    let (_, kh, lk, _) = k.dims4()?;
+    let (_, kh, _lk, _) = k.dims4()?;
     let g = h / kh;
     let scale = 1.0 / (dh as f64).sqrt();
     let q = q.reshape((b, kh, g * l, dh))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?; // [B, K, G·L, Lk]
-    let scores = match bias {
-        Some(bias) => scores
-            .reshape((b, kh, g, l, lk))?
-            .broadcast_add(bias)?
-            .reshape((b, kh, g * l, lk))?,
-        None => scores,
-    };
-    let probs = softmax_last_dim(&scores)?;
+    let scores = q.matmul(&k.t()?)?; // [B, K, G·L, Lk], unscaled
+                                     // Scale, mask (bias row = query row mod L) and softmax in one op on CPU.
+    let probs = scaled_softmax(&scores, scale, bias)?;
     probs.matmul(&v.contiguous()?)?.reshape((b, h, l, dh))
+}
+
+/// Self-attention over GPT-2's packed projection: qkv [B, L, 3D] split q | k | v, each into H
+/// heads of D/H → [B, L, D] with the heads merged back. Fused on CPU, where the heads are read
+/// in place; elsewhere split, attended and merged by `scaled_dot_product_attention_composed`.
+pub fn packed_self_attention(qkv: &Tensor, n_head: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (b, l, d3) = qkv.dims3()?;
+    let (d, dh) = (d3 / 3, d3 / 3 / n_head.max(1));
+    if fusable(&[qkv], bias) {
+        let op = FusedAttention::new(1.0 / (dh as f64).sqrt(), bias.cloned(), Some(n_head));
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    let heads = |i: usize| -> Result<Tensor> {
+        qkv.narrow(2, i * d, d)?
+            .reshape((b, l, n_head, dh))?
+            .transpose(1, 2)?
+            .contiguous() // [B, H, L, Dh]
+    };
+    let y = scaled_dot_product_attention_composed(&heads(0)?, &heads(1)?, &heads(2)?, bias)?;
+    y.transpose(1, 2)?.reshape((b, l, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    fn causal(l: usize) -> Result<Tensor> {
+        let bias: Vec<f32> = (0..l * l)
+            .map(|k| {
+                if k % l <= k / l {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        Tensor::from_vec(bias, (l, l), &Device::Cpu)
+    }
+
+    /// Fused against composed, value and every input gradient, with and without a mask.
+    fn check(vars: &[&Var], f: impl Fn(bool, Option<&Tensor>) -> Result<Tensor>) -> Result<()> {
+        for bias in [None, Some(causal(vars[0].dim(vars[0].rank() - 2)?)?)] {
+            let (fused, composed) = (f(true, bias.as_ref())?, f(false, bias.as_ref())?);
+            assert!(max_diff(&fused, &composed)? < 1e-5);
+            let up = Tensor::randn(0f32, 1.0, fused.shape(), &Device::Cpu)?;
+            let gf = (&fused * &up)?.sum_all()?.backward()?;
+            let gc = (&composed * &up)?.sum_all()?.backward()?;
+            for (i, v) in vars.iter().enumerate() {
+                let d = max_diff(gf.get(v).expect("grad"), gc.get(v).expect("grad"))?;
+                assert!(d < 1e-5, "input {i}: gradient differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_grouped_attention_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4, 7, 8), &dev)?)?;
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, 7, 8), &dev)?)?;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, 7, 8), &dev)?)?;
+        check(&[&q, &k, &v], |fused, bias| {
+            let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            match fused {
+                true => scaled_dot_product_attention(q, k, v, bias),
+                false => scaled_dot_product_attention_composed(q, k, v, bias),
+            }
+        })
+    }
+
+    #[test]
+    fn fused_packed_attention_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 3 * 12), &dev)?)?;
+        check(&[&qkv], |fused, bias| {
+            let x = qkv.as_tensor();
+            match fused {
+                true => packed_self_attention(x, 3, bias),
+                // The composed path, reached through a non-CPU-f32 check: run it on f64.
+                false => packed_self_attention(&x.to_dtype(candle_core::DType::F64)?, 3, {
+                    bias.map(|b| b.to_dtype(candle_core::DType::F64))
+                        .transpose()?
+                        .as_ref()
+                })?
+                .to_dtype(candle_core::DType::F32),
+            }
+        })
+    }
 }

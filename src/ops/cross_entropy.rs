@@ -1,17 +1,128 @@
 //! Per-row cross-entropy in f32, no reduction: the loss modules decide how rows are weighted
-//! and normalised.
+//! and normalised. With V = 50257 every [N, V] intermediate of the composed form is tens of MB,
+//! so on f32 CPU logits one custom op does each row in two passes:
+//!
+//!   forward   lse = m + ln Σ exp(x − m) (m = max x),  ce = lse − x[target]     saved: lse
+//!   backward  dx = (exp(x − lse) − onehot(target)) · dce
+//!
+//! `cross_entropy_composed` is the reference and serves every other device and dtype.
 
-use candle_core::{DType, Result, Tensor, D};
+use std::sync::Mutex;
 
-/// logits: [N, V], targets: [N] (u32) → CE per row, [N] f32. log-softmax is composed with a
-/// detached max (it cancels in the value and carries no gradient).
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+use rayon::prelude::*;
+
+use super::cpu;
+
+/// logits: [N, V], targets: [N] (u32) → CE per row, [N] f32.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if cpu::fusable(&[logits]) && targets.dtype() == DType::U32 && targets.device().is_cpu() {
+        let (n, _v) = logits.dims2()?;
+        if targets.dims() != [n] {
+            candle_core::bail!(
+                "{n} rows of logits but targets of shape {:?}",
+                targets.dims()
+            );
+        }
+        let op = FusedCrossEntropy {
+            saved_lse: Mutex::new(None),
+        };
+        return logits.contiguous()?.apply_op2(&targets.contiguous()?, op);
+    }
+    cross_entropy_composed(logits, targets)
+}
+
+/// The composed reference. log-softmax uses a detached max (it cancels in the value and carries
+/// no gradient).
+pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // [N, 1]
     let picked = shifted.gather(&targets.unsqueeze(1)?, D::Minus1)?; // [N, 1]
     (lse - picked)?.squeeze(1)
+}
+
+struct FusedCrossEntropy {
+    /// log Σ exp(logits) of every row, from the forward pass.
+    saved_lse: Mutex<Option<Vec<f32>>>,
+}
+
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("cross-entropy state lock poisoned".into())
+}
+
+impl CustomOp2 for FusedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, t) = (cpu::slice(s1, l1)?, cpu::slice_u32(s2, l2)?);
+        let (n, v) = l1.shape().dims2()?;
+        if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("target id {bad} is outside the vocabulary of {v}");
+        }
+        // One task per row: a row of V ≈ 50k is plenty of work.
+        let lse: Vec<f32> = (0..n)
+            .into_par_iter()
+            .map(|r| {
+                let x = &x[r * v..][..v];
+                let m = cpu::max(x);
+                let mut acc = [0f32; 8];
+                for c in x.chunks(8) {
+                    for (a, &x) in acc.iter_mut().zip(c) {
+                        *a += cpu::exp(x - m);
+                    }
+                }
+                m + acc.iter().sum::<f32>().ln()
+            })
+            .collect();
+        let ce = lse
+            .iter()
+            .zip(t)
+            .enumerate()
+            .map(|(r, (&l, &t))| l - x[r * v + t as usize]);
+        let ce: Vec<f32> = ce.collect();
+        *self.saved_lse.lock().map_err(poisoned)? = Some(lse);
+        Ok((CpuStorage::F32(ce), Shape::from(n)))
+    }
+
+    /// dx = (softmax(x) − onehot(t)) · dce; targets get no gradient.
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _ce: &Tensor,
+        dce: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let guard = self.saved_lse.lock().map_err(poisoned)?;
+        let Some(lse) = guard.as_ref() else {
+            candle_core::bail!("cross-entropy backward before its forward");
+        };
+        let (n, v) = logits.dims2()?;
+        let t = targets.to_vec1::<u32>()?;
+        let dce = dce.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; n * v];
+        cpu::with_data(logits, |xs| {
+            cpu::par_rows(&mut dx, v, |r, dx| {
+                let (x, l, g) = (&xs[r * v..][..v], lse[r], dce[r]);
+                for (dx, &x) in dx.iter_mut().zip(x) {
+                    *dx = cpu::exp(x - l) * g;
+                }
+                dx[t[r] as usize] -= g;
+            });
+            Ok(())
+        })?;
+        Ok((Some(cpu::tensor_like(dx, logits)?), None))
+    }
 }
 
 #[cfg(test)]
@@ -33,6 +144,30 @@ mod tests {
         let g0: Vec<f32> = g.get(x.as_tensor()).expect("grad").get(0)?.to_vec1()?;
         let p1 = (2.0 - lse).exp();
         assert!((g0[1] as f64 - (p1 - 1.0)).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, v) = (7, 1000);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (n, v), &dev)?)?;
+        let t = Tensor::new(&[0u32, 999, 5, 5, 123, 456, 789], &dev)?;
+        let up = Tensor::randn(0f32, 1.0, n, &dev)?;
+        let fused = cross_entropy(x.as_tensor(), &t)?;
+        let composed = cross_entropy_composed(x.as_tensor(), &t)?;
+        let d = (&fused - &composed)?.abs()?.max(0)?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "values differ by {d}");
+        let gf = (&fused * &up)?.sum_all()?.backward()?;
+        let gc = (&composed * &up)?.sum_all()?.backward()?;
+        let (a, b) = (gf.get(&x).expect("grad"), gc.get(&x).expect("grad"));
+        let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(d < 1e-6, "gradients differ by {d}");
+        assert!(cross_entropy(
+            x.as_tensor(),
+            &Tensor::new(&[0u32, 0, 0, 0, 0, 0, 1000], &dev)?
+        )
+        .is_err());
         Ok(())
     }
 }

@@ -4,16 +4,24 @@
 
 mod activations;
 mod attention;
+mod attention_fused;
 mod attention_mask;
+mod cpu;
 mod cross_entropy;
 mod linear;
+mod linear_fused;
 mod norm;
+mod norm_fused;
 mod rope;
+mod softmax;
 
 pub use activations::{gelu_new, silu};
-pub use attention::{scaled_dot_product_attention, softmax_last_dim};
+pub use attention::{
+    packed_self_attention, scaled_dot_product_attention, scaled_dot_product_attention_composed,
+};
 pub use attention_mask::AttentionMask;
 pub use cross_entropy::cross_entropy;
 pub use linear::{Embedding, Linear, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::Rope;
+pub use softmax::{scaled_softmax, scaled_softmax_composed, softmax_last_dim};

@@ -1,6 +1,11 @@
-//! LayerNorm (GPT-2) and RMSNorm (LLaMA), composed from primitives so gradients flow.
+//! LayerNorm (GPT-2) and RMSNorm (LLaMA) over the last dimension. The composed forms
+//! (`forward_composed`) build them from candle primitives and serve every device and dtype; on
+//! f32 CPU tensors one custom op per norm does the row in two passes (norm_fused.rs).
 
 use candle_core::{DType, Result, Tensor, D};
+
+use super::cpu;
+use super::norm_fused::FusedNorm;
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -16,6 +21,16 @@ impl LayerNorm {
 
     /// (x − mean) / √(var + eps) · w + b over the last dimension, computed in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::fusable(&[x, &self.weight, &self.bias]) {
+            let op = FusedNorm::new(self.eps, true);
+            let (w, b) = (self.weight.contiguous()?, self.bias.contiguous()?);
+            return x.contiguous()?.apply_op3(&w, &b, op);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed reference.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -42,6 +57,15 @@ impl RmsNorm {
 
     /// x / √(mean(x²) + eps) · w, computed in f32 as HF's LlamaRMSNorm does.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::fusable(&[x, &self.weight]) {
+            let op = FusedNorm::new(self.eps, false);
+            return x.contiguous()?.apply_op2(&self.weight.contiguous()?, op);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed reference.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;

@@ -1,0 +1,375 @@
+//! Fused CPU attention: scores, scale, mask, softmax and the value product of every head in one
+//! custom op with an explicit backward pass (llm.c's attention_forward / attention_backward).
+//! In the composed form each of these is an autograd node with its own [B, H, L, Lk] tensor, and
+//! GPT-2's head split adds a dozen narrow / reshape / transpose / copy nodes per layer; here the
+//! heads are read in place through strides and each (batch, head) is one rayon task calling GEMM.
+//!
+//!   forward   P = softmax(scale·Q·Kᵀ + bias),  Y = P·V                 saved: P
+//!   backward  dP = dY·Vᵀ,  dS = scale·P ⊙ (dP − rowsum(P ⊙ dP))
+//!             dQ = dS·K,  dK = Σ_group dSᵀ·Q,  dV = Σ_group Pᵀ·dY
+//!
+//! The composed reference is `scaled_dot_product_attention_composed` in attention.rs.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu;
+
+/// Where one operand's heads live: element (b, h, i, d) sits at off + b·sb + h·sh + i·sl + d.
+#[derive(Clone, Copy, Debug)]
+struct Heads {
+    off: usize,
+    sb: usize,
+    sh: usize,
+    sl: usize,
+}
+
+impl Heads {
+    fn at(&self, b: usize, h: usize) -> usize {
+        self.off + b * self.sb + h * self.sh
+    }
+}
+
+/// Sizes and memory views of one attention call.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    b: usize,
+    h: usize,
+    kh: usize,
+    l: usize,
+    lk: usize,
+    dh: usize,
+    q: Heads,
+    k: Heads,
+    v: Heads,
+    /// The output (and dY) layout.
+    o: Heads,
+}
+
+/// A raw pointer that rayon tasks may share: every task writes a disjoint set of heads.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// dst[m×n] = (or +=) lhs[m×k]·rhs[k×n]; each operand is (pointer, row stride, column stride).
+/// Single-threaded: the parallelism is across heads.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        accumulate,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+pub struct FusedAttention {
+    scale: f32,
+    /// [L, Lk] additive mask, a constant.
+    bias: Option<Tensor>,
+    /// Some(H): one packed [B, L, 3·H·Dh] q|k|v input and a [B, L, H·Dh] output (GPT-2's c_attn
+    /// layout). None: q [B, H, L, Dh], k and v [B, K, Lk, Dh], output [B, H, L, Dh].
+    packed_heads: Option<usize>,
+    saved_probs: Mutex<Option<Vec<f32>>>,
+}
+
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("attention state lock poisoned".into())
+}
+
+impl FusedAttention {
+    pub fn new(scale: f64, bias: Option<Tensor>, packed_heads: Option<usize>) -> Self {
+        Self {
+            scale: scale as f32,
+            bias,
+            packed_heads,
+            saved_probs: Mutex::new(None),
+        }
+    }
+
+    fn packed_geometry(&self, h: usize, shape: &Shape) -> Result<Geometry> {
+        let (b, l, d3) = shape.dims3()?;
+        let d = d3 / 3;
+        let dh = d / h.max(1);
+        if d3 % 3 != 0 || h == 0 || d % h != 0 {
+            candle_core::bail!("packed qkv of width {d3} does not split into 3×{h} heads");
+        }
+        let view = |part: usize| Heads {
+            off: part * d,
+            sb: l * d3,
+            sh: dh,
+            sl: d3,
+        };
+        let o = Heads {
+            off: 0,
+            sb: l * d,
+            sh: dh,
+            sl: d,
+        };
+        let (q, k, v) = (view(0), view(1), view(2));
+        Ok(Geometry {
+            b,
+            h,
+            kh: h,
+            l,
+            lk: l,
+            dh,
+            q,
+            k,
+            v,
+            o,
+        })
+    }
+
+    fn split_geometry(&self, q: &Shape, k: &Shape) -> Result<Geometry> {
+        let (b, h, l, dh) = q.dims4()?;
+        let (_, kh, lk, _) = k.dims4()?;
+        if kh == 0 || h % kh != 0 {
+            candle_core::bail!("{h} query heads do not group over {kh} key/value heads");
+        }
+        let qv = Heads {
+            off: 0,
+            sb: h * l * dh,
+            sh: l * dh,
+            sl: dh,
+        };
+        let kv = Heads {
+            off: 0,
+            sb: kh * lk * dh,
+            sh: lk * dh,
+            sl: dh,
+        };
+        Ok(Geometry {
+            b,
+            h,
+            kh,
+            l,
+            lk,
+            dh,
+            q: qv,
+            k: kv,
+            v: kv,
+            o: qv,
+        })
+    }
+
+    /// Y and P. q, k and v may be the same (packed) slice.
+    fn forward(&self, g: &Geometry, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        let bias = self.bias.as_ref().map(|b| b.to_vec2::<f32>()).transpose()?;
+        if let Some(bias) = &bias {
+            if bias.len() != g.l || bias.iter().any(|r| r.len() != g.lk) {
+                candle_core::bail!("attention mask is not [{}, {}]", g.l, g.lk);
+            }
+        }
+        let (l, lk, dh) = (g.l, g.lk, g.dh);
+        let group = g.h / g.kh;
+        let mut out = vec![0f32; g.b * g.h * l * dh];
+        let mut probs = vec![0f32; g.b * g.h * l * lk];
+        let out_ptr = Shared(out.as_mut_ptr());
+        probs
+            .par_chunks_mut(l * lk)
+            .enumerate()
+            .for_each(|(bh, p)| {
+                let (b, h) = (bh / g.h, bh % g.h);
+                let (qh, kh, vh) = (g.q.at(b, h), g.k.at(b, h / group), g.v.at(b, h / group));
+                let out = out_ptr;
+                // SAFETY: every view stays inside its buffer (shapes checked by candle and the
+                // geometry), and head (b, h) of the output is written by this task alone.
+                unsafe {
+                    let s = (p.as_mut_ptr(), lk, 1);
+                    let kt = (k.as_ptr().add(kh), 1, g.k.sl);
+                    matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
+                }
+                for (i, row) in p.chunks_mut(lk).enumerate() {
+                    match &bias {
+                        Some(bias) => row
+                            .iter_mut()
+                            .zip(&bias[i])
+                            .for_each(|(s, b)| *s = *s * self.scale + b),
+                        None => row.iter_mut().for_each(|s| *s *= self.scale),
+                    }
+                    let m = cpu::max(row);
+                    row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
+                    let inv = 1.0 / cpu::sum(row);
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+                unsafe {
+                    let y = (out.0.add(g.o.at(b, h)), g.o.sl, 1);
+                    let vv = (v.as_ptr().add(vh), g.v.sl, 1);
+                    matmul((l, dh, lk), y, false, (p.as_ptr(), lk, 1), vv);
+                }
+            });
+        *self.saved_probs.lock().map_err(poisoned)? = Some(probs);
+        Ok(out)
+    }
+
+    /// Writes dQ, dK, dV through `dq`, `dk`, `dv` (laid out as q, k, v; for the packed form all
+    /// three point into one dqkv buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        g: &Geometry,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dy: &[f32],
+        (dq, dk, dv): (Shared, Shared, Shared),
+    ) -> Result<()> {
+        let guard = self.saved_probs.lock().map_err(poisoned)?;
+        let Some(probs) = guard.as_ref() else {
+            candle_core::bail!("attention backward before its forward");
+        };
+        let (l, lk, dh) = (g.l, g.lk, g.dh);
+        let group = g.h / g.kh;
+        // One task per (batch, key/value head): it owns dK and dV of that head and the dQ of
+        // the query heads that share it.
+        (0..g.b * g.kh).into_par_iter().for_each(|bk| {
+            let (b, kvh) = (bk / g.kh, bk % g.kh);
+            let (dq, dk, dv) = (dq, dk, dv);
+            let mut ds = vec![0f32; l * lk];
+            let (kh, vh) = (g.k.at(b, kvh), g.v.at(b, kvh));
+            for gi in 0..group {
+                let h = kvh * group + gi;
+                let p = &probs[(b * g.h + h) * l * lk..][..l * lk];
+                let (qh, oh) = (g.q.at(b, h), g.o.at(b, h));
+                // SAFETY: as in the forward; the heads written here belong to this task only.
+                unsafe {
+                    let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
+                    let vt = (v.as_ptr().add(vh), 1, g.v.sl);
+                    matmul((l, lk, dh), (ds.as_mut_ptr(), lk, 1), false, dyv, vt);
+                }
+                for (ds, p) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
+                    let s = cpu::dot(ds, p);
+                    ds.iter_mut()
+                        .zip(p)
+                        .for_each(|(d, &p)| *d = self.scale * p * (*d - s));
+                }
+                unsafe {
+                    let dsm = (ds.as_ptr(), lk, 1);
+                    let dst = (dq.0.add(qh), g.q.sl, 1);
+                    matmul(
+                        (l, dh, lk),
+                        dst,
+                        false,
+                        dsm,
+                        (k.as_ptr().add(kh), g.k.sl, 1),
+                    );
+                    let dst = (dk.0.add(kh), g.k.sl, 1);
+                    let qm = (q.as_ptr().add(qh), g.q.sl, 1);
+                    matmul((lk, dh, l), dst, gi > 0, (ds.as_ptr(), 1, lk), qm);
+                    let dst = (dv.0.add(vh), g.v.sl, 1);
+                    let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
+                    matmul((lk, dh, l), dst, gi > 0, (p.as_ptr(), 1, lk), dyv);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Packed GPT-2 form: qkv [B, L, 3D] → [B, L, D].
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.packed_geometry(self.packed_heads.unwrap_or(0), l.shape())?;
+        let qkv = cpu::slice(s, l)?;
+        let out = self.forward(&g, qkv, qkv, qkv)?;
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.l, g.h * g.dh))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let g = self.packed_geometry(self.packed_heads.unwrap_or(0), qkv.shape())?;
+        let mut dqkv = vec![0f32; qkv.elem_count()];
+        let d = Shared(dqkv.as_mut_ptr());
+        cpu::with_data(qkv, |x| {
+            cpu::with_data(dy, |dy| self.backward(&g, x, x, x, dy, (d, d, d)))
+        })?;
+        Ok(Some(cpu::tensor_like(dqkv, qkv)?))
+    }
+}
+
+/// Split form: q [B, H, L, Dh], k and v [B, K, Lk, Dh] → [B, H, L, Dh].
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.split_geometry(l1.shape(), l2.shape())?;
+        let (q, k, v) = (
+            cpu::slice(s1, l1)?,
+            cpu::slice(s2, l2)?,
+            cpu::slice(s3, l3)?,
+        );
+        Ok((
+            CpuStorage::F32(self.forward(&g, q, k, v)?),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.split_geometry(q.shape(), k.shape())?;
+        let mut dq = vec![0f32; q.elem_count()];
+        let mut dk = vec![0f32; k.elem_count()];
+        let mut dv = vec![0f32; v.elem_count()];
+        let ptrs = (
+            Shared(dq.as_mut_ptr()),
+            Shared(dk.as_mut_ptr()),
+            Shared(dv.as_mut_ptr()),
+        );
+        cpu::with_data(q, |qs| {
+            cpu::with_data(k, |ks| {
+                cpu::with_data(v, |vs| {
+                    cpu::with_data(dy, |dy| self.backward(&g, qs, ks, vs, dy, ptrs))
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu::tensor_like(dq, q)?),
+            Some(cpu::tensor_like(dk, k)?),
+            Some(cpu::tensor_like(dv, v)?),
+        ))
+    }
+}

@@ -1,0 +1,165 @@
+//! Plumbing shared by the fused CPU kernels: when a fast path applies, how to borrow a tensor's
+//! f32 data, and how to split rows across threads. The kernels themselves live beside their
+//! composed references (softmax.rs, norm.rs, cross_entropy.rs, activations.rs).
+//!
+//! Every fused op is a candle `CustomOp*` whose `bwd` returns explicit gradients, so autograd
+//! sees one node where the composed version builds five to fifteen, each with its own
+//! full-size intermediate and its own zeros-plus-add when its gradient is accumulated.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// The fused kernels run on f32 CPU tensors only; everything else takes the composed path.
+pub fn fusable(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The f32 elements of a contiguous CPU storage, as its layout addresses them.
+pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("fused kernel needs a contiguous input, got {:?}", l),
+    }
+}
+
+/// The u32 elements of a contiguous CPU storage.
+pub fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<u32>()?[start..end]),
+        None => candle_core::bail!("fused kernel needs a contiguous input, got {:?}", l),
+    }
+}
+
+/// Runs `f` on the f32 data of a CPU tensor, made contiguous first if it is not.
+pub fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(slice(s, layout)?),
+        _ => candle_core::bail!("fused kernel called on a non-CPU tensor"),
+    }
+}
+
+/// Rows handed to one rayon task: enough work to amortise the task, few enough to balance.
+pub fn rows_per_task(rows: usize, width: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let by_balance = rows.div_ceil(4 * threads).max(1);
+    let by_size = (16384 / width.max(1)).max(1);
+    by_balance.max(by_size).min(rows.max(1))
+}
+
+/// Applies `f(row_index, out_row)` to every `width`-wide row of `out`, in parallel.
+pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if width == 0 {
+        return;
+    }
+    let chunk = rows_per_task(out.len() / width, width);
+    out.par_chunks_mut(chunk * width)
+        .enumerate()
+        .for_each(|(c, block)| {
+            for (i, row) in block.chunks_mut(width).enumerate() {
+                f(c * chunk + i, row);
+            }
+        });
+}
+
+/// Wraps a computed buffer as a tensor of `t`'s shape on the CPU.
+pub fn tensor_like(data: Vec<f32>, t: &Tensor) -> Result<Tensor> {
+    Tensor::from_vec(data, t.shape(), t.device())
+}
+
+/// e^x in f32, branch-free so loops over it vectorise (libm's `expf` is a call per element).
+/// Cephes' range reduction x = n·ln2 + r and degree-6 polynomial: within 2 ulp of `f32::exp`.
+/// x < −87 gives exactly 0, so −∞ mask entries contribute nothing, as in the composed path;
+/// x > 88 gives ∞ (e^88.7 would still be finite: callers only exponentiate x − max ≤ 0).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let xc = x.clamp(-87.0, 88.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let v = y * scale;
+    let v = if x > 88.0 { f32::INFINITY } else { v };
+    let v = if x < -87.0 { 0.0 } else { v };
+    if x.is_nan() {
+        x
+    } else {
+        v
+    }
+}
+
+/// Σ xᵢ with eight independent accumulators, so the compiler can keep it in vector registers.
+#[inline]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Σ xᵢ·yᵢ, vectorisable like `sum`.
+#[inline]
+pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = xs.len().min(ys.len());
+    let (xa, xb) = xs[..n].split_at(n - n % 8);
+    let (ya, yb) = ys[..n].split_at(n - n % 8);
+    for (c, d) in xa.chunks_exact(8).zip(ya.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += c[k] * d[k];
+        }
+    }
+    acc.iter().sum::<f32>() + xb.iter().zip(yb).map(|(a, b)| a * b).sum::<f32>()
+}
+
+/// max xᵢ (−∞ for an empty row).
+#[inline]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0f32;
+        for i in -90_000..90_000 {
+            let x = i as f32 * 1e-3;
+            let (got, want) = (super::exp(x), x.exp());
+            if want > 1e-37 && x <= 88.0 {
+                worst = worst.max(((got - want) / want).abs());
+            }
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(f32::INFINITY), f32::INFINITY);
+        assert!(super::exp(f32::NAN).is_nan());
+    }
+}
