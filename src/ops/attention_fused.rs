@@ -54,37 +54,15 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// dst[m×n] = (or +=) lhs[m×k]·rhs[k×n]; each operand is (pointer, row stride, column stride).
-/// Single-threaded: the parallelism is across heads.
-#[allow(clippy::too_many_arguments)]
+/// dst[m×n] = (or +=) lhs[m×k]·rhs[k×n], single-threaded: the parallelism is across heads.
 unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
+    lhs: cpu::Mat,
+    rhs: cpu::Mat,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2 as isize,
-        dst.1 as isize,
-        accumulate,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
+    cpu::gemm_f32(dims, dst, accumulate, lhs, rhs, gemm::Parallelism::None)
 }
 
 pub struct FusedAttention {

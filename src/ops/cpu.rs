@@ -145,6 +145,46 @@ pub fn max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
+/// A matrix operand: (pointer, row stride, column stride).
+pub type Mat = (*const f32, usize, usize);
+
+/// dst[m×n] = lhs[m×k]·rhs[k×n] (+ dst when `accumulate`), each operand given as
+/// (pointer, row stride, column stride): the one GEMM call the fused kernels share.
+///
+/// # Safety
+/// Every stride must address only elements inside its operand's buffer, and dst must hold m·n
+/// elements at its strides, written by no one else during the call.
+pub unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2 as isize,
+        dst.1 as isize,
+        accumulate,
+        lhs.0,
+        lhs.2 as isize,
+        lhs.1 as isize,
+        rhs.0,
+        rhs.2 as isize,
+        rhs.1 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -11,12 +11,11 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use super::cpu;
 use super::linear::WeightLayout;
 
-/// A matrix operand: (pointer, row stride, column stride).
-type Mat = (*const f32, usize, usize);
+use cpu::Mat;
 
 /// dst[m×n] = lhs[m×k]·rhs[k×n] (+ dst when `accumulate`), on all rayon threads.
 fn matmul(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     dst_cs: usize,
@@ -33,25 +32,12 @@ fn matmul(
     // SAFETY: callers pass operands whose strides address only elements of their buffers, and
     // dst holds m·n elements at the given strides.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
+        cpu::gemm_f32(
+            dims,
+            (dst.as_mut_ptr(), dst_rs, dst_cs),
             accumulate,
-            lhs.0,
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0,
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
+            lhs,
+            rhs,
             par,
         )
     }
