@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use common::fixture;
 use dlm::model::{load_dir, LoadedModel};
 use dlm::rng::Rng;
@@ -15,6 +15,7 @@ use dlm::sample::canvas::Canvas;
 use dlm::sample::diffusion::{sample, DiffusionOptions, HeadRows, SampleReport, Sampler};
 use dlm::sample::events::StepEvent;
 use dlm::sample::filter::TokenChoice;
+use dlm::sample::prefix_cache::PrefixCache;
 use dlm::sample::unmask::Rule;
 
 const MASK: u32 = 7;
@@ -115,6 +116,71 @@ fn blocks_commit_left_to_right_and_threshold_saves_forwards() {
     };
     let report = run(&m, &mut c, &opts, 0, |_| {}).unwrap();
     assert_eq!(report.forwards, 1);
+}
+
+#[test]
+fn a_fresh_prefix_cache_gives_the_full_forward_hidden_states() {
+    // Reusing the cache on an unchanged canvas must equal the full bidirectional forward on the
+    // window rows (positions, RoPE offsets and GPT-2's learned positions all line up).
+    for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-tied"] {
+        let m = model(name);
+        let ids = Tensor::new(
+            &[[1u32, 5, 9, 2, 7, 7, 7, 3], [4, 4, 8, 1, 7, 2, 7, 6]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut slot = None;
+        let (full, offset) =
+            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[0, 1], 5).unwrap();
+        assert_eq!(
+            offset, 0,
+            "{name}: the first call refreshes with a full forward"
+        );
+        let (window, offset) =
+            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[0, 1], 5).unwrap();
+        assert_eq!(
+            offset, 4,
+            "{name}: the window starts one before the first undecided"
+        );
+        let want = full.narrow(1, 4, 4).unwrap();
+        let diff = (window - want).unwrap().abs().unwrap().max_all().unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{name}: cached window differs by {diff}");
+        // Another batch refreshes.
+        let (_, offset) =
+            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[1, 0], 5).unwrap();
+        assert_eq!(offset, 0);
+    }
+}
+
+#[test]
+fn prefix_cache_blocks_fill_every_canvas_and_start_exactly() {
+    let m = model("llama-tiny");
+    let opts = DiffusionOptions {
+        block_length: Some(4),
+        ..ranked(Rule::Confidence, 6)
+    };
+    let cached = DiffusionOptions {
+        prefix_cache: true,
+        ..opts.clone()
+    };
+    let fresh = || vec![Canvas::prefix(&[1, 2, 3], 12, MASK).unwrap(); 2];
+    let first_proposal = |o: &DiffusionOptions| {
+        let mut c = fresh();
+        let mut first = None;
+        let report = run(&m, &mut c, o, 0, |e| {
+            first.get_or_insert_with(|| e.proposal.to_vec());
+        })
+        .unwrap();
+        assert!(c.iter().all(|c| c.masked.iter().all(|&x| !x)));
+        assert_eq!(&c[1].ids[..3], &[1, 2, 3]);
+        (first.unwrap(), report)
+    };
+    let (exact_first, exact_report) = first_proposal(&opts);
+    let (cached_first, cached_report) = first_proposal(&cached);
+    // The first forward of a block is a full, exact one.
+    assert_eq!(exact_first, cached_first);
+    assert_eq!(exact_report.forwards, cached_report.forwards);
 }
 
 #[test]

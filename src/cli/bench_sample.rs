@@ -1,7 +1,8 @@
 //! `dlm bench sample MODEL_DIR --length 256 --steps 64`: diffusion sampling speed on the exact
 //! path (full logits every step, all T forwards: the reference's work) and on each acceleration
-//! (needed-rows head, confidence threshold, semi-autoregressive blocks), each as a ratio to the
-//! exact path measured in the same run.
+//! (needed-rows head, confidence threshold, semi-autoregressive blocks, blocks with the prefix
+//! cache), each as a ratio to the exact path measured in the same run, and the share of tokens
+//! each agrees on with the run it approximates (the quality change).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,14 +57,20 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         head_rows: HeadRows::Needed,
         ..exact.clone()
     };
+    // (name, options, the run whose output it is compared with: the quality change).
+    let blocks = DiffusionOptions {
+        block_length: Some(a.block_length),
+        ..ranked.clone()
+    };
     let runs = [
-        ("exact (top-k confidence, full logits)", exact.clone()),
+        ("exact (top-k confidence, full logits)", exact.clone(), 0),
         (
             "needed-rows head (same output)",
             DiffusionOptions {
                 head_rows: HeadRows::Needed,
                 ..exact.clone()
             },
+            0,
         ),
         (
             "threshold",
@@ -71,13 +78,16 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
                 threshold: Some(a.threshold),
                 ..ranked.clone()
             },
+            0,
         ),
+        ("blocks", blocks.clone(), 0),
         (
-            "blocks",
+            "blocks + prefix cache",
             DiffusionOptions {
-                block_length: Some(a.block_length),
-                ..ranked.clone()
+                prefix_cache: true,
+                ..blocks
             },
+            3,
         ),
     ];
     println!(
@@ -91,7 +101,8 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         a.runtime.dtype
     );
     let mut base = None;
-    for (name, opts) in runs {
+    let mut outputs: Vec<Vec<Canvas>> = Vec::new();
+    for (name, opts, compare) in runs {
         let mut batch = vec![canvas.clone(); a.batch];
         let mut rng = Rng::seed(0);
         let t = Instant::now();
@@ -106,14 +117,31 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         device.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
         let base_secs = *base.get_or_insert(secs);
+        let same = outputs
+            .get(compare)
+            .map_or(1.0, |other| same_tokens(&batch, other));
         println!(
-            "{name:<40} {:>4} forwards {:>8.1} ms/step {:>9.1} tokens/s  head rows {:>7}  speed-up x{:.2}",
+            "{name:<40} {:>4} forwards {:>8.1} ms/step {:>9.1} tokens/s  head rows {:>7}  speed-up x{:.2}  same tokens as run {compare}: {:.1}%",
             report.forwards,
             secs * 1e3 / report.forwards.max(1) as f64,
             (a.length * a.batch) as f64 / secs,
             report.head_rows,
-            base_secs / secs
+            base_secs / secs,
+            100.0 * same
         );
+        outputs.push(batch);
     }
     Ok(())
+}
+
+/// Fraction of generated positions where two runs chose the same token.
+fn same_tokens(a: &[Canvas], b: &[Canvas]) -> f64 {
+    let (mut same, mut total) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for i in x.generated() {
+            same += usize::from(x.ids[i] == y.ids[i]);
+            total += 1;
+        }
+    }
+    same as f64 / total.max(1) as f64
 }

@@ -55,6 +55,12 @@ pub struct ChoiceArgs {
     pub seed: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    None,
+    Prefix,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DiffusionArgs {
     /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
@@ -71,6 +77,10 @@ pub struct DiffusionArgs {
     /// Run the LM head on every row and all T forwards, as the reference does (slower).
     #[arg(long)]
     pub exact: bool,
+    /// `prefix`: reuse the keys/values of the decided prefix while a block is denoised
+    /// (approximate, as Fast-dLLM; best with --block-length). `none`: exact attention.
+    #[arg(long, value_enum, default_value_t = CacheMode::None)]
+    pub cache: CacheMode,
     /// Mask token id, overriding the model config's `mask_token_id`.
     #[arg(long)]
     pub mask_id: Option<u32>,
@@ -153,6 +163,9 @@ impl DiffusionArgs {
                  (reference-semantics §2.2); drop them or pick another sampler"
             );
         }
+        if self.exact && self.cache == CacheMode::Prefix {
+            bail!("--exact runs the reference's full work; it excludes --cache prefix");
+        }
         if self.trace && !self.json {
             bail!("--trace needs --json");
         }
@@ -167,6 +180,7 @@ impl DiffusionArgs {
             } else {
                 HeadRows::Needed
             },
+            prefix_cache: self.cache == CacheMode::Prefix,
         })
     }
 }

@@ -51,6 +51,20 @@ impl KvCache {
     fn advance(&mut self, n: usize) {
         self.len += n;
     }
+
+    /// Keeps the first `len` positions of every layer, so a forward over a whole sequence can
+    /// leave behind the cache of its prefix.
+    pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?;
+            *v = v.narrow(2, 0, len)?;
+        }
+        self.len = len;
+        Ok(())
+    }
 }
 
 /// A transformer language model: ids [B, L] → hidden [B, L, D] → logits [B, L, V].

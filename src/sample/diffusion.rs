@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use super::canvas::Canvas;
 use super::events::{OnStep, StepEvent};
 use super::filter::{choose, TokenChoice};
+use super::prefix_cache::PrefixCache;
 use super::unmask::{
     distribution_score, linear_remaining, plan, ranked_commits, Candidate, Phase, Rule,
 };
@@ -62,6 +63,9 @@ pub struct DiffusionOptions {
     /// Semi-autoregressive blocks of this many generated positions, left to right.
     pub block_length: Option<usize>,
     pub head_rows: HeadRows,
+    /// Reuse the keys and values of the decided prefix within a block (`--cache prefix`,
+    /// approximate; see `prefix_cache`).
+    pub prefix_cache: bool,
 }
 
 impl DiffusionOptions {
@@ -74,6 +78,7 @@ impl DiffusionOptions {
             threshold: None,
             block_length: None,
             head_rows: HeadRows::All,
+            prefix_cache: false,
         }
     }
 
@@ -193,6 +198,14 @@ fn wanted(c: &Canvas, p: &Progress, opts: &DiffusionOptions) -> Vec<usize> {
     }
 }
 
+/// The first position of the canvas's current phase: every position before it is decided.
+fn undecided_from(c: &Canvas, p: &Progress) -> usize {
+    p.phases
+        .get(p.phase)
+        .and_then(|ph| ph.positions.iter().copied().min())
+        .unwrap_or(c.len())
+}
+
 /// Runs the loop on `canvases` (one length), in place: on return every position is decided.
 /// `on_step` sees every step of every canvas.
 ///
@@ -237,6 +250,7 @@ pub fn sample(
     // The reference samplers run all T forwards even once nothing is masked; only the needed-rows
     // path (whose output is the same) and the ranking rules stop a phase early.
     let early_exit = opts.head_rows == HeadRows::Needed || rule.is_some();
+    let mut cache = None;
 
     loop {
         let active: Vec<usize> = (0..canvases.len())
@@ -250,17 +264,31 @@ pub fn sample(
             .flat_map(|&b| canvases[b].ids.clone())
             .collect();
         let ids = Tensor::from_vec(ids, (active.len(), l), device)?;
-        let hidden = model.hidden(&ids, &AttentionMask::Bidirectional, None)?;
+        // Hidden states of positions `offset..l` (all of them without the prefix cache).
+        let (hidden, offset) = if opts.prefix_cache {
+            let decided = active
+                .iter()
+                .map(|&b| undecided_from(&canvases[b], &progress[b]))
+                .min()
+                .unwrap_or(0);
+            PrefixCache::forward(&mut cache, model, &ids, &active, decided)?
+        } else {
+            let hidden = model.hidden(&ids, &AttentionMask::Bidirectional, None)?;
+            (hidden, 0)
+        };
+        let window = l - offset;
         report.forwards += 1;
 
         // (active index, position, flat logits row): position i reads row i − 1, position 0 row 0.
+        // Positions left of the window are decided, so nothing there is proposed.
         let tasks: Vec<(usize, usize, usize)> = active
             .iter()
             .enumerate()
             .flat_map(|(a, &b)| {
                 wanted(&canvases[b], &progress[b], opts)
                     .into_iter()
-                    .map(move |i| (a, i, a * l + i.saturating_sub(1)))
+                    .filter(move |&i| offset == 0 || i > offset)
+                    .map(move |i| (a, i, a * window + i.saturating_sub(1) - offset))
             })
             .collect();
         let logits = head_rows(model, &hidden, &tasks, opts.head_rows)?;

@@ -6,6 +6,7 @@ pub mod canvas;
 pub mod diffusion;
 pub mod events;
 pub mod filter;
+pub mod prefix_cache;
 pub mod random_keep;
 pub mod topk_confidence;
 pub mod unmask;
