@@ -231,3 +231,107 @@ fn nonfinite_loss_stops_and_keeps_last_good_checkpoint() {
     let log = std::fs::read_to_string(skip.join("metrics.jsonl")).unwrap();
     assert!(log.contains("\"kind\":\"skipped\""));
 }
+
+fn sft_lora_args<'a>(base: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "sft",
+        "--base",
+        base,
+        "--mask-token",
+        "new",
+        "--lora-rank",
+        "2",
+        "--lora-alpha",
+        "4",
+        "--data",
+        data,
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "2",
+        "--max-steps",
+        steps,
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-2",
+        "--schedule",
+        "constant",
+        "--no-progress",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn sft_with_lora_trains_only_the_adapters_merges_them_and_resumes_exactly() {
+    use candle_core::{DType, Device};
+    use dlm::model::weights::read_safetensors;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base(tmp.path());
+    let pairs: String = (0..24)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"What is {i} plus one?\", \"response\": \"It is {} now.\"}}\n",
+                i + 1
+            )
+        })
+        .collect();
+    let data = tmp.path().join("pairs.jsonl");
+    std::fs::write(&data, pairs).unwrap();
+    let (b, d) = (base.to_str().unwrap(), data.to_str().unwrap());
+    let straight = tmp.path().join("lora-straight");
+    dlm(&sft_lora_args(b, d, straight.to_str().unwrap(), "4"));
+    let halves = tmp.path().join("lora-halves");
+    dlm(&sft_lora_args(b, d, halves.to_str().unwrap(), "2"));
+    dlm(&[
+        "sft",
+        "--resume",
+        halves.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--no-progress",
+    ]);
+    assert!(
+        final_files(&straight, 4) == final_files(&halves, 4),
+        "LoRA: 2 + resume + 2 differs from 4 straight"
+    );
+
+    // The checkpoint holds the merged model: block linears moved, everything else is the base.
+    let read = |p: PathBuf| -> std::collections::BTreeMap<String, candle_core::Tensor> {
+        read_safetensors(&p, DType::F32, &Device::Cpu, |_| true)
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let frozen = read(straight.join("lora-base.safetensors"));
+    let merged = read(straight.join("checkpoints/step-00000004/model.safetensors"));
+    let factors = read(straight.join("checkpoints/step-00000004/adapter.safetensors"));
+    let mut adapted = 0;
+    for (name, w) in &frozen {
+        let moved = (w - &merged[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let stem = name.trim_end_matches(".weight");
+        if factors.contains_key(&format!("{stem}.lora_A.weight")) {
+            assert!(moved > 0.0, "{name}: the adapter did not move it");
+            adapted += 1;
+        } else {
+            assert_eq!(moved, 0.0, "{name}: frozen, yet changed");
+        }
+    }
+    // gpt2 tiny: 2 layers × (c_attn, attn.c_proj, c_fc, mlp.c_proj).
+    assert_eq!(adapted, 8);
+    // The optimizer state covers the factors only.
+    let moments = read(straight.join("checkpoints/step-00000004/optimizer.safetensors"));
+    assert!(
+        moments.keys().all(|k| k.contains("lora_")),
+        "{:?}",
+        moments.keys()
+    );
+}

@@ -13,6 +13,7 @@ use crate::data::corpus::{Corpus, CorpusOptions, Fields};
 use crate::data::sft::{SftFormat, SftSource};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::{Architecture, ModelConfig};
+use crate::train::lora::LoraConfig;
 use crate::train::objective::Objective;
 use crate::train::trainer::RunConfig;
 
@@ -31,6 +32,13 @@ pub struct SftArgs {
     /// Mask token: an id, or `new` (default: the model's).
     #[arg(long)]
     pub mask_token: Option<String>,
+    /// LoRA rank: train low-rank adapters on every block linear instead of all weights; the
+    /// checkpoints hold the merged model.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scale numerator: the update is (alpha / rank)·B·A.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -97,7 +105,11 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
         shift: true,
         anneal_steps: 1,
     };
-    let run = t.run_config("sft", objective, Some(base.clone()))?;
+    let mut run = t.run_config("sft", objective, Some(base.clone()))?;
+    run.lora = a.lora_rank.map(|rank| LoraConfig {
+        rank,
+        alpha: a.lora_alpha,
+    });
     start(
         t,
         &run,

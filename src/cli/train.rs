@@ -147,6 +147,7 @@ impl TrainArgs {
             skip_nonfinite: self.skip_nonfinite,
             data: self.data.clone(),
             base,
+            lora: None,
         })
     }
 
@@ -221,6 +222,9 @@ pub struct Setup<S> {
     pub val_source: Option<S>,
 }
 
+/// Seeds the LoRA factors' initial draw apart from the run's own random stream.
+const LORA_INIT_STREAM: u64 = 0x4c6f_5241;
+
 /// Runs (or resumes) a training session and prints where the result is.
 pub fn drive<S: ExampleSource>(
     run: &RunConfig,
@@ -233,7 +237,31 @@ pub fn drive<S: ExampleSource>(
     let files = RunFiles {
         dir: run_dir.to_path_buf(),
     };
-    let mut model = TrainableModel::new(&setup.config, &setup.weights, &device)?;
+    let mut model = match run.lora {
+        None => TrainableModel::new(&setup.config, &setup.weights, &device)?,
+        Some(lora) => {
+            // The frozen base is kept once per run: a resumed run needs it unmerged.
+            let (base, factors) = match &resume_from {
+                Some(ckpt) => (
+                    checkpoint::load_lora_base(run_dir)?,
+                    Some(checkpoint::load_factors(ckpt)?),
+                ),
+                None => {
+                    checkpoint::save_lora_base(run_dir, &setup.weights)?;
+                    (setup.weights, None)
+                }
+            };
+            let mut init = Rng::seed(run.seed ^ LORA_INIT_STREAM);
+            TrainableModel::with_lora(
+                &setup.config,
+                &base,
+                lora,
+                factors.as_ref(),
+                &device,
+                &mut init,
+            )?
+        }
+    };
     let mut optimizer = AdamW::new(run.optimizer);
     let loader_config = LoaderConfig {
         batch_size: run.micro_batch,

@@ -12,13 +12,16 @@ use crate::atomic::write_atomic;
 use crate::data::loader::LoaderState;
 use crate::error::{Error, Result};
 use crate::model::weights::{read_safetensors, write_safetensors};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Weights};
 use crate::rng::Rng;
 use crate::train::adamw::AdamW;
 use crate::train::params::TrainableModel;
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
+/// LoRA runs: the factors of each checkpoint, and the frozen base of the run (written once).
+const ADAPTER_FILE: &str = "adapter.safetensors";
+const LORA_BASE_FILE: &str = "lora-base.safetensors";
 /// Files copied from the base model so that a checkpoint is a complete model directory.
 const TOKENIZER_FILES: [&str; 3] = [
     "tokenizer.json",
@@ -58,7 +61,11 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // f32 always: an exact resume needs the exact parameters.
-    model.weights(run_dir).save_dir(&tmp, config, DType::F32)?;
+    model.weights(run_dir)?.save_dir(&tmp, config, DType::F32)?;
+    let factors = model.factors();
+    if !factors.is_empty() {
+        write_safetensors(&tmp.join(ADAPTER_FILE), &factors)?;
+    }
     write_safetensors(
         &tmp.join(OPTIMIZER_FILE),
         &optimizer.state_tensors(&model.vars)?,
@@ -130,4 +137,28 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
     }
     Ok(())
+}
+
+/// Keeps the frozen base of a LoRA run in the run directory.
+pub fn save_lora_base(run_dir: &Path, weights: &Weights) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    write_safetensors(&run_dir.join(LORA_BASE_FILE), &tensors)
+}
+
+fn read_weights(path: &Path) -> Result<Weights> {
+    let tensors = read_safetensors(path, DType::F32, &Device::Cpu, |_| true)?;
+    Ok(Weights::new(tensors.into_iter().collect(), path))
+}
+
+/// The frozen base of a LoRA run.
+pub fn load_lora_base(run_dir: &Path) -> Result<Weights> {
+    read_weights(&run_dir.join(LORA_BASE_FILE))
+}
+
+/// The LoRA factors saved in a checkpoint.
+pub fn load_factors(checkpoint: &Path) -> Result<Weights> {
+    read_weights(&checkpoint.join(ADAPTER_FILE))
 }

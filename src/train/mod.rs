@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod init;
+pub mod lora;
 pub mod objective;
 pub mod params;
 pub mod schedule;

@@ -5,14 +5,19 @@ use std::collections::BTreeMap;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
+use super::lora::{factor_names, init_factors, is_adapted, Adapter, LoraConfig};
 use crate::error::{Error, Result};
 use crate::model::{build, LanguageModel, ModelConfig, Weights};
+use crate::rng::Rng;
 
 pub struct TrainableModel {
     pub config: ModelConfig,
-    /// Parameters by HF name (a tied matrix appears once, under the embedding's name).
+    /// Trained parameters by name: the HF parameters (a tied matrix appears once, under the
+    /// embedding's name), or with LoRA only the adapter factors.
     pub vars: BTreeMap<String, Var>,
     pub model: Box<dyn LanguageModel>,
+    /// LoRA: the frozen base the factors adapt.
+    pub adapter: Option<Adapter>,
 }
 
 impl TrainableModel {
@@ -35,17 +40,111 @@ impl TrainableModel {
             config: config.clone(),
             vars,
             model,
+            adapter: None,
         })
     }
 
-    /// The current values, for saving.
-    pub fn weights(&self, source: &std::path::Path) -> Weights {
-        let tensors = self
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        Weights::new(tensors, source)
+    /// LoRA fine-tuning: `weights` frozen, factors for every block linear (from `factors` when
+    /// resuming, else freshly drawn from `rng`) trained.
+    pub fn with_lora(
+        config: &ModelConfig,
+        weights: &Weights,
+        lora: LoraConfig,
+        factors: Option<&Weights>,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        lora.validate()?;
+        let mut base = BTreeMap::new();
+        for (name, t) in weights.iter() {
+            if config.tie_word_embeddings && name == "lm_head.weight" {
+                continue;
+            }
+            base.insert(name.clone(), t.to_device(device)?.to_dtype(DType::F32)?);
+        }
+        let adapter = Adapter {
+            config: lora,
+            arch: config.arch,
+            base,
+        };
+        let mut vars = BTreeMap::new();
+        match factors {
+            Some(saved) => {
+                let saved: BTreeMap<String, Tensor> = saved
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), t.to_device(device)?.to_dtype(DType::F32)?)))
+                    .collect::<Result<_>>()?;
+                adapter.check_factors(&saved)?;
+                for (name, t) in saved {
+                    vars.insert(name, Var::from_tensor(&t)?);
+                }
+            }
+            None => {
+                for (name, w) in adapter.base.iter().filter(|(n, w)| is_adapted(n, w)) {
+                    let (a, b) = init_factors(config.arch, w, lora.rank, rng)?;
+                    let (na, nb) = factor_names(name);
+                    vars.insert(na, Var::from_tensor(&a)?);
+                    vars.insert(nb, Var::from_tensor(&b)?);
+                }
+            }
+        }
+        if vars.is_empty() {
+            return Err(Error::Input(
+                "LoRA found no linear layer to adapt in this model".into(),
+            ));
+        }
+        let mut model = Self {
+            config: config.clone(),
+            vars,
+            model: build(config, weights.var_builder(DType::F32, device))
+                .map_err(|e| Error::checkpoint(weights.source(), e))?,
+            adapter: Some(adapter),
+        };
+        model.rebuild(weights.source())?;
+        Ok(model)
+    }
+
+    /// With LoRA, rebuilds the model over W + (α/r)·B·A from the current factors; call after
+    /// every update. Without LoRA the model already reads the variables.
+    pub fn rebuild(&mut self, source: &std::path::Path) -> Result<()> {
+        let Some(adapter) = &self.adapter else {
+            return Ok(());
+        };
+        let view = Weights::new(adapter.effective(&self.vars)?, source);
+        let device = self.vars.values().next().map(|v| v.device().clone());
+        let device = device.unwrap_or(Device::Cpu);
+        self.model = build(&self.config, view.var_builder(DType::F32, &device))
+            .map_err(|e| Error::checkpoint(source, e))?;
+        Ok(())
+    }
+
+    /// The current model values, for saving: with LoRA, the merged weights.
+    pub fn weights(&self, source: &std::path::Path) -> Result<Weights> {
+        let tensors = match &self.adapter {
+            Some(adapter) => adapter
+                .effective(&self.vars)?
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.detach())))
+                .collect::<Result<_>>()?,
+            None => self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect(),
+        };
+        Ok(Weights::new(tensors, source))
+    }
+
+    /// The trained factors (LoRA) by name; empty without LoRA.
+    pub fn factors(&self) -> Vec<(String, Tensor)> {
+        match self.adapter {
+            Some(_) => self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Gradients by parameter name; a parameter the loss does not reach gets zeros.

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
 use super::checkpoint::{self, TrainerState};
+use super::lora::LoraConfig;
 use super::objective::Objective;
 use super::params::TrainableModel;
 use super::schedule::Schedule;
@@ -45,6 +46,9 @@ pub struct RunConfig {
     /// Where the data came from, for the record.
     pub data: Vec<PathBuf>,
     pub base: Option<PathBuf>,
+    /// Train LoRA factors on a frozen base instead of every weight.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 pub struct Session<'a, S: ExampleSource> {
@@ -181,6 +185,7 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
             lr,
             clip_coefficient(norm, run.max_grad_norm),
         )?;
+        s.model.rebuild(s.run_dir)?;
         s.state.step += 1;
         s.state.tokens_seen += tokens as u64;
         let secs = started.elapsed().as_secs_f64();
