@@ -200,3 +200,37 @@ fn mask_token_reused_or_added() {
         );
     }
 }
+
+#[test]
+fn convert_restores_a_model_directory_in_f16() {
+    for name in TINY {
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
+            .args(["convert", "--model"])
+            .arg(fixture(name))
+            .arg("--out")
+            .arg(out.path())
+            .args(["--dtype", "f16"])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{name}: {status:?}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["torch_dtype"], "float16");
+        let want = bidirectional_logits(&load(&fixture(name)), name);
+        // f16 storage: about 3 decimal digits per weight.
+        assert_close(
+            &format!("{name} f16 convert"),
+            &bidirectional_logits(&load(out.path()), name),
+            &want,
+            0.05,
+        );
+    }
+    // Neither source: a usage error, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["convert", "--out", "/tmp/nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -19,6 +19,11 @@ pub struct RuntimeArgs {
     pub device: String,
 }
 
+/// The built-in default DLM committed with the repository (`scripts/make-builtin-model.sh`).
+pub fn builtin_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/dlm-shakespeare-10m")
+}
+
 pub fn parse_dtype(s: &str) -> anyhow::Result<DType> {
     Ok(match s {
         "f32" | "float32" => DType::F32,

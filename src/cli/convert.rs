@@ -1,6 +1,8 @@
 //! `dlm convert --gguf FILE --out DIR`: a llama-architecture GGUF becomes an HF-layout directory
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat template,
 //! generation_config.json) that dlm and HF transformers both load.
+//! `dlm convert --model DIR --out DIR --dtype f16`: an HF directory (a training checkpoint, say)
+//! becomes a clean model directory stored in another dtype, without optimizer or trainer state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +19,11 @@ use crate::model::{ModelConfig, Weights};
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
     /// A GGUF file with `general.architecture = llama` (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub gguf: Option<PathBuf>,
+    /// An HF-layout model directory (config.json, safetensors, tokenizer) to store anew.
     #[arg(long)]
-    pub gguf: PathBuf,
+    pub model: Option<PathBuf>,
     /// Output model directory (created if absent).
     #[arg(long)]
     pub out: PathBuf,
@@ -62,19 +67,50 @@ fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
     )?)
 }
 
+/// Files of a model directory besides its config and weights.
+const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
+
+fn restore_dir(dir: &Path, out: &Path, dtype: &str) -> anyhow::Result<()> {
+    // Loading builds the model, so a directory whose tensors do not fit its config fails here.
+    let m = crate::model::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    m.weights.save_dir(out, &m.config, parse_dtype(dtype)?)?;
+    for f in TOKENIZER_FILES {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), out.join(f))
+                .with_context(|| format!("copying {}", dir.join(f).display()))?;
+        }
+    }
+    println!(
+        "wrote {} ({} parameters, {dtype}) from {}",
+        out.display(),
+        m.config.num_parameters(),
+        dir.display()
+    );
+    Ok(())
+}
+
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let dtype = parse_dtype(&a.dtype)?;
-    let imp = import_llama_gguf(&a.gguf)?;
-    let config = ModelConfig::from_json(hf_config(&imp.params), &a.gguf)?;
+    let gguf = match (&a.gguf, &a.model) {
+        (Some(g), _) => g,
+        (None, Some(dir)) => return restore_dir(dir, &a.out, &a.dtype),
+        (None, None) => anyhow::bail!("pass --gguf FILE or --model DIR"),
+    };
+    let imp = import_llama_gguf(gguf)?;
+    let config = ModelConfig::from_json(hf_config(&imp.params), gguf)?;
     let tensors: BTreeMap<String, candle_core::Tensor> = imp.tensors.into_iter().collect();
     let n_tensors = tensors.len();
-    let weights = Weights::new(tensors, &a.gguf);
+    let weights = Weights::new(tensors, gguf);
     // Build the model once so a GGUF whose tensors do not fit its own header fails here.
     crate::model::build(
         &config,
         weights.var_builder(candle_core::DType::F32, &candle_core::Device::Cpu),
     )
-    .with_context(|| format!("{}: tensors do not match the header", a.gguf.display()))?;
+    .with_context(|| format!("{}: tensors do not match the header", gguf.display()))?;
     weights.save_dir(&a.out, &config, dtype)?;
     imp.tokenizer.save(&a.out.join("tokenizer.json"))?;
     let token = |id: Option<u32>| id.and_then(|i| imp.tokenizer.id_to_token(i));
@@ -105,7 +141,7 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
         n_tensors,
         config.num_parameters(),
         a.dtype,
-        a.gguf.display()
+        gguf.display()
     );
     Ok(())
 }

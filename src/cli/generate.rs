@@ -10,7 +10,10 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 
-use super::args::{load_model, load_tokenizer, RuntimeArgs};
+use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
+
+/// Generated positions when neither `--length` nor a request says.
+const DEFAULT_LENGTH: usize = 64;
 use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
@@ -18,7 +21,8 @@ use crate::sample::filter::TokenChoice;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// HF-layout model directory.
+    /// HF-layout model directory (default: the built-in dlm-shakespeare-10m).
+    #[arg(default_value_os_t = builtin_model())]
     pub model: PathBuf,
     /// Causal, left-to-right decoding with a KV cache (the AR baseline).
     #[arg(long)]
@@ -35,7 +39,8 @@ pub struct GenerateArgs {
     /// With --ar: the most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Diffusion: generated positions after the prompt (the canvas length is fixed).
+    /// Diffusion: generated positions after the prompt (the canvas length is fixed) [default: 64,
+    /// or a JSONL request's own `length`].
     #[arg(long)]
     pub length: Option<usize>,
     #[command(flatten)]
@@ -158,7 +163,7 @@ fn run_diffusion(a: GenerateArgs) -> anyhow::Result<()> {
         &a.diffusion,
         &a.choice,
         requests,
-        a.length,
+        a.length.or(Some(DEFAULT_LENGTH)),
         true,
     )
 }

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 
-use super::args::RuntimeArgs;
+use super::args::{builtin_model, RuntimeArgs};
 use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 
 #[derive(Debug, Args)]
 pub struct InfillArgs {
-    /// HF-layout model directory.
+    /// HF-layout model directory (default: the built-in dlm-shakespeare-10m).
+    #[arg(default_value_os_t = builtin_model())]
     pub model: PathBuf,
     /// Text before the span (BOS is put first when the model has one).
     #[arg(long)]
