@@ -7,5 +7,6 @@ pub mod diffusion;
 pub mod events;
 pub mod filter;
 pub mod random_keep;
+pub mod request;
 pub mod topk_confidence;
 pub mod unmask;
