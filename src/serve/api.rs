@@ -110,14 +110,18 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest, ApiError> {
             e.valid_up_to()
         )));
     }
+    // Serde would also read a struct from an array, by field order; only objects are requests.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let req: ApiRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
-        } else if path == "." {
-            ApiError::bad_request(format!("the request body must be a JSON object: {inner}"))
         } else {
             ApiError::bad_request(format!("field `{path}`: {inner}"))
         }

@@ -84,6 +84,16 @@ impl Job {
         let _ = self.events.send((self.index, JobEvent::Done(outcome)));
     }
 
+    /// Why a job stopped before its canvas was full. The deadline comes first: a handler that
+    /// gives up at the deadline also drops its channel.
+    fn unfinished(&self) -> Outcome {
+        if Instant::now() >= self.deadline {
+            Outcome::TimedOut
+        } else {
+            Outcome::Cancelled
+        }
+    }
+
     fn abandoned(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
     }
@@ -216,11 +226,7 @@ impl Queue {
                 .partition(|j| !j.abandoned() && j.deadline > now);
             w.jobs = live;
             for j in dead {
-                let o = if j.abandoned() {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::TimedOut
-                };
+                let o = j.unfinished();
                 self.stats.count(&o);
                 j.finish(o);
             }
@@ -304,10 +310,8 @@ impl Queue {
                     elapsed: start.elapsed(),
                     batch: jobs.len(),
                 }
-            } else if j.abandoned() {
-                Outcome::Cancelled
             } else {
-                Outcome::TimedOut
+                j.unfinished()
             };
             self.stats.count(&o);
             j.finish(o);
