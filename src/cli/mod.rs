@@ -4,6 +4,7 @@ mod adapt;
 mod args;
 mod bench;
 mod bench_sample;
+mod bench_serve;
 mod convert;
 mod diffusion;
 mod generate;

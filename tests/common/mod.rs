@@ -52,7 +52,8 @@ pub fn ids_u32(t: &Tensor) -> Tensor {
 
 /// A small random-weight diffusion LM with a tokenizer, written to `dir`: byte-level BPE (300
 /// ids) trained on the fixture texts, `<|endoftext|>` as BOS/EOS, an added `<|mask|>`, a 2-layer
-/// GPT-2 with a 256-position context, and a ChatML chat template. Its text is noise, but every
+/// GPT-2 with a 256-position context and an untied head (a tied random head proposes the input
+/// token, here the mask, everywhere), and a ChatML chat template. Its text is noise, but every
 /// path from a request to text runs through it.
 pub fn tiny_dlm_dir(dir: &std::path::Path) -> PathBuf {
     use dlm::data::tokenizer_train::train_bpe_texts;
@@ -69,7 +70,7 @@ pub fn tiny_dlm_dir(dir: &std::path::Path) -> PathBuf {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "vocab_size": tok.vocab_size(), "n_positions": 256, "n_embd": 32, "n_layer": 2,
         "n_head": 4, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-        "tie_word_embeddings": true, "bos_token_id": eos, "eos_token_id": eos,
+        "tie_word_embeddings": false, "bos_token_id": eos, "eos_token_id": eos,
         "mask_token_id": mask,
     });
     let mut config = ModelConfig::from_json(value, std::path::Path::new("<tiny>")).unwrap();
