@@ -25,7 +25,10 @@ fn find(candidates: &[&str]) -> Option<PathBuf> {
 /// The cargo target directory: the test binary lives in `target/<profile>/deps/`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap_or(Path::new(".")).to_path_buf()
+    exe.ancestors()
+        .nth(3)
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 #[test]
@@ -60,7 +63,10 @@ fn the_playground_denoises_a_prompt_in_chromium() {
     let _ = std::fs::remove_file(&screenshot);
 
     let out = Command::new(node)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/playground-check.mjs"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/playground-check.mjs"
+        ))
         .arg(format!("http://{}/", server.addr()))
         .arg(&screenshot)
         .arg(&request_path)
@@ -86,8 +92,14 @@ fn the_playground_denoises_a_prompt_in_chromium() {
         .filter_map(|(_, m)| m.as_u64())
         .collect();
     assert!(steps.len() >= 2, "step statuses seen: {statuses:?}");
-    assert!(steps.iter().any(|&m| m > 0), "a part-masked canvas was shown");
-    assert!(steps.windows(2).all(|w| w[0] >= w[1]), "masks only go: {steps:?}");
+    assert!(
+        steps.iter().any(|&m| m > 0),
+        "a part-masked canvas was shown"
+    );
+    assert!(
+        steps.windows(2).all(|w| w[0] >= w[1]),
+        "masks only go: {steps:?}"
+    );
     assert!(seen["status"].as_str().unwrap().starts_with("done"));
     assert!(!seen["canvas"].as_str().unwrap().contains('░'));
 
@@ -103,6 +115,9 @@ fn the_playground_denoises_a_prompt_in_chromium() {
     .unwrap();
     assert_eq!(seen["final"], api["choices"][0]["text"]);
     let png = std::fs::read(&screenshot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
     println!("screenshot: {}", screenshot.display());
 }

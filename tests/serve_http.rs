@@ -63,7 +63,10 @@ fn endpoints_answer_in_openai_shapes() {
 
     let page = get(s.addr(), "/", T).unwrap();
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     assert!(page.text().contains("id=\"canvas\""));
 
     let req = json!({"model": "tiny-dlm", "prompt": "The history of", "max_tokens": 8, "steps": 4});
@@ -87,7 +90,10 @@ fn endpoints_answer_in_openai_shapes() {
                         "sampler": "confidence", "seed": 42});
     let a = ok_json(&s.post("/v1/completions", seeded.clone()));
     let b = ok_json(&s.post("/v1/completions", seeded));
-    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "same seed");
+    assert_eq!(
+        a["choices"][0]["text"], b["choices"][0]["text"],
+        "same seed"
+    );
 
     let many = ok_json(&s.post(
         "/v1/completions",
@@ -121,7 +127,10 @@ fn endpoints_answer_in_openai_shapes() {
     ));
     assert_eq!(t["object"], "infill");
     assert_eq!(t["choices"][0]["fills"].as_array().unwrap().len(), 2);
-    assert!(t["choices"][0]["text"].as_str().unwrap().starts_with("The "));
+    assert!(t["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("The "));
     assert_eq!(t["usage"]["completion_tokens"], 5);
     let ps = ok_json(&s.post(
         "/v1/infill",
@@ -139,7 +148,10 @@ fn streaming_sends_each_step_then_the_final_text() {
     streamed["stream"] = true.into();
     let r = s.post("/v1/completions", streamed);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let events = r.events();
     let steps: Vec<Value> = events
         .iter()
@@ -158,7 +170,10 @@ fn streaming_sends_each_step_then_the_final_text() {
     for (k, e) in steps.iter().enumerate() {
         assert_eq!(e["step"], k + 1);
         assert_eq!(e["total_steps"], 4);
-        assert_eq!(e["tokens"].as_array().unwrap().len(), e["fixed"].as_array().unwrap().len());
+        assert_eq!(
+            e["tokens"].as_array().unwrap().len(),
+            e["fixed"].as_array().unwrap().len()
+        );
         assert_eq!(masked(e), 8 - 2 * (k + 1), "two tokens commit per step");
     }
     let (name, last) = &events[events.len() - 2];
@@ -197,7 +212,10 @@ fn batched_requests_get_the_answers_they_get_alone() {
     });
     assert_eq!(alone, together);
     let b = &s.health()["batches"];
-    let (count, canvases) = (b["count"].as_u64().unwrap(), b["canvases"].as_u64().unwrap());
+    let (count, canvases) = (
+        b["count"].as_u64().unwrap(),
+        b["canvases"].as_u64().unwrap(),
+    );
     println!("{count} batches for {canvases} canvases");
     assert!(canvases > count, "concurrent requests shared forwards");
 }
@@ -211,7 +229,8 @@ fn a_full_queue_answers_503_with_retry_after() {
     });
     let addr = s.addr();
     // Sampled (not greedy), so no two share a batch; each takes many forwards.
-    let body = json!({"prompt": "x", "max_tokens": 200, "temperature": 1.0, "sampler": "confidence"});
+    let body =
+        json!({"prompt": "x", "max_tokens": 200, "temperature": 1.0, "sampler": "confidence"});
     let answers: Vec<HttpResponse> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..8)
             .map(|_| sc.spawn(|| post_json(addr, "/v1/completions", &body, T).unwrap()))
@@ -222,7 +241,10 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert!(!full.is_empty(), "8 requests against a queue of 1");
     for r in &full {
         assert_eq!(r.header("retry-after"), Some("1"));
-        let msg = r.json().unwrap()["error"]["message"].as_str().unwrap().to_string();
+        let msg = r.json().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(msg.contains("queue is full"), "{msg}");
     }
     assert!(answers.iter().all(|r| r.status == 200 || r.status == 503));
@@ -238,7 +260,10 @@ fn the_time_limit_stops_work_with_504() {
     let slow = json!({"prompt": "x", "max_tokens": 240, "steps": 240, "exact": true});
     let r = s.post("/v1/completions", slow);
     assert_eq!(r.status, 504, "{}", r.text());
-    let msg = r.json().unwrap()["error"]["message"].as_str().unwrap().to_string();
+    let msg = r.json().unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("time limit"), "{msg}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.health()["jobs"]["timed_out"] != 1 {
@@ -259,14 +284,17 @@ fn wait_cancelled(s: &Running, n: u64) {
 #[test]
 fn a_client_that_leaves_cancels_its_work() {
     let s = start(Limits::default());
-    let slow = |stream: bool| {
-        json!({"prompt": "x", "max_tokens": 240, "steps": 240, "exact": true, "stream": stream})
-    };
+    let slow = |stream: bool| json!({"prompt": "x", "max_tokens": 240, "steps": 240, "exact": true, "stream": stream});
     for (k, stream) in [false, true].into_iter().enumerate() {
         let mut c = TcpStream::connect(s.addr()).unwrap();
         let body = slow(stream).to_string();
-        c.write_all(&request_bytes(s.addr(), "POST", "/v1/completions", body.as_bytes()))
-            .unwrap();
+        c.write_all(&request_bytes(
+            s.addr(),
+            "POST",
+            "/v1/completions",
+            body.as_bytes(),
+        ))
+        .unwrap();
         if stream {
             // Wait for the first step event, then hang up.
             let mut buf = [0u8; 256];
@@ -294,63 +322,234 @@ fn bad_input_is_a_4xx_that_says_what_was_wrong() {
     let mask = models["data"][0]["dlm"]["mask_token_id"].as_u64().unwrap();
     let with_mask = format!("{{\"prompt\": [1, {mask}]}}").into_bytes();
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("/v1/completions", b"{\"prompt\": \"a\",".to_vec(), 400, "not valid JSON"),
-        ("/v1/completions", b"{\"prompt\": \"a\"} x".to_vec(), 400, "trailing"),
+        (
+            "/v1/completions",
+            b"{\"prompt\": \"a\",".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "/v1/completions",
+            b"{\"prompt\": \"a\"} x".to_vec(),
+            400,
+            "trailing",
+        ),
         ("/v1/completions", b"".to_vec(), 400, "empty"),
         ("/v1/completions", b"[1, 2]".to_vec(), 400, "JSON object"),
-        ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, "UTF-8"),
-        ("/v1/completions", br#"{"prompt": "a", "max_tokens": "ten"}"#.to_vec(), 400, "max_tokens"),
-        ("/v1/completions", br#"{"prompt": "a", "max_tokens": -3}"#.to_vec(), 400, "max_tokens"),
-        ("/v1/completions", br#"{"prompt": "a", "max_tokens": 1e300}"#.to_vec(), 400, "max_tokens"),
+        (
+            "/v1/completions",
+            b"{\"prompt\": \"\xff\xfe\"}".to_vec(),
+            400,
+            "UTF-8",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "max_tokens": "ten"}"#.to_vec(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "max_tokens": -3}"#.to_vec(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "max_tokens": 1e300}"#.to_vec(),
+            400,
+            "max_tokens",
+        ),
         (
             "/v1/completions",
             br#"{"prompt": "a", "max_tokens": 123456789012345678901234567890}"#.to_vec(),
             400,
             "max_tokens",
         ),
-        ("/v1/completions", br#"{"prompt": "a", "max_tokens": 100000000}"#.to_vec(), 400, "limit of 128"),
-        ("/v1/completions", br#"{"prompt": "a", "max_tokens": 0}"#.to_vec(), 400, "at least 1"),
-        ("/v1/completions", br#"{"prompt": "a", "steps": 100000}"#.to_vec(), 400, "steps"),
-        ("/v1/completions", br#"{"prompt": "a", "steps": 0}"#.to_vec(), 400, "steps"),
-        ("/v1/completions", br#"{"prompt": "a", "seed": 1e400}"#.to_vec(), 400, "not valid JSON"),
-        ("/v1/completions", br#"{"prompt": "a", "temperature": -1}"#.to_vec(), 400, "temperature"),
-        ("/v1/completions", br#"{"prompt": "a", "top_p": 2}"#.to_vec(), 400, "top_p"),
-        ("/v1/completions", br#"{"prompt": "a", "threshold": 0.5}"#.to_vec(), 400, "ranking sampler"),
-        ("/v1/completions", br#"{"prompt": "a", "sampler": "best"}"#.to_vec(), 400, "unknown variant"),
-        ("/v1/completions", br#"{"prompt": "a", "stream": "yes"}"#.to_vec(), 400, "stream"),
-        ("/v1/completions", br#"{"prompt": ""}"#.to_vec(), 400, "empty"),
-        ("/v1/completions", br#"{"prompt": []}"#.to_vec(), 400, "empty array"),
-        ("/v1/completions", br#"{"prompt": {"a": 1}}"#.to_vec(), 400, "prompt"),
-        ("/v1/completions", br#"{"max_tokens": 4}"#.to_vec(), 400, "required"),
-        ("/v1/completions", br#"{"prompt": [999999]}"#.to_vec(), 400, "vocabulary"),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "max_tokens": 100000000}"#.to_vec(),
+            400,
+            "limit of 128",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "max_tokens": 0}"#.to_vec(),
+            400,
+            "at least 1",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "steps": 100000}"#.to_vec(),
+            400,
+            "steps",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "steps": 0}"#.to_vec(),
+            400,
+            "steps",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "seed": 1e400}"#.to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "temperature": -1}"#.to_vec(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "top_p": 2}"#.to_vec(),
+            400,
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "threshold": 0.5}"#.to_vec(),
+            400,
+            "ranking sampler",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "sampler": "best"}"#.to_vec(),
+            400,
+            "unknown variant",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "stream": "yes"}"#.to_vec(),
+            400,
+            "stream",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": ""}"#.to_vec(),
+            400,
+            "empty",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": []}"#.to_vec(),
+            400,
+            "empty array",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": {"a": 1}}"#.to_vec(),
+            400,
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            br#"{"max_tokens": 4}"#.to_vec(),
+            400,
+            "required",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": [999999]}"#.to_vec(),
+            400,
+            "vocabulary",
+        ),
         ("/v1/completions", with_mask, 400, "mask token"),
-        ("/v1/completions", br#"{"prompt": "a", "n": 3}"#.to_vec(), 400, "n = 3"),
-        ("/v1/completions", br#"{"prompt": "a", "template": "<|mask:2|>"}"#.to_vec(), 400, "template"),
-        ("/v1/chat/completions", br#"{"messages": []}"#.to_vec(), 400, "no messages"),
-        ("/v1/chat/completions", br#"{"messages": [{"role": "robot", "content": "x"}]}"#.to_vec(), 400, "robot"),
-        ("/v1/chat/completions", br#"{"messages": [{"role": "user"}]}"#.to_vec(), 400, "content"),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "n": 3}"#.to_vec(),
+            400,
+            "n = 3",
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "a", "template": "<|mask:2|>"}"#.to_vec(),
+            400,
+            "template",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": []}"#.to_vec(),
+            400,
+            "no messages",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": [{"role": "robot", "content": "x"}]}"#.to_vec(),
+            400,
+            "robot",
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": [{"role": "user"}]}"#.to_vec(),
+            400,
+            "content",
+        ),
         ("/v1/infill", br#"{"prefix": "a"}"#.to_vec(), 400, "length"),
         ("/v1/infill", br#"{}"#.to_vec(), 400, "template"),
-        ("/v1/infill", br#"{"template": "no holes"}"#.to_vec(), 400, "no `<|mask:N|>`"),
-        ("/v1/infill", br#"{"template": "a <|mask:0|>"}"#.to_vec(), 400, "at least one token"),
-        ("/v1/infill", br#"{"template": "a <|mask:99999999999999999999|>"}"#.to_vec(), 400, "whole number"),
-        ("/v1/infill", br#"{"template": "a <|mask:99999999999|>"}"#.to_vec(), 400, "limit of 128"),
-        ("/v1/infill", br#"{"template": "<|mask:9999999999999999999|><|mask:9999999999999999999|>"}"#.to_vec(), 400, "limit of 128"),
-        ("/v1/completions", vec![b'x'; 10_000], 413, "limit of 4096 bytes"),
+        (
+            "/v1/infill",
+            br#"{"template": "no holes"}"#.to_vec(),
+            400,
+            "no `<|mask:N|>`",
+        ),
+        (
+            "/v1/infill",
+            br#"{"template": "a <|mask:0|>"}"#.to_vec(),
+            400,
+            "at least one token",
+        ),
+        (
+            "/v1/infill",
+            br#"{"template": "a <|mask:99999999999999999999|>"}"#.to_vec(),
+            400,
+            "whole number",
+        ),
+        (
+            "/v1/infill",
+            br#"{"template": "a <|mask:99999999999|>"}"#.to_vec(),
+            400,
+            "limit of 128",
+        ),
+        (
+            "/v1/infill",
+            br#"{"template": "<|mask:9999999999999999999|><|mask:9999999999999999999|>"}"#.to_vec(),
+            400,
+            "limit of 128",
+        ),
+        (
+            "/v1/completions",
+            vec![b'x'; 10_000],
+            413,
+            "limit of 4096 bytes",
+        ),
         ("/v1/nothing", b"{}".to_vec(), 404, "no such route"),
     ];
     for (path, body, status, needle) in cases {
         let r = request(s.addr(), "POST", path, &body, T).unwrap();
-        let shown = String::from_utf8_lossy(&body).chars().take(80).collect::<String>();
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(80)
+            .collect::<String>();
         assert_eq!(r.status, status, "{path} {shown}: {}", r.text());
-        let v = r.json().unwrap_or_else(|| panic!("{shown}: a JSON error body, got {}", r.text()));
+        let v = r
+            .json()
+            .unwrap_or_else(|| panic!("{shown}: a JSON error body, got {}", r.text()));
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(needle), "{shown}: `{msg}` should mention `{needle}`");
+        assert!(
+            msg.contains(needle),
+            "{shown}: `{msg}` should mention `{needle}`"
+        );
         assert!(v["error"]["type"].is_string());
     }
     // Not even HTTP: the connection is answered or closed, never the server.
     let _ = send_raw(s.addr(), b"\x00\x01garbage\r\n\r\n", T);
-    let ok = s.post("/v1/completions", json!({"prompt": "still", "max_tokens": 4}));
+    let ok = s.post(
+        "/v1/completions",
+        json!({"prompt": "still", "max_tokens": 4}),
+    );
     assert_eq!(ok.status, 200, "the server still answers: {}", ok.text());
     assert_eq!(s.health()["jobs"]["failed"], 0);
 }

@@ -147,7 +147,10 @@ fn phase(
                         let sent = Instant::now();
                         let r = post_json(addr, "/v1/completions", &body, limit * 2);
                         let ms = sent.elapsed().as_secs_f64() * 1e3;
-                        match r.map_err(|e| e.to_string()).and_then(|r| check(&r, a.max_tokens)) {
+                        match r
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| check(&r, a.max_tokens))
+                        {
                             Ok(()) => lat.push(ms),
                             Err(e) => bad.push(e),
                         }
@@ -205,7 +208,10 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give a MODEL_DIR to serve, or --addr of a running server"),
     };
-    let addr = a.addr.or(server.as_ref().map(Server::addr)).context("no address")?;
+    let addr = a
+        .addr
+        .or(server.as_ref().map(Server::addr))
+        .context("no address")?;
     let model = get(addr, "/v1/models", Duration::from_secs(10))?
         .json()
         .unwrap_or(Value::Null);
@@ -224,7 +230,10 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
     );
     let malformed: Vec<&String> = baseline.malformed.iter().chain(&loaded.malformed).collect();
     if let Some(first) = malformed.first() {
-        bail!("{} responses were not well-formed; the first: {first}", malformed.len());
+        bail!(
+            "{} responses were not well-formed; the first: {first}",
+            malformed.len()
+        );
     }
     println!("every response was a well-formed completion");
     Ok(())

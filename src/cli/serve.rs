@@ -51,7 +51,10 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
         if !(self.timeout.is_finite() && self.timeout > 0.0) {
-            anyhow::bail!("--timeout {} must be a positive number of seconds", self.timeout);
+            anyhow::bail!(
+                "--timeout {} must be a positive number of seconds",
+                self.timeout
+            );
         }
         Ok(Limits {
             max_body_bytes: self.max_body,
@@ -78,7 +81,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let server = Server::start(served, device, limits, &format!("{}:{}", a.host, a.port))?;
-    eprintln!("dlm serve: listening on http://{} (playground at /)", server.addr());
+    eprintln!(
+        "dlm serve: listening on http://{} (playground at /)",
+        server.addr()
+    );
     server.wait();
     Ok(())
 }

@@ -167,6 +167,7 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
                     ("template", r.template.is_some()),
                     ("prefix", r.prefix.is_some()),
                     ("suffix", r.suffix.is_some()),
+                    ("length", r.length.is_some()),
                 ],
             )?;
             let length = Some(r.max_tokens.unwrap_or(lim.default_max_tokens));
@@ -181,7 +182,9 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
                 Some(Prompt::Text(t)) => vec![one(Some(t.clone()), None)],
                 Some(Prompt::Texts(ts)) => ts.iter().map(|t| one(Some(t.clone()), None)).collect(),
                 Some(Prompt::Ids(ids)) => vec![one(None, Some(ids.clone()))],
-                Some(Prompt::IdsBatch(b)) => b.iter().map(|ids| one(None, Some(ids.clone()))).collect(),
+                Some(Prompt::IdsBatch(b)) => {
+                    b.iter().map(|ids| one(None, Some(ids.clone()))).collect()
+                }
             }
         }
         Endpoint::Chat => {
@@ -192,15 +195,17 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
                     ("template", r.template.is_some()),
                     ("prefix", r.prefix.is_some()),
                     ("suffix", r.suffix.is_some()),
+                    ("length", r.length.is_some()),
                 ],
             )?;
             let messages = r
                 .messages
                 .as_ref()
                 .ok_or_else(|| ApiError::bad_request("`messages` is required"))?;
-            let template = s.chat.as_ref().map_err(|e| {
-                ApiError::bad_request(format!("this model cannot chat: {e}"))
-            })?;
+            let template = s
+                .chat
+                .as_ref()
+                .map_err(|e| ApiError::bad_request(format!("this model cannot chat: {e}")))?;
             vec![Request {
                 prompt: Some(template.render(messages)?),
                 length: Some(r.max_tokens.unwrap_or(lim.default_max_tokens)),
@@ -366,7 +371,13 @@ pub fn choice(s: &ServerState, p: &Prepared, index: usize, c: &Canvas) -> (Value
 }
 
 /// The response object around finished choices.
-pub fn response(s: &ServerState, p: &Prepared, id: &str, choices: Vec<Value>, usage: Usage) -> Value {
+pub fn response(
+    s: &ServerState,
+    p: &Prepared,
+    id: &str,
+    choices: Vec<Value>,
+    usage: Usage,
+) -> Value {
     let object = match p.endpoint {
         Endpoint::Completion => "text_completion",
         Endpoint::Chat => "chat.completion",

@@ -102,7 +102,10 @@ impl Job {
 /// Whether a job's canvas is the same in any batch: no random draw decides anything.
 fn deterministic(o: &DiffusionOptions) -> bool {
     o.choice == TokenChoice::Greedy
-        && !matches!(o.sampler, Sampler::RandomKeep | Sampler::Ranked(Rule::Random))
+        && !matches!(
+            o.sampler,
+            Sampler::RandomKeep | Sampler::Ranked(Rule::Random)
+        )
 }
 
 fn batchable(a: &Job, b: &Job) -> bool {
@@ -250,7 +253,9 @@ impl Queue {
     /// decides which thread holds it.
     pub fn work(&self, model: &dyn LanguageModel, device: &Device) {
         while let Some(jobs) = self.next_batch() {
-            self.stats.running.store(jobs.len() as u64, Ordering::Relaxed);
+            self.stats
+                .running
+                .store(jobs.len() as u64, Ordering::Relaxed);
             self.run_batch(model, device, jobs);
             self.stats.running.store(0, Ordering::Relaxed);
         }
@@ -362,7 +367,10 @@ mod tests {
         assert!(batchable(&job(4, greedy.clone()), &job(4, greedy.clone())));
         assert!(!batchable(&job(4, greedy.clone()), &job(5, greedy.clone())));
         assert!(!batchable(&job(4, sampled.clone()), &job(4, sampled)));
-        assert!(!batchable(&job(4, random_order.clone()), &job(4, random_order)));
+        assert!(!batchable(
+            &job(4, random_order.clone()),
+            &job(4, random_order)
+        ));
     }
 
     #[test]

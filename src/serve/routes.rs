@@ -133,11 +133,7 @@ fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     ApiError::new(e.status(), format!("cannot read the request body: {e}"))
 }
 
-async fn handle(
-    s: AppState,
-    endpoint: Endpoint,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn handle(s: AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
     let arrived = Instant::now();
     let prepared = body
         .map_err(|e| body_error(e, s.limits.max_body_bytes))
@@ -218,7 +214,12 @@ pub fn outcome_error(s: &ServerState, o: &Outcome) -> ApiError {
 }
 
 /// A finished job's choice and usage.
-pub fn finished(s: &ServerState, p: &Prepared, index: usize, o: &Outcome) -> Option<(serde_json::Value, Usage)> {
+pub fn finished(
+    s: &ServerState,
+    p: &Prepared,
+    index: usize,
+    o: &Outcome,
+) -> Option<(serde_json::Value, Usage)> {
     let Outcome::Done {
         canvas,
         steps,
@@ -260,7 +261,12 @@ async fn collect(
         let (index, o) = match event {
             Some((index, JobEvent::Done(o))) => (index, o),
             Some((_, JobEvent::Step(_))) => continue,
-            None => return Err(outcome_error(s, &Outcome::Failed("the worker dropped the request".into()))),
+            None => {
+                return Err(outcome_error(
+                    s,
+                    &Outcome::Failed("the worker dropped the request".into()),
+                ))
+            }
         };
         let (choice, u) = finished(s, p, index, &o).ok_or_else(|| outcome_error(s, &o))?;
         choices[index] = choice;
