@@ -181,7 +181,7 @@ fn phase(
 }
 
 pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
-    if a.clients == 0 || a.requests == 0 || !(a.seconds > 0.0) {
+    if a.clients == 0 || a.requests == 0 || !a.seconds.is_finite() || a.seconds <= 0.0 {
         bail!("--clients, --requests and --seconds must be positive");
     }
     let server = match (&a.addr, &a.model) {
