@@ -48,6 +48,9 @@ pub struct ServeBenchArgs {
     /// 0: greedy, so requests of one shape share batches; > 0: each request runs alone.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Mask token id, overriding the model config's `mask_token_id` (in-process server only).
+    #[arg(long)]
+    pub mask_id: Option<u32>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -200,7 +203,7 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
                 ..Limits::default()
             };
             Some(Server::start(
-                Served::new(m, None)?,
+                Served::new(m, a.mask_id)?,
                 device,
                 limits,
                 "127.0.0.1:0",
