@@ -39,13 +39,13 @@ run_or_resume "$WORK/ar" 120 pretrain --arch gpt2 --config scripts/builtin/gpt2-
     --seq-len 256 --micro-batch 16 --lr 1e-3 --beta2 0.95 --weight-decay 0.1 --warmup 10 \
     --schedule cosine --val-every 40 --val-batches 8 --save-every 20 --seed 0
 
-# 3. Adaptation (Algorithm 1): mask id 1, shift on, causal -> bidirectional over 40 steps,
-#    80 steps of 16 x 256 tokens.
-run_or_resume "$WORK/dlm" 80 adapt --base "$WORK/ar/checkpoints/step-00000120" --mask-token 1 \
-    --anneal-steps 40 --data "${DATA[@]}" --seq-len 256 --micro-batch 16 --lr 5e-4 \
+# 3. Adaptation (Algorithm 1): mask id 1, shift on, causal -> bidirectional over 30 steps,
+#    60 steps of 16 x 256 tokens (0.25M tokens).
+run_or_resume "$WORK/dlm" 60 adapt --base "$WORK/ar/checkpoints/step-00000120" --mask-token 1 \
+    --anneal-steps 30 --data "${DATA[@]}" --seq-len 256 --micro-batch 16 --lr 5e-4 \
     --beta2 0.95 --weight-decay 0.1 --warmup 5 --schedule cosine --val-every 20 \
     --val-batches 8 --save-every 10 --seed 0
 
 # 4. The committed copy: f16, without optimizer state.
-$DLM convert --model "$WORK/dlm/checkpoints/step-00000080" --out "$OUT" --dtype f16
+$DLM convert --model "$WORK/dlm/checkpoints/step-00000060" --out "$OUT" --dtype f16
 echo "built $OUT; update $OUT/MODEL_CARD.md with the figures in $WORK/{ar,dlm}/metrics.jsonl"

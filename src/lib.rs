@@ -9,7 +9,7 @@
 //!
 //! # Modules, in dependency order
 //! `error`, `rng` → `ops` (differentiable kernels) → `model` (architectures, checkpoints) →
-//! `data` (tokenizers) → `diffusion` (noise, shift, loss, annealing) → `sample` → `cli`.
+//! `data` (tokenizers) → `diffusion` (noise, shift, loss, annealing) → `sample` → `serve` → `cli`.
 //! The model knows nothing of training or sampling.
 
 pub mod atomic;
@@ -23,6 +23,7 @@ pub mod ops;
 pub mod report;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod train;
 
 pub use error::{Error, Result};

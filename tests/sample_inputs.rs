@@ -12,7 +12,9 @@ use common::fixture;
 use dlm::model::{load_dir, LoadedModel};
 use dlm::rng::Rng;
 use dlm::sample::canvas::Canvas;
-use dlm::sample::diffusion::{sample, DiffusionOptions, HeadRows, SampleReport, Sampler};
+use dlm::sample::diffusion::{
+    sample, sample_until, DiffusionOptions, HeadRows, SampleReport, Sampler,
+};
 use dlm::sample::events::StepEvent;
 use dlm::sample::filter::TokenChoice;
 use dlm::sample::prefix_cache::PrefixCache;
@@ -339,5 +341,38 @@ fn cli_generate_and_infill() {
     assert!(
         rc == 1 && err.contains("no mask token") && err.contains("--mask-id"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_stopped_canvas_leaves_the_batch_and_the_others_finish_as_alone() {
+    let m = model("llama-tiny");
+    let opts = ranked(Rule::Confidence, 6);
+    let fresh = |first: u32| Canvas::prefix(&[first], 12, MASK).unwrap();
+    let mut alone = [fresh(2)];
+    run(&m, &mut alone, &opts, 0, |_| {}).unwrap();
+
+    let mut batch = [fresh(1), fresh(2)];
+    let steps_of_0 = std::cell::Cell::new(0);
+    let report = sample_until(
+        m.model.as_ref(),
+        &mut batch,
+        &opts,
+        &mut Rng::seed(0),
+        &Device::Cpu,
+        &mut |e: &StepEvent| {
+            if e.canvas == 0 {
+                steps_of_0.set(e.step);
+            }
+        },
+        // Canvas 0 stops after its second step.
+        &|b| b == 0 && steps_of_0.get() >= 2,
+    )
+    .unwrap();
+    assert_eq!(report.steps, vec![2, 6]);
+    assert!(batch[0].num_masked() > 0, "stopped part-way");
+    assert_eq!(
+        batch[1], alone[0],
+        "greedy: the batch does not change the other canvas"
     );
 }

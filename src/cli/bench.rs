@@ -24,6 +24,8 @@ pub enum BenchCommand {
     Train(TrainBenchArgs),
     /// Diffusion sampling: the exact path against each acceleration.
     Sample(super::bench_sample::SampleBenchArgs),
+    /// Load test of `dlm serve` over loopback: requests/s, p50/p99 latency, well-formed answers.
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +78,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Generate(a) => generate_bench(a),
         BenchCommand::Train(a) => train_bench(a),
         BenchCommand::Sample(a) => super::bench_sample::run(a),
+        BenchCommand::Serve(a) => super::bench_serve::run(a),
     }
 }
 

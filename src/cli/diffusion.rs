@@ -6,38 +6,22 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use clap::Args;
 use serde_json::json;
 
 use super::args::{load_model, parse_device, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
-use crate::model::LoadedModel;
 use crate::rng::Rng;
-use crate::sample::canvas::{parse_template, Canvas, Segment, TemplatePart};
-use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
+use crate::sample::canvas::Canvas;
+use crate::sample::diffusion::{sample, DiffusionOptions};
 use crate::sample::events::StepEvent;
-use crate::sample::filter::TokenChoice;
-use crate::sample::unmask::Rule;
+pub use crate::sample::request::Request;
+use crate::sample::request::{
+    completion_ids, mask_id, render, visible_ids, CanvasBuilder, SamplerName, SamplerSettings,
+};
 
 /// Canvases sampled in one batched forward, at most.
 const MAX_BATCH: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SamplerName {
-    /// Reference (eval scripts): floor(N·t/T) lowest-confidence positions stay masked.
-    TopkConfidence,
-    /// Reference (quick-start): each masked position commits with probability 1/(t+1).
-    RandomKeep,
-    /// Commit the most confident masked positions, linear schedule.
-    Confidence,
-    /// Commit by top-1 minus top-2 probability.
-    Margin,
-    /// Commit the lowest-entropy positions.
-    Entropy,
-    /// Commit in random order.
-    Random,
-}
 
 /// Token-choice flags, shared with `--ar`.
 #[derive(Debug, Clone, Args)]
@@ -102,19 +86,6 @@ pub struct DiffusionArgs {
     pub show_steps: bool,
 }
 
-/// One canvas to fill, from flags or a JSONL line.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub prompt: Option<String>,
-    pub prompt_ids: Option<Vec<u32>>,
-    pub prefix: Option<String>,
-    pub suffix: Option<String>,
-    pub suffix_ids: Option<Vec<u32>>,
-    pub template: Option<String>,
-    pub length: Option<usize>,
-}
-
 /// Parses `"1,2,3"` into ids.
 pub fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
     s.split(',')
@@ -149,137 +120,21 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Request>> {
 impl DiffusionArgs {
     /// Folds the flags into sampler options, once, before any loop.
     pub fn options(&self, c: &ChoiceArgs) -> anyhow::Result<DiffusionOptions> {
-        let sampler = match self.sampler {
-            SamplerName::TopkConfidence => Sampler::TopkConfidence,
-            SamplerName::RandomKeep => Sampler::RandomKeep,
-            SamplerName::Confidence => Sampler::Ranked(Rule::Confidence),
-            SamplerName::Margin => Sampler::Ranked(Rule::Margin),
-            SamplerName::Entropy => Sampler::Ranked(Rule::Entropy),
-            SamplerName::Random => Sampler::Ranked(Rule::Random),
-        };
-        if sampler == Sampler::TopkConfidence && (c.top_p.is_some() || c.top_k.is_some()) {
-            bail!(
-                "--sampler topk-confidence samples from the tempered softmax without top-p/top-k \
-                 (reference-semantics §2.2); drop them or pick another sampler"
-            );
-        }
-        if self.exact && self.cache == CacheMode::Prefix {
-            bail!("--exact runs the reference's full work; it excludes --cache prefix");
-        }
         if self.trace && !self.json {
             bail!("--trace needs --json");
         }
-        Ok(DiffusionOptions {
+        let settings = SamplerSettings {
             steps: self.steps,
-            sampler,
-            choice: TokenChoice::from_flags(c.temperature, c.top_k, c.top_p),
+            sampler: self.sampler,
+            temperature: c.temperature,
+            top_p: c.top_p,
+            top_k: c.top_k,
             threshold: self.threshold,
             block_length: self.block_length,
-            head_rows: if self.exact {
-                HeadRows::All
-            } else {
-                HeadRows::Needed
-            },
+            exact: self.exact,
             prefix_cache: self.cache == CacheMode::Prefix,
-        })
-    }
-}
-
-/// The model's mask id, or a clear error saying how to set one.
-pub fn mask_id(m: &LoadedModel, flag: Option<u32>) -> anyhow::Result<u32> {
-    flag.or(m.config.mask_token_id).with_context(|| {
-        format!(
-            "{} has no mask token: diffusion sampling needs one. Add \"mask_token_id\": ID to its \
-             config.json (an adapted DiffuGPT/DiffuLLaMA checkpoint records it) or pass --mask-id ID",
-            m.dir.display()
-        )
-    })
-}
-
-/// Builds canvases from requests: text is tokenised (BOS first when the model has one), ids are
-/// used as given.
-pub struct CanvasBuilder<'a> {
-    pub model: &'a LoadedModel,
-    pub tokenizer: Option<&'a Tokenizer>,
-    pub mask_id: u32,
-    pub default_length: Option<usize>,
-}
-
-impl CanvasBuilder<'_> {
-    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let Some(tok) = self.tokenizer else {
-            bail!(
-                "{} has no tokenizer.json; pass token ids (--prompt-ids, --suffix-ids) instead of text",
-                self.model.dir.display()
-            );
         };
-        Ok(tok.encode(text)?)
-    }
-
-    fn bos(&self) -> Vec<u32> {
-        let cfg = &self.model.config;
-        cfg.bos_token_id
-            .filter(|&b| (b as usize) < cfg.vocab_size && b != self.mask_id)
-            .into_iter()
-            .collect()
-    }
-
-    pub fn build(&self, r: &Request) -> anyhow::Result<Canvas> {
-        if let Some(t) = &r.template {
-            let mut segs = vec![Segment::Fixed(self.bos())];
-            for part in parse_template(t)? {
-                segs.push(match part {
-                    TemplatePart::Text(s) => Segment::Fixed(self.encode(&s)?),
-                    TemplatePart::Mask(n) => Segment::Masked(n),
-                });
-            }
-            segs.retain(|s| !matches!(s, Segment::Fixed(v) if v.is_empty()));
-            return Ok(Canvas::from_segments(&segs, self.mask_id)?);
-        }
-        let length = r
-            .length
-            .or(self.default_length)
-            .context("--length is required")?;
-        let text = r.prompt.as_ref().or(r.prefix.as_ref());
-        let prefix = match (&r.prompt_ids, text) {
-            (Some(ids), _) => ids.clone(),
-            (None, Some(t)) => [self.bos(), self.encode(t)?].concat(),
-            (None, None) => self.bos(),
-        };
-        let suffix = match (&r.suffix_ids, &r.suffix) {
-            (Some(ids), _) => ids.clone(),
-            (None, Some(t)) => self.encode(t)?,
-            (None, None) => vec![],
-        };
-        Ok(Canvas::infill(&prefix, length, &suffix, self.mask_id)?)
-    }
-}
-
-/// The text of a finished canvas: fixed and generated tokens after position 0's BOS, generation
-/// stopping at the first EOS in a generated position and pad tokens hidden.
-fn visible(c: &Canvas, m: &LoadedModel, skip_first: bool) -> Vec<u32> {
-    let cfg = &m.config;
-    let mut out = Vec::new();
-    for (i, &t) in c.ids.iter().enumerate().skip(usize::from(skip_first)) {
-        if !c.fixed[i] && Some(t) == cfg.eos_token_id {
-            break;
-        }
-        if !c.fixed[i] && Some(t) == cfg.pad_token_id {
-            continue;
-        }
-        out.push(t);
-    }
-    out
-}
-
-fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
-    match tok.map(|t| t.decode(ids)) {
-        Some(Ok(s)) => s,
-        _ => ids
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
+        Ok(settings.options()?)
     }
 }
 
@@ -313,14 +168,14 @@ pub fn run(
     let opts = d.options(choice)?;
     let m = load_model(model_dir, runtime)?;
     let device = parse_device(&runtime.device)?;
-    let mask_id = mask_id(&m, d.mask_id)?;
+    let mask_id = mask_id(&m.config, model_dir, d.mask_id)?;
     let tokenizer = if model_dir.join("tokenizer.json").exists() {
         Some(super::args::load_tokenizer(model_dir)?)
     } else {
         None
     };
     let builder = CanvasBuilder {
-        model: &m,
+        config: &m.config,
         tokenizer: tokenizer.as_ref(),
         mask_id,
         default_length,
@@ -384,15 +239,10 @@ pub fn run(
     let out = std::io::stdout();
     let mut out = out.lock();
     for (k, c) in canvases.iter().enumerate() {
-        let skip_first = c.fixed[0] && builder.bos().first() == Some(&c.ids[0]);
-        let shown = visible(c, &m, skip_first);
-        let text_ids: Vec<u32> = if prompt_only {
-            let first_gen = c.generated().first().copied().unwrap_or(c.len());
-            let gen: Vec<u32> = c.ids[first_gen..].to_vec();
-            let cut = gen.iter().position(|&t| Some(t) == m.config.eos_token_id);
-            gen[..cut.unwrap_or(gen.len())].to_vec()
+        let text_ids = if prompt_only {
+            completion_ids(c, &m.config).0
         } else {
-            shown
+            visible_ids(c, &m.config, builder.starts_with_bos(c))
         };
         let text = render(tokenizer.as_ref(), &text_ids);
         if d.json {

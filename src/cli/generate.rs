@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 
 use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
@@ -18,6 +18,7 @@ use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::filter::TokenChoice;
+use crate::sample::request::{ChatMessage, ChatTemplate};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -51,36 +52,14 @@ pub struct GenerateArgs {
     pub runtime: RuntimeArgs,
 }
 
-/// The ChatML rendering of one user turn, with the template's default system message if it has
-/// one. dlm does not run Jinja; templates that are not ChatML are refused by name.
+/// The prompt wrapped as one user turn in the model's ChatML template.
 fn chat_prompt(model_dir: &Path, user: &str) -> anyhow::Result<String> {
-    let path = model_dir.join("tokenizer_config.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let Some(template) = config.get("chat_template").and_then(|t| t.as_str()) else {
-        bail!("{} has no chat_template; drop --chat", path.display());
+    let turn = ChatMessage {
+        role: "user".into(),
+        content: user.into(),
     };
-    if !template.contains("<|im_start|>") {
-        bail!(
-            "{}: only ChatML chat templates are supported",
-            path.display()
-        );
-    }
-    // The default system message sits in a string literal, after a newline that the template
-    // may hold literally or as an escape.
-    let system = ["<|im_start|>system\n", "<|im_start|>system\\n"]
-        .iter()
-        .find_map(|marker| {
-            let start = template.find(marker)? + marker.len();
-            let rest = &template[start..];
-            rest.find("<|im_end|>").map(|end| rest[..end].to_string())
-        });
-    let mut out = String::new();
-    if let Some(system) = system {
-        out += &format!("<|im_start|>system\n{system}<|im_end|>\n");
-    }
-    out += &format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n");
-    Ok(out)
+    let rendered = ChatTemplate::load(model_dir).and_then(|t| t.render(&[turn]));
+    rendered.context("--chat")
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {

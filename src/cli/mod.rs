@@ -4,6 +4,7 @@ mod adapt;
 mod args;
 mod bench;
 mod bench_sample;
+mod bench_serve;
 mod convert;
 mod diffusion;
 mod generate;
@@ -13,6 +14,7 @@ mod plot;
 mod pretrain;
 mod score;
 mod score_loss;
+mod serve;
 mod sft;
 mod tokenizer;
 mod train;
@@ -52,6 +54,8 @@ pub enum Command {
     Infill(infill::InfillArgs),
     /// Per-position logits and the shifted log-likelihood of a text under a chosen attention.
     Score(score::ScoreArgs),
+    /// Serve the model over HTTP (OpenAI-shaped API, SSE step stream, web playground at /).
+    Serve(serve::ServeArgs),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Infill(a) => infill::run(a),
         Command::Score(a) => score::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Tokenizer(c) => tokenizer::run(c),
     }

@@ -82,7 +82,8 @@ impl DiffusionOptions {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the options on their own (no canvas needed): what `sample` refuses up front.
+    pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(Error::Input("--steps must be at least 1".into()));
         }
@@ -219,6 +220,21 @@ pub fn sample(
     device: &Device,
     on_step: &mut OnStep,
 ) -> Result<SampleReport> {
+    sample_until(model, canvases, opts, rng, device, on_step, &|_| false)
+}
+
+/// `sample`, with a way out: before each forward, every running canvas `b` with `stop(b)` leaves
+/// the batch as it is (still partly masked) while the others carry on. A server stops the
+/// canvases of clients that went away or ran out of time.
+pub fn sample_until(
+    model: &dyn LanguageModel,
+    canvases: &mut [Canvas],
+    opts: &DiffusionOptions,
+    rng: &mut Rng,
+    device: &Device,
+    on_step: &mut OnStep,
+    stop: &dyn Fn(usize) -> bool,
+) -> Result<SampleReport> {
     opts.validate()?;
     let mut report = SampleReport {
         steps: vec![0; canvases.len()],
@@ -253,6 +269,11 @@ pub fn sample(
     let mut cache = None;
 
     loop {
+        for (b, p) in progress.iter_mut().enumerate() {
+            if p.phase < p.phases.len() && stop(b) {
+                p.phase = p.phases.len();
+            }
+        }
         let active: Vec<usize> = (0..canvases.len())
             .filter(|&b| progress[b].phase < progress[b].phases.len())
             .collect();

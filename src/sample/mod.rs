@@ -8,5 +8,6 @@ pub mod events;
 pub mod filter;
 pub mod prefix_cache;
 pub mod random_keep;
+pub mod request;
 pub mod topk_confidence;
 pub mod unmask;

@@ -49,3 +49,38 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) {
 pub fn ids_u32(t: &Tensor) -> Tensor {
     t.to_dtype(DType::U32).unwrap()
 }
+
+/// A small random-weight diffusion LM with a tokenizer, written to `dir`: byte-level BPE (300
+/// ids) trained on the fixture texts, `<|endoftext|>` as BOS/EOS, an added `<|mask|>`, a 2-layer
+/// GPT-2 with a 256-position context and an untied head (a tied random head proposes the input
+/// token, here the mask, everywhere), and a ChatML chat template. Its text is noise, but every
+/// path from a request to text runs through it.
+pub fn tiny_dlm_dir(dir: &std::path::Path) -> PathBuf {
+    use dlm::data::tokenizer_train::train_bpe_texts;
+    use dlm::model::ModelConfig;
+    use dlm::rng::Rng;
+    use dlm::train::init::init_weights;
+
+    let text = std::fs::read_to_string(fixture("data/wiki_small.txt")).expect("wiki_small.txt");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut tok = train_bpe_texts(lines.into_iter(), 300, &["<|endoftext|>".into()]).unwrap();
+    let eos = tok.token_to_id("<|endoftext|>").unwrap();
+    let mask = tok.add_special_token("<|mask|>").unwrap();
+    let value = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": tok.vocab_size(), "n_positions": 256, "n_embd": 32, "n_layer": 2,
+        "n_head": 4, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": false, "bos_token_id": eos, "eos_token_id": eos,
+        "mask_token_id": mask,
+    });
+    let mut config = ModelConfig::from_json(value, std::path::Path::new("<tiny>")).unwrap();
+    config.mask_token_id = Some(mask);
+    let weights = init_weights(&config, &mut Rng::seed(3)).unwrap();
+    let out = dir.join("tiny-dlm");
+    weights.save_dir(&out, &config, DType::F32).unwrap();
+    tok.save(&out.join("tokenizer.json")).unwrap();
+    let chat = serde_json::json!({"chat_template":
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"});
+    std::fs::write(out.join("tokenizer_config.json"), chat.to_string()).unwrap();
+    out
+}

@@ -1,0 +1,400 @@
+//! From what a user asks for to canvases and back to text: sampler settings folded into
+//! `DiffusionOptions`, requests (text, token ids, `<|mask:N|>` templates, chat turns) turned into
+//! canvases, and finished canvases turned into text. `dlm generate`, `dlm infill` and `dlm serve`
+//! all go through here, so a flag and a request field mean the same thing.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
+use super::diffusion::{DiffusionOptions, HeadRows, Sampler};
+use super::filter::TokenChoice;
+use super::unmask::Rule;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// The commit rules by the names users type (`--sampler`, a request's `sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerName {
+    /// Reference (eval scripts): floor(N·t/T) lowest-confidence positions stay masked.
+    TopkConfidence,
+    /// Reference (quick-start): each masked position commits with probability 1/(t+1).
+    RandomKeep,
+    /// Commit the most confident masked positions, linear schedule.
+    Confidence,
+    /// Commit by top-1 minus top-2 probability.
+    Margin,
+    /// Commit the lowest-entropy positions.
+    Entropy,
+    /// Commit in random order.
+    Random,
+}
+
+impl SamplerName {
+    pub fn sampler(self) -> Sampler {
+        match self {
+            SamplerName::TopkConfidence => Sampler::TopkConfidence,
+            SamplerName::RandomKeep => Sampler::RandomKeep,
+            SamplerName::Confidence => Sampler::Ranked(Rule::Confidence),
+            SamplerName::Margin => Sampler::Ranked(Rule::Margin),
+            SamplerName::Entropy => Sampler::Ranked(Rule::Entropy),
+            SamplerName::Random => Sampler::Ranked(Rule::Random),
+        }
+    }
+}
+
+/// Sampler settings as given (flags or request fields), before they are folded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSettings {
+    pub steps: usize,
+    pub sampler: SamplerName,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub threshold: Option<f32>,
+    pub block_length: Option<usize>,
+    /// Run the LM head on every row, all T forwards (the reference's work).
+    pub exact: bool,
+    /// Reuse the decided prefix's keys and values within a block (approximate).
+    pub prefix_cache: bool,
+}
+
+impl SamplerSettings {
+    /// Folds the settings into sampler options, once, before any loop; every inconsistency is an
+    /// `Error::Input` naming the setting.
+    pub fn options(&self) -> Result<DiffusionOptions> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(Error::Input(format!(
+                "temperature {} must be a finite number ≥ 0 (0 is greedy)",
+                self.temperature
+            )));
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(Error::Input(format!("top_p {p} is not in (0, 1]")));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Input("top_k must be at least 1".into()));
+        }
+        if self.exact && self.prefix_cache {
+            return Err(Error::Input(
+                "exact runs the reference's full work; it excludes the prefix cache".into(),
+            ));
+        }
+        let sampler = self.sampler.sampler();
+        if sampler == Sampler::TopkConfidence && (self.top_p.is_some() || self.top_k.is_some()) {
+            return Err(Error::Input(
+                "sampler topk-confidence samples from the tempered softmax without top-p/top-k \
+                 (reference-semantics §2.2); drop them or pick another sampler"
+                    .into(),
+            ));
+        }
+        let opts = DiffusionOptions {
+            steps: self.steps,
+            sampler,
+            choice: TokenChoice::from_flags(self.temperature, self.top_k, self.top_p),
+            threshold: self.threshold,
+            block_length: self.block_length,
+            head_rows: if self.exact {
+                HeadRows::All
+            } else {
+                HeadRows::Needed
+            },
+            prefix_cache: self.prefix_cache,
+        };
+        opts.validate()?;
+        Ok(opts)
+    }
+}
+
+/// One canvas to fill: a prompt (prefix) and/or suffix as text or ids with a length, or a
+/// template. The fields of a `--input` JSONL line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub prompt: Option<String>,
+    pub prompt_ids: Option<Vec<u32>>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub suffix_ids: Option<Vec<u32>>,
+    pub template: Option<String>,
+    pub length: Option<usize>,
+}
+
+/// The model's mask id (`flag` overrides the config), or an error saying how to set one.
+pub fn mask_id(config: &ModelConfig, model_dir: &Path, flag: Option<u32>) -> Result<u32> {
+    flag.or(config.mask_token_id).ok_or_else(|| {
+        Error::Input(format!(
+            "{} has no mask token: diffusion sampling needs one. Add \"mask_token_id\": ID to its \
+             config.json (an adapted DiffuGPT/DiffuLLaMA checkpoint records it) or pass --mask-id ID",
+            model_dir.display()
+        ))
+    })
+}
+
+/// Builds canvases from requests: text is tokenised (BOS first when the model has one), ids are
+/// used as given.
+pub struct CanvasBuilder<'a> {
+    pub config: &'a ModelConfig,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub mask_id: u32,
+    pub default_length: Option<usize>,
+}
+
+impl CanvasBuilder<'_> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self.tokenizer {
+            Some(tok) => tok.encode(text),
+            None => Err(Error::Input(
+                "the model has no tokenizer.json; pass token ids instead of text".into(),
+            )),
+        }
+    }
+
+    /// The BOS token put before text prompts, when the model has a usable one.
+    pub fn bos(&self) -> Vec<u32> {
+        let cfg = self.config;
+        cfg.bos_token_id
+            .filter(|&b| (b as usize) < cfg.vocab_size && b != self.mask_id)
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether position 0 of `c` is the BOS this builder put there (hidden from text output).
+    pub fn starts_with_bos(&self, c: &Canvas) -> bool {
+        c.fixed[0] && self.bos().first() == Some(&c.ids[0])
+    }
+
+    pub fn build(&self, r: &Request) -> Result<Canvas> {
+        if let Some(t) = &r.template {
+            let mut segs = vec![Segment::Fixed(self.bos())];
+            for part in parse_template(t)? {
+                segs.push(match part {
+                    TemplatePart::Text(s) => Segment::Fixed(self.encode(&s)?),
+                    TemplatePart::Mask(n) => Segment::Masked(n),
+                });
+            }
+            segs.retain(|s| !matches!(s, Segment::Fixed(v) if v.is_empty()));
+            return Canvas::from_segments(&segs, self.mask_id);
+        }
+        let length = r
+            .length
+            .or(self.default_length)
+            .ok_or_else(|| Error::Input("a length (tokens to generate) is required".into()))?;
+        let text = r.prompt.as_ref().or(r.prefix.as_ref());
+        let prefix = match (&r.prompt_ids, text) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(t)) => [self.bos(), self.encode(t)?].concat(),
+            (None, None) => self.bos(),
+        };
+        let suffix = match (&r.suffix_ids, &r.suffix) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(t)) => self.encode(t)?,
+            (None, None) => vec![],
+        };
+        Canvas::infill(&prefix, length, &suffix, self.mask_id)
+    }
+}
+
+/// The shown tokens of a finished canvas: fixed and generated tokens (after position 0 when
+/// `skip_first`), generation stopping at the first EOS in a generated position, pads hidden.
+pub fn visible_ids(c: &Canvas, cfg: &ModelConfig, skip_first: bool) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (i, &t) in c.ids.iter().enumerate().skip(usize::from(skip_first)) {
+        if !c.fixed[i] && Some(t) == cfg.eos_token_id {
+            break;
+        }
+        if !c.fixed[i] && Some(t) == cfg.pad_token_id {
+            continue;
+        }
+        out.push(t);
+    }
+    out
+}
+
+/// A completion: the tokens from the first generated position up to the first EOS, and whether
+/// an EOS ended it (variable-length output from a fixed-length canvas).
+pub fn completion_ids(c: &Canvas, cfg: &ModelConfig) -> (Vec<u32>, bool) {
+    let first_gen = c.generated().first().copied().unwrap_or(c.len());
+    let gen = &c.ids[first_gen..];
+    match gen.iter().position(|&t| Some(t) == cfg.eos_token_id) {
+        Some(cut) => (gen[..cut].to_vec(), true),
+        None => (gen.to_vec(), false),
+    }
+}
+
+/// Each masked span's tokens, in order (what an infill request filled in).
+pub fn span_ids(c: &Canvas) -> Vec<Vec<u32>> {
+    let mut spans: Vec<Vec<u32>> = Vec::new();
+    for (i, &t) in c.ids.iter().enumerate() {
+        if c.fixed[i] {
+            continue;
+        }
+        match spans.last_mut() {
+            Some(s) if i > 0 && !c.fixed[i - 1] => s.push(t),
+            _ => spans.push(vec![t]),
+        }
+    }
+    spans
+}
+
+/// Text of `ids`, or the ids space-separated when there is no tokenizer (or they do not decode).
+pub fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
+    match tok.map(|t| t.decode(ids)) {
+        Some(Ok(s)) => s,
+        _ => ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A model's ChatML chat template, read once from `tokenizer_config.json`. dlm does not run
+/// Jinja; templates that are not ChatML are refused by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTemplate {
+    /// The template's default system message, used when a conversation brings none.
+    pub default_system: Option<String>,
+}
+
+impl ChatTemplate {
+    pub fn load(model_dir: &Path) -> Result<Self> {
+        let path = model_dir.join("tokenizer_config.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let Some(template) = config.get("chat_template").and_then(|t| t.as_str()) else {
+            return Err(Error::Input(format!(
+                "{} has no chat_template",
+                path.display()
+            )));
+        };
+        if !template.contains("<|im_start|>") {
+            return Err(Error::Input(format!(
+                "{}: only ChatML chat templates are supported",
+                path.display()
+            )));
+        }
+        // The default system message sits in a string literal, after a newline that the template
+        // may hold literally or as an escape.
+        let default_system = ["<|im_start|>system\n", "<|im_start|>system\\n"]
+            .iter()
+            .find_map(|marker| {
+                let start = template.find(marker)? + marker.len();
+                let rest = &template[start..];
+                rest.find("<|im_end|>").map(|end| rest[..end].to_string())
+            });
+        Ok(Self { default_system })
+    }
+
+    /// The ChatML rendering of a conversation, ending with the assistant's open turn.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        if messages.is_empty() {
+            return Err(Error::Input("the conversation has no messages".into()));
+        }
+        let mut out = String::new();
+        if let (Some(system), false) = (&self.default_system, messages[0].role == "system") {
+            out += &format!("<|im_start|>system\n{system}<|im_end|>\n");
+        }
+        for (k, m) in messages.iter().enumerate() {
+            if !["system", "user", "assistant"].contains(&m.role.as_str()) {
+                return Err(Error::Input(format!(
+                    "message {k} has role `{}`; expected system, user or assistant",
+                    m.role
+                )));
+            }
+            out += &format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
+        }
+        out += "<|im_start|>assistant\n";
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_split_at_fixed_tokens() {
+        let mut c = Canvas::from_segments(
+            &[
+                Segment::Fixed(vec![1]),
+                Segment::Masked(2),
+                Segment::Fixed(vec![2]),
+                Segment::Masked(1),
+            ],
+            9,
+        )
+        .unwrap();
+        c.ids = vec![1, 5, 6, 2, 7];
+        assert_eq!(span_ids(&c), vec![vec![5, 6], vec![7]]);
+    }
+
+    #[test]
+    fn chat_turns_render_as_chatml() {
+        let t = ChatTemplate {
+            default_system: Some("Be brief.".into()),
+        };
+        let msg = |role: &str, content: &str| ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        };
+        assert_eq!(
+            t.render(&[msg("user", "hi")]).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        let own = t.render(&[msg("system", "S"), msg("user", "u")]).unwrap();
+        assert!(own.starts_with("<|im_start|>system\nS<|im_end|>") && !own.contains("brief"));
+        assert!(t.render(&[msg("robot", "x")]).is_err());
+        assert!(t.render(&[]).is_err());
+    }
+
+    #[test]
+    fn settings_are_checked_before_sampling() {
+        let ok = SamplerSettings {
+            steps: 4,
+            sampler: SamplerName::Confidence,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            threshold: None,
+            block_length: None,
+            exact: false,
+            prefix_cache: false,
+        };
+        assert!(ok.options().is_ok());
+        let bad = [
+            SamplerSettings {
+                temperature: -1.0,
+                ..ok.clone()
+            },
+            SamplerSettings {
+                top_p: Some(1.5),
+                ..ok.clone()
+            },
+            SamplerSettings {
+                steps: 0,
+                ..ok.clone()
+            },
+            SamplerSettings {
+                sampler: SamplerName::TopkConfidence,
+                top_k: Some(3),
+                ..ok.clone()
+            },
+        ];
+        for s in bad {
+            assert!(s.options().is_err(), "{s:?}");
+        }
+    }
+}
