@@ -6,6 +6,7 @@ mod bench;
 mod bench_sample;
 mod convert;
 mod diffusion;
+mod eval;
 mod generate;
 mod infill;
 mod info;
@@ -52,6 +53,8 @@ pub enum Command {
     Infill(infill::InfillArgs),
     /// Per-position logits and the shifted log-likelihood of a text under a chosen attention.
     Score(score::ScoreArgs),
+    /// The paper's benchmarks on a DLM (diffusion scoring and sampling) or, with --ar, an AR model.
+    Eval(eval::EvalArgs),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Infill(a) => infill::run(a),
         Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Tokenizer(c) => tokenizer::run(c),
     }
