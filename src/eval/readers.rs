@@ -218,6 +218,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn arrow_stream_round_trip() {
+        use std::sync::Arc;
+
+        use arrow_array::builder::{ListBuilder, StringBuilder};
+        use arrow_array::{Int64Array, RecordBatch, StringArray, StructArray};
+        use arrow_schema::{Field, Fields};
+
+        let mut endings = ListBuilder::new(StringBuilder::new());
+        endings.values().append_value("x");
+        endings.values().append_value("y");
+        endings.append(true);
+        endings.append(true);
+        let answer_fields = Fields::from(vec![Field::new("value", DataType::Utf8, true)]);
+        let answer = StructArray::new(
+            answer_fields,
+            vec![Arc::new(StringArray::from(vec![Some("v0"), None])) as ArrayRef],
+            None,
+        );
+        let batch = RecordBatch::try_from_iter(vec![
+            ("label", Arc::new(Int64Array::from(vec![3, 1])) as ArrayRef),
+            ("endings", Arc::new(endings.finish()) as ArrayRef),
+            ("answer", Arc::new(answer) as ArrayRef),
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.arrow");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(file, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        let rows = read_records(&path).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                serde_json::json!({"label": 3, "endings": ["x", "y"], "answer": {"value": "v0"}}),
+                serde_json::json!({"label": 1, "endings": [], "answer": {"value": null}}),
+            ]
+        );
+        std::fs::write(&path, b"not arrow").unwrap();
+        assert!(read_records(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("Arrow"));
+    }
+
+    #[test]
     fn csv_quotes_commas_and_newlines() {
         let rows = parse_csv("a,b,c\r\n1,\"x, \"\"y\"\"\",\"two\nlines\"\n2,,z").unwrap();
         assert_eq!(rows.len(), 3);
