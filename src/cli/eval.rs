@@ -79,6 +79,9 @@ pub struct EvalArgs {
     /// The repository's shipped evaluation data (default: data/eval in the source tree).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Mask token id, overriding the model config's `mask_token_id` (DLM mode).
+    #[arg(long)]
+    pub mask_id: Option<u32>,
     /// Hide the progress bars.
     #[arg(long)]
     pub no_progress: bool,
@@ -142,7 +145,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let m = EvalModel {
         model: loaded.model.as_ref(),
         tokenizer: &tokenizer,
-        mask_id: loaded.config.mask_token_id,
+        mask_id: a.mask_id.or(loaded.config.mask_token_id),
         stop_ids,
         device: &device,
     };

@@ -77,7 +77,7 @@ pub fn run_task(
         (false, None) => {
             return Err(Error::Input(
                 "the model has no mask_token_id in its config.json: pass --ar to evaluate it \
-                 as an AR model, or add the diffusion model's mask id"
+                 as an AR model, or --mask-id ID for a diffusion model"
                     .into(),
             ))
         }

@@ -105,7 +105,7 @@ mod tests {
             metrics: s,
             wall_s: 1.0,
         };
-        assert!(table(&[r.clone()]).contains("acc 75.00 ± 25.00"));
+        assert!(table(std::slice::from_ref(&r)).contains("acc 75.00 ± 25.00"));
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["metrics"]["acc"]["mean"], 0.75);
         assert!(j["T"].is_null());
