@@ -153,7 +153,7 @@ pub fn run_task(
             _ => None,
         },
         format: matches!(spec.kind, TaskKind::MultipleChoice(_))
-            .then(|| format!("{:?}", s.format).to_lowercase()),
+            .then(|| s.format.name().to_string()),
         seed: s.seed,
         n,
         skipped,

@@ -32,11 +32,19 @@ pub enum McTask {
     Siqa,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PromptFormat {
     Reference,
     LmEval,
+}
+
+impl PromptFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptFormat::Reference => "reference",
+            PromptFormat::LmEval => "lm-eval",
+        }
+    }
 }
 
 /// One choice as text: context and the answer's pieces (the reference encodes each separately).
