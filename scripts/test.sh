@@ -3,5 +3,5 @@
 # then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/fetch-assets.sh smollm2 gpt2-tokenizer
+bash scripts/fetch-assets.sh smollm2 gpt2-tokenizer benchmarks
 cargo test --all-targets "$@"

@@ -7,6 +7,7 @@ mod bench_sample;
 mod bench_serve;
 mod convert;
 mod diffusion;
+mod eval;
 mod generate;
 mod infill;
 mod info;
@@ -56,6 +57,8 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Serve the model over HTTP (OpenAI-shaped API, SSE step stream, web playground at /).
     Serve(serve::ServeArgs),
+    /// The paper's benchmarks on a DLM (diffusion scoring and sampling) or, with --ar, an AR model.
+    Eval(eval::EvalArgs),
     /// Benchmarks that print a ratio against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infill(a) => infill::run(a),
         Command::Score(a) => score::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Tokenizer(c) => tokenizer::run(c),
     }

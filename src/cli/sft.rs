@@ -43,7 +43,12 @@ pub struct SftArgs {
     pub train: TrainArgs,
 }
 
-fn format(config: &ModelConfig, sep: Option<u32>, cutoff_len: usize) -> anyhow::Result<SftFormat> {
+/// BOS/SEP/EOS/pad for prompts of the §1.7 layout, from the model's config (`--sep-token` wins).
+pub(crate) fn format(
+    config: &ModelConfig,
+    sep: Option<u32>,
+    cutoff_len: usize,
+) -> anyhow::Result<SftFormat> {
     let eos = config
         .eos_token_id
         .context("the model has no eos_token_id; SFT needs one")?;

@@ -1,17 +1,156 @@
-//! The reference's multiple-choice scorer, `eval_forward` (reference-semantics §3.1): a T-point
-//! Monte-Carlo estimate of the masked-token loss of an answer given its context. For
-//! t = T, T−1, …, 1 (the reference's order) one random mask hides each answer token with
-//! probability t/T; the shifted cross-entropy over the hidden tokens is averaged (0 when none is
-//! hidden); the score is the sum over t divided by T. Unweighted: no 1/t. Lower is better.
+//! Scoring an answer given its context, by diffusion or autoregressively.
+//!
+//! * `mc_score_with_draws` is the reference's multiple-choice scorer, `eval_forward`
+//!   (reference-semantics §3.1): a T-point Monte-Carlo estimate of the masked-token loss. For
+//!   t = T, T−1, …, 1 (the reference's order) one random mask hides each answer token with
+//!   probability t/T; the shifted cross-entropy over the hidden tokens is averaged (0 when none
+//!   is hidden); the score is the sum over t divided by T. Unweighted: no 1/t. Lower is better.
+//! * `elbo_nll` is the estimator of LLaDA and Dream: t ~ U, each answer token hidden with
+//!   probability t, Σ CE / t; its mean over samples bounds the answer's NLL from above.
+//! * `ar_logprobs` is the AR baseline: causal log-probabilities of the answer tokens.
+//!
+//! All three go through `target_logprobs`, which batches many rows into few forwards (the T
+//! masks of one answer, the answers of one question) and runs the LM head on scored rows only.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
-use crate::diffusion::loss::{masked_loss, LossTargets};
-use crate::diffusion::noise::mask_tokens;
+use crate::diffusion::noise::{mask_tokens, time_from_uniform};
 use crate::error::Result;
 use crate::model::{ids_tensor, LanguageModel};
-use crate::ops::AttentionMask;
+use crate::ops::{cross_entropy, AttentionMask};
 use crate::rng::Rng;
+
+/// One sequence to score: its tokens and the (logit row, target token) pairs wanted from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreRow {
+    pub ids: Vec<u32>,
+    pub targets: Vec<(usize, u32)>,
+}
+
+impl ScoreRow {
+    /// Diffusion targets with the shift (§1.3): where `x_t[j+1]` is the mask, row j predicts
+    /// `x0[j+1]`. As in the reference the test is `x_t == mask_id`.
+    pub fn diffusion(x0: &[u32], x_t: Vec<u32>, mask_id: u32) -> Self {
+        let targets = (1..x0.len())
+            .filter(|&i| x_t[i] == mask_id)
+            .map(|i| (i - 1, x0[i]))
+            .collect();
+        Self { ids: x_t, targets }
+    }
+
+    /// Next-token targets for positions `from..L`: row i−1 predicts token i.
+    pub fn autoregressive(ids: Vec<u32>, from: usize) -> Self {
+        let targets = (from.max(1)..ids.len()).map(|i| (i - 1, ids[i])).collect();
+        Self { ids, targets }
+    }
+}
+
+/// Which attention the rows are scored under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// Bidirectional: rows are grouped by exact length (padding would change every position).
+    Diffusion,
+    /// Causal: rows are right-padded within a batch (later tokens cannot change earlier rows).
+    Autoregressive,
+}
+
+/// At most this many tokens (rows × length) per forward.
+pub const TOKENS_PER_FORWARD: usize = 8192;
+
+/// Log-probabilities of every row's targets, in order. Rows without targets cost nothing.
+pub fn target_logprobs(
+    model: &dyn LanguageModel,
+    rows: &[ScoreRow],
+    attention: Attention,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out: Vec<Vec<f32>> = vec![vec![]; rows.len()];
+    let mut order: Vec<usize> = (0..rows.len())
+        .filter(|&r| !rows[r].targets.is_empty())
+        .collect();
+    order.sort_by_key(|&r| rows[r].ids.len());
+    let mut start = 0;
+    while start < order.len() {
+        // Extend the batch while it fits the token budget (and, bidirectionally, one length).
+        let first_len = rows[order[start]].ids.len();
+        let mut end = start + 1;
+        while end < order.len() {
+            let len = rows[order[end]].ids.len();
+            let fits = (end + 1 - start) * len <= TOKENS_PER_FORWARD.max(len);
+            if !fits || (attention == Attention::Diffusion && len != first_len) {
+                break;
+            }
+            end += 1;
+        }
+        let batch = &order[start..end];
+        let l = rows[*batch.last().unwrap_or(&order[start])].ids.len();
+        let ids: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|&r| {
+                let mut ids = rows[r].ids.clone();
+                ids.resize(l, 0); // right padding, causal only
+                ids
+            })
+            .collect();
+        let mut flat_rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, &r) in batch.iter().enumerate() {
+            for &(row, target) in &rows[r].targets {
+                flat_rows.push((b * l + row) as u32);
+                targets.push(target);
+            }
+        }
+        let mask = match attention {
+            Attention::Diffusion => AttentionMask::Bidirectional,
+            Attention::Autoregressive => AttentionMask::Causal,
+        };
+        let logits = model.logits_rows(
+            &ids_tensor(&ids, device)?,
+            &mask,
+            &Tensor::new(flat_rows.as_slice(), device)?,
+        )?;
+        let ce: Vec<f32> =
+            cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?.to_vec1()?;
+        let mut k = 0;
+        for &r in batch {
+            let n = rows[r].targets.len();
+            out[r] = ce[k..k + n].iter().map(|c| -c).collect();
+            k += n;
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+/// The reference scorer's rows: one noised copy of `ids` per step, t = T..1, rate t/T.
+pub fn mc_rows(ids: &[u32], src: &[bool], mask_id: u32, draws: &[Vec<f32>]) -> Vec<ScoreRow> {
+    let steps = draws.len();
+    draws
+        .iter()
+        .enumerate()
+        .map(|(k, draw)| {
+            let rate = (steps - k) as f32 / steps as f32;
+            let x_t = mask_tokens(ids, draw, rate, src, mask_id).x_t;
+            ScoreRow::diffusion(ids, x_t, mask_id)
+        })
+        .collect()
+}
+
+/// Per-step mean CE (0 when nothing was hidden) and their mean: the reference's score.
+pub fn mc_reduce(logprobs: &[Vec<f32>]) -> (Vec<f32>, f32) {
+    let per_t: Vec<f32> = logprobs
+        .iter()
+        .map(|lp| {
+            if lp.is_empty() {
+                0.0
+            } else {
+                -lp.iter().map(|&x| x as f64).sum::<f64>() as f32 / lp.len() as f32
+            }
+        })
+        .collect();
+    let score = per_t.iter().sum::<f32>() / per_t.len().max(1) as f32;
+    (per_t, score)
+}
 
 /// The per-t losses (in the order t = T..1) and the score of one sequence. `draws[k]` are the
 /// uniforms of step k, one per position; context positions (`src`) are never masked.
@@ -23,40 +162,59 @@ pub fn mc_score_with_draws(
     draws: &[Vec<f32>],
     device: &Device,
 ) -> Result<(Vec<f32>, f32)> {
-    let steps = draws.len();
-    let mut per_t = Vec::with_capacity(steps);
-    for (k, draw) in draws.iter().enumerate() {
-        let rate = (steps - k) as f32 / steps as f32;
-        let x_t = vec![mask_tokens(ids, draw, rate, src, mask_id).x_t];
-        let targets = LossTargets::diffusion(&[ids.to_vec()], &x_t, &[rate], mask_id, true);
-        if targets.is_empty() {
-            per_t.push(0.0);
-            continue;
-        }
-        let input = ids_tensor(&x_t, device)?;
-        let logits = model.logits_rows(
-            &input,
-            &AttentionMask::Bidirectional,
-            &targets.rows_tensor(device)?,
-        )?;
-        per_t.push(masked_loss(&logits, &targets)?.unweighted);
-    }
-    let score = per_t.iter().sum::<f32>() / steps as f32;
-    Ok((per_t, score))
+    let rows = mc_rows(ids, src, mask_id, draws);
+    let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
+    Ok(mc_reduce(&lp))
 }
 
-/// The same with draws taken from `rng`, T steps.
-pub fn mc_score(
-    model: &dyn LanguageModel,
+/// Uniform draws for T steps over `len` positions.
+pub fn mc_draws(steps: usize, len: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
+    (0..steps)
+        .map(|_| (0..len).map(|_| rng.uniform_f32()).collect())
+        .collect()
+}
+
+/// The ELBO estimator's rows: `samples` noised copies, each with its own t (returned alongside).
+pub fn elbo_rows(
     ids: &[u32],
     src: &[bool],
     mask_id: u32,
-    steps: usize,
+    samples: usize,
     rng: &mut Rng,
-    device: &Device,
-) -> Result<f32> {
-    let draws: Vec<Vec<f32>> = (0..steps)
-        .map(|_| ids.iter().map(|_| rng.uniform_f32()).collect())
-        .collect();
-    Ok(mc_score_with_draws(model, ids, src, mask_id, &draws, device)?.1)
+) -> Vec<(f32, ScoreRow)> {
+    (0..samples)
+        .map(|_| {
+            let t = time_from_uniform(rng.uniform_f32());
+            let draw: Vec<f32> = ids.iter().map(|_| rng.uniform_f32()).collect();
+            let x_t = mask_tokens(ids, &draw, t, src, mask_id).x_t;
+            (t, ScoreRow::diffusion(ids, x_t, mask_id))
+        })
+        .collect()
+}
+
+/// Mean over samples of Σ CE / t: an upper bound on the answer's NLL (nats, summed over tokens).
+pub fn elbo_reduce(times: &[f32], logprobs: &[Vec<f32>]) -> f64 {
+    let total: f64 = times
+        .iter()
+        .zip(logprobs)
+        .map(|(&t, lp)| -lp.iter().map(|&x| x as f64).sum::<f64>() / t as f64)
+        .sum();
+    total / times.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_shift() {
+        let r = ScoreRow::diffusion(&[10, 11, 12, 13], vec![7, 11, 7, 7], 7);
+        // position 0 is masked but never a target
+        assert_eq!(r.targets, vec![(1, 12), (2, 13)]);
+        let a = ScoreRow::autoregressive(vec![1, 2, 3, 4], 2);
+        assert_eq!(a.targets, vec![(1, 3), (2, 4)]);
+        let (per_t, score) = mc_reduce(&[vec![-1.0, -3.0], vec![]]);
+        assert_eq!((per_t, score), (vec![2.0, 0.0], 1.0));
+        assert!((elbo_reduce(&[0.5, 0.25], &[vec![-1.0], vec![-1.0, -1.0]]) - 5.0).abs() < 1e-9);
+    }
 }

@@ -1,0 +1,355 @@
+//! The evaluation harness on the tiny fixture models: batched scoring equals one-at-a-time
+//! scoring and the fixtures' causal logits; every task runs end to end on synthetic records,
+//! counts malformed ones, and is deterministic given the seed; the CLI refuses bad input.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use common::*;
+use dlm::data::tokenizer::Tokenizer;
+use dlm::eval::generation::GenSettings;
+use dlm::eval::harness::{run_task, EvalModel, EvalSettings};
+use dlm::eval::multiple_choice::{score_question, Choice, Estimator, PromptFormat, Question};
+use dlm::eval::score::{mc_draws, mc_score_with_draws, target_logprobs, Attention, ScoreRow};
+use dlm::eval::tasks::find_task;
+use dlm::model::load_dir;
+use dlm::rng::Rng;
+use dlm::sample::filter::log_softmax;
+use serde_json::json;
+
+const MASK_ID: u32 = 7;
+
+/// A word-level tokenizer over the tiny models' 96 ids; unknown words map to id 1.
+fn word_tokenizer() -> Tokenizer {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    let words = "the a cat dog sat on mat is was big small red blue it he she and to of \
+                 question answer goal water boil fire cold hot story day went home def return \
+                 x y add b if for in print true false ( ) : , . ? ! 1 2 3 4 5 6 7 8 9 0 + - = \
+                 hellaswag piqa winogrande siqa because table cup fell slippery walked ran";
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    vocab.insert("<pad>".into(), 0);
+    vocab.insert("<unk>".into(), 1);
+    for w in words.split_whitespace() {
+        let id = vocab.len() as u32;
+        // 7 is the fixtures' mask id: keep it out of the text.
+        let id = if id >= MASK_ID { id + 1 } else { id };
+        vocab.entry(w.to_string()).or_insert(id);
+    }
+    assert!(vocab.values().all(|&id| id < 96));
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(Whitespace {}));
+    Tokenizer::from(t)
+}
+
+#[test]
+fn ar_logprobs_match_the_causal_fixture_logits_under_padding() {
+    for name in TINY {
+        let g = golden(name);
+        let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let ids: Vec<Vec<u32>> = ids_u32(&g["input_ids"]).to_vec2().unwrap();
+        let logits: Vec<Vec<Vec<f32>>> = g["logits_causal"].to_vec3().unwrap();
+        // Row 1 is cut short, so the batch pads it: causal attention must make that harmless.
+        let rows = vec![
+            ScoreRow::autoregressive(ids[0].clone(), 3),
+            ScoreRow::autoregressive(ids[1][..10].to_vec(), 1),
+        ];
+        let got = target_logprobs(
+            m.model.as_ref(),
+            &rows,
+            Attention::Autoregressive,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut worst = 0f32;
+        for (b, row) in rows.iter().enumerate() {
+            for (k, &(pos, target)) in row.targets.iter().enumerate() {
+                let want = log_softmax(&logits[b][pos])[target as usize];
+                worst = worst.max((got[b][k] - want).abs());
+            }
+        }
+        println!("{name}: AR log-prob max |Δ| = {worst:.2e} (atol 1e-4)");
+        assert!(worst < 1e-4, "{name}: {worst}");
+    }
+}
+
+#[test]
+fn batched_choices_score_as_one_at_a_time() {
+    let m = load_dir(&fixture("llama-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let model = m.model.as_ref();
+    let q = Question {
+        choices: vec![
+            Choice {
+                context: vec![3, 4, 5, 6],
+                answer: vec![10, 11, 12],
+                chars: 9,
+            },
+            Choice {
+                context: vec![3, 4, 5, 6],
+                answer: vec![20, 21, 22, 23, 24],
+                chars: 12,
+            },
+            Choice {
+                context: vec![3, 4, 5, 6],
+                answer: vec![30, 31, 32],
+                chars: 3,
+            },
+        ],
+        label: 2,
+    };
+    let steps = 6;
+    let o = score_question(
+        model,
+        &q,
+        Estimator::Reference { steps },
+        MASK_ID,
+        &mut Rng::seed(5),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // The same draws, consumed in the same order, one choice at a time.
+    let mut rng = Rng::seed(5);
+    for (c, got) in q.choices.iter().zip(&o.scores) {
+        let ids = [c.context.clone(), c.answer.clone()].concat();
+        let src: Vec<bool> = (0..ids.len()).map(|i| i < c.context.len()).collect();
+        let draws = mc_draws(steps, ids.len(), &mut rng);
+        let (_, want) =
+            mc_score_with_draws(model, &ids, &src, MASK_ID, &draws, &Device::Cpu).unwrap();
+        assert!((*got as f32 - want).abs() < 1e-5, "{got} vs {want}");
+    }
+    // acc_norm divides the total (score × tokens) by characters.
+    let want_norm = o.scores[1] * 5.0 / 12.0;
+    assert!((o.norm_scores[1] - want_norm).abs() < 1e-9);
+
+    // AR: sum and mean reductions of the same causal log-probabilities.
+    let sum = score_question(
+        model,
+        &q,
+        Estimator::Ar { mean: false },
+        0,
+        &mut Rng::seed(0),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mean = score_question(
+        model,
+        &q,
+        Estimator::Ar { mean: true },
+        0,
+        &mut Rng::seed(0),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (k, c) in q.choices.iter().enumerate() {
+        let n = c.answer.len() as f64;
+        assert!((sum.scores[k] / n - mean.scores[k]).abs() < 1e-6);
+        assert!((sum.scores[k] / c.chars as f64 - sum.norm_scores[k]).abs() < 1e-9);
+    }
+    // ELBO: a positive NLL bound per choice, reproducible from the seed.
+    let e1 = score_question(
+        model,
+        &q,
+        Estimator::Elbo { samples: 8 },
+        MASK_ID,
+        &mut Rng::seed(1),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let e2 = score_question(
+        model,
+        &q,
+        Estimator::Elbo { samples: 8 },
+        MASK_ID,
+        &mut Rng::seed(1),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(e1, e2);
+    assert!(e1.scores.iter().all(|s| s.is_finite() && *s >= 0.0));
+}
+
+fn settings(ar: bool, estimator: Estimator) -> EvalSettings {
+    EvalSettings {
+        ar,
+        estimator,
+        format: PromptFormat::Reference,
+        gen: GenSettings {
+            steps: Some(4),
+            temperature: None,
+            sft: None,
+            max_len: 64,
+        },
+        limit: None,
+        seed: 3,
+        show_progress: false,
+    }
+}
+
+#[test]
+fn every_task_runs_end_to_end_and_counts_malformed_records() {
+    let m = load_dir(&fixture("gpt2-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let tok = word_tokenizer();
+    let em = EvalModel {
+        model: m.model.as_ref(),
+        tokenizer: &tok,
+        mask_id: Some(MASK_ID),
+        stop_ids: vec![0],
+        device: &Device::Cpu,
+    };
+    let piqa = vec![
+        json!({"goal": "boil water", "sol1": "use fire", "sol2": "use cold", "label": 0}),
+        json!({"goal": "the cat", "sol1": "sat on mat", "sol2": "is big", "label": 1}),
+        json!({"goal": "no solutions", "label": 0}),
+    ];
+    let lambada = vec![
+        json!({"text": "the cat sat on the mat"}),
+        json!({"text": "he went home"}),
+        json!({"text": ""}),
+    ];
+    let rocstories = vec![json!({
+        "InputSentence1": "the cat sat", "InputSentence2": "it was big",
+        "InputSentence3": "the dog ran", "InputSentence4": "she walked home",
+        "RandomFifthSentenceQuiz1": "it was hot", "RandomFifthSentenceQuiz2": "no",
+        "AnswerRightEnding": "1"})];
+    let code = vec![json!({
+        "prompt": "def add ( x , y ) :", "suffix": "", "canonical_solution": "return x + y",
+        "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"})];
+    let cases = [
+        (
+            "piqa",
+            &piqa,
+            settings(true, Estimator::Ar { mean: true }),
+            2,
+            1,
+        ),
+        (
+            "piqa",
+            &piqa,
+            settings(false, Estimator::Reference { steps: 4 }),
+            2,
+            1,
+        ),
+        (
+            "piqa",
+            &piqa,
+            settings(false, Estimator::Elbo { samples: 4 }),
+            2,
+            1,
+        ),
+        (
+            "lambada",
+            &lambada,
+            settings(false, Estimator::Reference { steps: 4 }),
+            2,
+            1,
+        ),
+        (
+            "lambada",
+            &lambada,
+            settings(true, Estimator::Ar { mean: true }),
+            2,
+            1,
+        ),
+        (
+            "rocstories",
+            &rocstories,
+            settings(false, Estimator::Reference { steps: 4 }),
+            1,
+            0,
+        ),
+        (
+            "code-infill",
+            &code,
+            settings(true, Estimator::Ar { mean: true }),
+            1,
+            0,
+        ),
+    ];
+    for (task, records, s, n, skipped) in cases {
+        let spec = find_task(task).unwrap();
+        let run = || run_task(&em, &spec, records, &s, ("gpt2-tiny", "synthetic")).unwrap();
+        let r = run();
+        assert_eq!((r.n, r.skipped), (n, skipped), "{task}");
+        let metric = r.metrics.values().next().unwrap();
+        assert!((0.0..=100.0).contains(&metric.mean), "{task}: {metric:?}");
+        // Same seed, same results.
+        let again = run();
+        // (compared as JSON: a one-example stderr is NaN, written as null)
+        let json = |m| serde_json::to_string(m).unwrap();
+        assert_eq!(
+            json(&r.metrics),
+            json(&again.metrics),
+            "{task} is not deterministic"
+        );
+    }
+    // The code task's random model output fails the tests; its metric is pass@1 = 0.
+    let spec = find_task("code-infill").unwrap();
+    let r = run_task(
+        &em,
+        &spec,
+        &code,
+        &settings(true, Estimator::Ar { mean: true }),
+        ("m", "d"),
+    )
+    .unwrap();
+    assert_eq!(r.metrics["pass@1"].mean, 0.0);
+    // DLM mode needs a mask id.
+    let no_mask = EvalModel {
+        mask_id: None,
+        ..em
+    };
+    let e = run_task(
+        &no_mask,
+        &find_task("piqa").unwrap(),
+        &piqa,
+        &settings(false, Estimator::Reference { steps: 2 }),
+        ("m", "d"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--ar"), "{e}");
+}
+
+fn dlm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn cli_refuses_unknown_tasks_and_missing_data() {
+    let model = fixture("gpt2-tiny");
+    let model = model.to_str().unwrap();
+    let (rc, err) = dlm(&["eval", model, "--task", "piqa,hellaswg"]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("unknown task `hellaswg`") && err.contains("winogrande"),
+        "{err}"
+    );
+    let (rc, err) = dlm(&["eval", model, "--task", "piqa", "--assets", "/nonexistent"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("fetch-assets.sh benchmarks"), "{err}");
+    let (rc, err) = dlm(&[
+        "eval",
+        model,
+        "--task",
+        "lambada",
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("--data-dir"), "{err}");
+}
