@@ -17,7 +17,7 @@ use dlm::sample::diffusion::{
 };
 use dlm::sample::events::StepEvent;
 use dlm::sample::filter::TokenChoice;
-use dlm::sample::prefix_cache::PrefixCache;
+use dlm::sample::kv_reuse::{CacheMode, StepCache};
 use dlm::sample::unmask::Rule;
 
 const MASK: u32 = 7;
@@ -121,9 +121,10 @@ fn blocks_commit_left_to_right_and_threshold_saves_forwards() {
 }
 
 #[test]
-fn a_fresh_prefix_cache_gives_the_full_forward_hidden_states() {
+fn a_fresh_cache_gives_the_full_forward_hidden_states_on_its_window() {
     // Reusing the cache on an unchanged canvas must equal the full bidirectional forward on the
-    // window rows (positions, RoPE offsets and GPT-2's learned positions all line up).
+    // window rows (positions, RoPE offsets and GPT-2's learned positions all line up), for a
+    // window that runs to the end (prefix) and one in the middle (dual).
     for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-tied"] {
         let m = model(name);
         let ids = Tensor::new(
@@ -131,40 +132,38 @@ fn a_fresh_prefix_cache_gives_the_full_forward_hidden_states() {
             &Device::Cpu,
         )
         .unwrap();
-        let mut slot = None;
-        let (full, offset) =
-            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[0, 1], 5).unwrap();
-        assert_eq!(
-            offset, 0,
-            "{name}: the first call refreshes with a full forward"
-        );
-        let (window, offset) =
-            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[0, 1], 5).unwrap();
-        assert_eq!(
-            offset, 4,
-            "{name}: the window starts one before the first undecided"
-        );
-        let want = full.narrow(1, 4, 4).unwrap();
-        let diff = (window - want).unwrap().abs().unwrap().max_all().unwrap();
-        let diff = diff.to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "{name}: cached window differs by {diff}");
-        // Another batch refreshes.
-        let (_, offset) =
-            PrefixCache::forward(&mut slot, m.model.as_ref(), &ids, &[1, 0], 5).unwrap();
-        assert_eq!(offset, 0);
+        for window in [(4, 8), (2, 5)] {
+            let mut slot = None;
+            let forward = |slot: &mut Option<StepCache>, batch: &[usize]| {
+                StepCache::forward(slot, m.model.as_ref(), &ids, batch, window).unwrap()
+            };
+            let (full, offset) = forward(&mut slot, &[0, 1]);
+            assert_eq!(
+                offset, 0,
+                "{name}: the first call refreshes with a full forward"
+            );
+            assert_eq!(full.dim(1).unwrap(), 8);
+            let (cached, offset) = forward(&mut slot, &[0, 1]);
+            assert_eq!(offset, window.0, "{name}: the window starts where asked");
+            let want = full.narrow(1, window.0, window.1 - window.0).unwrap();
+            let diff = (cached - want).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff < 1e-5,
+                "{name} {window:?}: cached window differs by {diff}"
+            );
+            // Another batch refreshes.
+            assert_eq!(forward(&mut slot, &[1, 0]).1, 0);
+        }
     }
 }
 
 #[test]
-fn prefix_cache_blocks_fill_every_canvas_and_start_exactly() {
+fn cached_blocks_fill_every_canvas_and_start_exactly() {
     let m = model("llama-tiny");
     let opts = DiffusionOptions {
         block_length: Some(4),
         ..ranked(Rule::Confidence, 6)
-    };
-    let cached = DiffusionOptions {
-        prefix_cache: true,
-        ..opts.clone()
     };
     let fresh = || vec![Canvas::prefix(&[1, 2, 3], 12, MASK).unwrap(); 2];
     let first_proposal = |o: &DiffusionOptions| {
@@ -179,10 +178,23 @@ fn prefix_cache_blocks_fill_every_canvas_and_start_exactly() {
         (first.unwrap(), report)
     };
     let (exact_first, exact_report) = first_proposal(&opts);
-    let (cached_first, cached_report) = first_proposal(&cached);
-    // The first forward of a block is a full, exact one.
-    assert_eq!(exact_first, cached_first);
-    assert_eq!(exact_report.forwards, cached_report.forwards);
+    for cache in [CacheMode::Prefix, CacheMode::Dual] {
+        let cached = DiffusionOptions {
+            cache,
+            ..opts.clone()
+        };
+        let (cached_first, cached_report) = first_proposal(&cached);
+        // The first forward of a block is a full, exact one.
+        assert_eq!(exact_first, cached_first, "{cache:?}");
+        assert_eq!(exact_report.forwards, cached_report.forwards, "{cache:?}");
+    }
+    // The reference's full work and a cache exclude each other.
+    let exact_cached = DiffusionOptions {
+        cache: CacheMode::Dual,
+        ..DiffusionOptions::reference(4)
+    };
+    let e = run(&m, &mut fresh(), &exact_cached, 0, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("--cache"), "{e}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `dlm bench sample MODEL_DIR --length 256 --steps 64`: diffusion sampling speed on the exact
 //! path (full logits every step, all T forwards: the reference's work) and on each acceleration
 //! (needed-rows head, confidence threshold, semi-autoregressive blocks, blocks with the prefix
-//! cache), each as a ratio to the exact path measured in the same run, and the share of tokens
+//! or dual key/value cache), each as a ratio to the exact path measured in the same run, and the share of tokens
 //! each agrees on with the run it approximates (the quality change).
 
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use super::args::{load_model, parse_device, RuntimeArgs};
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
 use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
+use crate::sample::kv_reuse::CacheMode;
 use crate::sample::unmask::Rule;
 
 #[derive(Debug, Args)]
@@ -84,7 +85,24 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         (
             "blocks + prefix cache",
             DiffusionOptions {
-                prefix_cache: true,
+                cache: CacheMode::Prefix,
+                ..blocks.clone()
+            },
+            3,
+        ),
+        (
+            "blocks + dual cache",
+            DiffusionOptions {
+                cache: CacheMode::Dual,
+                ..blocks.clone()
+            },
+            3,
+        ),
+        (
+            "threshold + blocks + dual cache",
+            DiffusionOptions {
+                cache: CacheMode::Dual,
+                threshold: Some(a.threshold),
                 ..blocks
             },
             3,

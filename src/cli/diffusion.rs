@@ -15,6 +15,7 @@ use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
 use crate::sample::diffusion::{sample, DiffusionOptions};
 use crate::sample::events::StepEvent;
+use crate::sample::kv_reuse::CacheMode;
 pub use crate::sample::request::Request;
 use crate::sample::request::{
     completion_ids, mask_id, render, visible_ids, CanvasBuilder, SamplerName, SamplerSettings,
@@ -39,12 +40,6 @@ pub struct ChoiceArgs {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CacheMode {
-    None,
-    Prefix,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct DiffusionArgs {
     /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
@@ -61,8 +56,9 @@ pub struct DiffusionArgs {
     /// Run the LM head on every row and all T forwards, as the reference does (slower).
     #[arg(long)]
     pub exact: bool,
-    /// `prefix`: reuse the keys/values of the decided prefix while a block is denoised
-    /// (approximate, as Fast-dLLM; best with --block-length). `none`: exact attention.
+    /// Reuse keys/values across the steps of a block (approximate, as Fast-dLLM; with
+    /// --block-length): `prefix` recomputes the block and what follows it, `dual` the block
+    /// only. `none`: exact attention.
     #[arg(long, value_enum, default_value_t = CacheMode::None)]
     pub cache: CacheMode,
     /// Mask token id, overriding the model config's `mask_token_id`.
@@ -132,7 +128,7 @@ impl DiffusionArgs {
             threshold: self.threshold,
             block_length: self.block_length,
             exact: self.exact,
-            prefix_cache: self.cache == CacheMode::Prefix,
+            cache: self.cache,
         };
         Ok(settings.options()?)
     }

@@ -25,6 +25,7 @@ use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::canvas::Canvas;
 use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
 use crate::sample::filter::TokenChoice;
+use crate::sample::kv_reuse::CacheMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenTask {
@@ -277,7 +278,7 @@ pub fn fill(
         block_length: None,
         // Same canvases as the all-rows path for argmax, and an equally distributed sample.
         head_rows: HeadRows::Needed,
-        prefix_cache: false,
+        cache: CacheMode::None,
     };
     sample(model, &mut canvas, &opts, rng, device, &mut |_| {})?;
     let start = item.prefix.len();

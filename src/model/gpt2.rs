@@ -6,7 +6,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{append_kv, check_ids, linear, KvCache, LanguageModel, ModelConfig};
+use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
 use crate::ops::{
     gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
     LayerNorm, Linear, WeightLayout,
@@ -40,7 +40,7 @@ impl Attention {
         &self,
         x: &Tensor,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache<'_>>,
         offset: usize,
     ) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
@@ -107,7 +107,7 @@ impl Block {
         &self,
         x: &Tensor,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache<'_>>,
         offset: usize,
     ) -> Result<Tensor> {
         let x = (x + self
@@ -162,7 +162,7 @@ impl LanguageModel for Gpt2 {
     ) -> Result<Tensor> {
         check_ids(ids, self.config.vocab_size)?;
         let (_b, l) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let offset = cache.as_ref().map_or(0, |c| c.offset());
         if offset + l > self.config.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {} positions exceeds GPT-2's {} learned positions",

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{append_kv, check_ids, linear, KvCache, LanguageModel, ModelConfig};
+use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
 use crate::ops::{
     scaled_dot_product_attention, silu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
     WeightLayout,
@@ -44,7 +44,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache<'_>>,
         offset: usize,
     ) -> Result<Tensor> {
         let (b, l, _d) = x.dims3()?;
@@ -108,7 +108,7 @@ impl Block {
         x: &Tensor,
         rope: &Rope,
         mask: &AttentionMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache<'_>>,
         offset: usize,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
@@ -169,7 +169,7 @@ impl LanguageModel for Llama {
     ) -> Result<Tensor> {
         check_ids(ids, self.config.vocab_size)?;
         let (_b, l) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let offset = cache.as_ref().map_or(0, |c| c.offset());
         let mut x = self.embed_tokens.forward(ids)?;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| c.layer(i));

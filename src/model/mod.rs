@@ -19,12 +19,20 @@ pub use weights::Weights;
 use crate::error::{Error, Result};
 use crate::ops::{AttentionMask, Linear, WeightLayout};
 
-/// Key/value states per layer for incremental (autoregressive) decoding. The caller owns it; the
-/// model only appends to it.
+/// Key/value states per layer. The caller owns it. By default the model appends each forward's
+/// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
+/// a forward over a window of the cached sequence attend to the whole of it.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    splice: Option<usize>,
+}
+
+/// One layer's view of a cache during a forward.
+pub struct LayerCache<'a> {
+    kv: &'a mut Option<(Tensor, Tensor)>,
+    splice: Option<usize>,
 }
 
 impl KvCache {
@@ -32,10 +40,11 @@ impl KvCache {
         Self {
             layers: vec![None; num_layers],
             len: 0,
+            splice: None,
         }
     }
 
-    /// Number of positions already cached.
+    /// Number of positions cached.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -44,26 +53,30 @@ impl KvCache {
         self.len == 0
     }
 
-    fn layer(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
-        &mut self.layers[i]
+    /// Later forwards take ids for positions `start..start + n` of the cached sequence: their
+    /// fresh keys and values stand in for the cached ones at those positions, every other
+    /// position is served from the cache, and the cache is not changed (Fast-dLLM's reuse of
+    /// keys and values across denoising steps). Bidirectional attention only.
+    pub fn splice_at(&mut self, start: usize) {
+        self.splice = Some(start);
+    }
+
+    /// The position of the first id of the next forward.
+    fn offset(&self) -> usize {
+        self.splice.unwrap_or(self.len)
+    }
+
+    fn layer(&mut self, i: usize) -> LayerCache<'_> {
+        LayerCache {
+            kv: &mut self.layers[i],
+            splice: self.splice,
+        }
     }
 
     fn advance(&mut self, n: usize) {
-        self.len += n;
-    }
-
-    /// Keeps the first `len` positions of every layer, so a forward over a whole sequence can
-    /// leave behind the cache of its prefix.
-    pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
-        if len >= self.len {
-            return Ok(());
+        if self.splice.is_none() {
+            self.len += n;
         }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, len)?;
-            *v = v.narrow(2, 0, len)?;
-        }
-        self.len = len;
-        Ok(())
     }
 }
 
@@ -112,22 +125,41 @@ pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(flat, (rows.len(), l), device)
 }
 
-/// Appends this forward's keys and values [B, K, L, Dh] to a layer's cache (when there is one)
-/// and returns the keys and values attention should see.
+/// Records this forward's keys and values [B, K, L, Dh] in a layer's cache (when there is one) and
+/// returns the keys and values attention should see: appended to the cached ones, or spliced
+/// into them at the cache's splice position.
 fn append_kv(
-    cache: Option<&mut Option<(Tensor, Tensor)>>,
+    cache: Option<LayerCache<'_>>,
     k: Tensor,
     v: Tensor,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let Some(cache) = cache else {
         return Ok((k, v));
     };
-    let (k, v) = match cache.as_ref() {
-        Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
-        None => (k, v),
+    let (k, v) = match (cache.kv.as_ref(), cache.splice) {
+        (Some((ck, cv)), Some(start)) => {
+            return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
+        }
+        (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+        (None, _) => (k, v),
     };
-    *cache = Some((k.clone(), v.clone()));
+    *cache.kv = Some((k.clone(), v.clone()));
     Ok((k, v))
+}
+
+/// `cached` [B, K, L, Dh] with positions `start..start + n` replaced by `fresh` [B, K, n, Dh].
+fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+    let (l, n) = (cached.dim(2)?, fresh.dim(2)?);
+    if start + n > l {
+        candle_core::bail!("a window of {n} positions at {start} runs past the {l} cached ones");
+    }
+    let before = cached.narrow(2, 0, start)?;
+    let after = cached.narrow(2, start + n, l - start - n)?;
+    let parts: Vec<&Tensor> = [&before, fresh, &after]
+        .into_iter()
+        .filter(|t| t.dim(2).is_ok_and(|d| d > 0))
+        .collect();
+    Tensor::cat(&parts, 2)
 }
 
 /// Out-of-vocabulary ids would index past the embedding table; refuse them with the culprit named.

@@ -31,13 +31,17 @@ pub fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
     }
 }
 
-/// Runs `f` on the f32 data of a CPU tensor, made contiguous first if it is not.
+/// Runs `f` on the f32 data of a tensor, made contiguous first if it is not: borrowed in place on
+/// the CPU, copied to the host from other devices.
 pub fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(s) => f(slice(s, layout)?),
-        _ => candle_core::bail!("fused kernel called on a non-CPU tensor"),
+        _ => {
+            drop(storage);
+            f(&t.flatten_all()?.to_vec1::<f32>()?)
+        }
     }
 }
 

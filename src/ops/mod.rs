@@ -6,7 +6,7 @@ mod activations;
 mod attention;
 mod attention_fused;
 mod attention_mask;
-mod cpu;
+pub(crate) mod cpu;
 mod cross_entropy;
 mod linear;
 mod linear_fused;

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::canvas::Canvas;
 use super::events::{OnStep, StepEvent};
 use super::filter::{choose, TokenChoice};
-use super::prefix_cache::PrefixCache;
+use super::kv_reuse::{CacheMode, StepCache};
 use super::unmask::{
     distribution_score, linear_remaining, plan, ranked_commits, Candidate, Phase, Rule,
 };
@@ -63,9 +63,9 @@ pub struct DiffusionOptions {
     /// Semi-autoregressive blocks of this many generated positions, left to right.
     pub block_length: Option<usize>,
     pub head_rows: HeadRows,
-    /// Reuse the keys and values of the decided prefix within a block (`--cache prefix`,
-    /// approximate; see `prefix_cache`).
-    pub prefix_cache: bool,
+    /// Reuse keys and values across the steps of a block (`--cache`, approximate; see
+    /// `kv_reuse`).
+    pub cache: CacheMode,
 }
 
 impl DiffusionOptions {
@@ -78,7 +78,7 @@ impl DiffusionOptions {
             threshold: None,
             block_length: None,
             head_rows: HeadRows::All,
-            prefix_cache: false,
+            cache: CacheMode::None,
         }
     }
 
@@ -98,6 +98,11 @@ impl DiffusionOptions {
                 "--threshold and --block-length need a ranking sampler \
                  (confidence, margin, entropy or random), not a reference one"
                     .into(),
+            ));
+        }
+        if self.head_rows == HeadRows::All && self.cache != CacheMode::None {
+            return Err(Error::Input(
+                "exact runs the reference's full work; it excludes --cache".into(),
             ));
         }
         Ok(())
@@ -199,12 +204,16 @@ fn wanted(c: &Canvas, p: &Progress, opts: &DiffusionOptions) -> Vec<usize> {
     }
 }
 
-/// The first position of the canvas's current phase: every position before it is decided.
-fn undecided_from(c: &Canvas, p: &Progress) -> usize {
-    p.phases
-        .get(p.phase)
-        .and_then(|ph| ph.positions.iter().copied().min())
-        .unwrap_or(c.len())
+/// The span of the canvas's current phase (block): every position before it is decided.
+fn phase_span(c: &Canvas, p: &Progress) -> (usize, usize) {
+    match p.phases.get(p.phase) {
+        Some(ph) => {
+            let first = ph.positions.iter().copied().min().unwrap_or(c.len());
+            let last = ph.positions.iter().copied().max().unwrap_or(c.len());
+            (first, last + 1)
+        }
+        None => (c.len(), c.len()),
+    }
 }
 
 /// Runs the loop on `canvases` (one length), in place: on return every position is decided.
@@ -285,23 +294,34 @@ pub fn sample_until(
             .flat_map(|&b| canvases[b].ids.clone())
             .collect();
         let ids = Tensor::from_vec(ids, (active.len(), l), device)?;
-        // Hidden states of positions `offset..l` (all of them without the prefix cache).
-        let (hidden, offset) = if opts.prefix_cache {
-            let decided = active
-                .iter()
-                .map(|&b| undecided_from(&canvases[b], &progress[b]))
-                .min()
-                .unwrap_or(0);
-            PrefixCache::forward(&mut cache, model, &ids, &active, decided)?
-        } else {
+        // Hidden states of positions `offset..offset + window` (all of them without a cache).
+        let (hidden, offset) = if opts.cache == CacheMode::None {
             let hidden = model.hidden(&ids, &AttentionMask::Bidirectional, None)?;
             (hidden, 0)
+        } else {
+            let spans: Vec<(usize, usize)> = active
+                .iter()
+                .map(|&b| phase_span(&canvases[b], &progress[b]))
+                .collect();
+            // With the shift, the first undecided position reads the row before it.
+            let start = spans
+                .iter()
+                .map(|s| s.0)
+                .min()
+                .unwrap_or(0)
+                .saturating_sub(1);
+            let end = match opts.cache {
+                CacheMode::Dual => spans.iter().map(|s| s.1).max().unwrap_or(l),
+                _ => l,
+            };
+            StepCache::forward(&mut cache, model, &ids, &active, (start, end))?
         };
-        let window = l - offset;
+        let window = hidden.dim(1)?;
         report.forwards += 1;
 
         // (active index, position, flat logits row): position i reads row i − 1, position 0 row 0.
-        // Positions left of the window are decided, so nothing there is proposed.
+        // The cached positions outside the window are not proposed: left of it they are decided,
+        // right of it they belong to later blocks.
         let tasks: Vec<(usize, usize, usize)> = active
             .iter()
             .enumerate()
@@ -309,19 +329,30 @@ pub fn sample_until(
                 wanted(&canvases[b], &progress[b], opts)
                     .into_iter()
                     .filter(move |&i| offset == 0 || i > offset)
+                    .filter(move |&i| i.saturating_sub(1) < offset + window)
                     .map(move |i| (a, i, a * window + i.saturating_sub(1) - offset))
             })
             .collect();
-        let logits = head_rows(model, &hidden, &tasks, opts.head_rows)?;
-        report.head_rows += logits.logits.len();
         let seeds: Vec<u64> = tasks.iter().map(|_| rng.next_u64()).collect();
-        let picks: Vec<Pick> = tasks
-            .par_iter()
-            .zip(&seeds)
-            .map(|(&(_, _, row), &seed)| {
-                pick(logits.row(row), opts.choice, rule, &mut Rng::seed(seed))
-            })
-            .collect();
+        let picks: Vec<Pick> = if tasks.is_empty() {
+            vec![]
+        } else {
+            let logits = head_rows(model, &hidden, &tasks, opts.head_rows)?;
+            let (rows, vocab) = logits.logits.dims2()?;
+            report.head_rows += rows;
+            // Borrowed in place on the CPU: the full-logits path would otherwise copy B·L·V floats.
+            crate::ops::cpu::with_data(&logits.logits, |data| {
+                Ok(tasks
+                    .par_iter()
+                    .zip(&seeds)
+                    .map(|(&(_, _, row), &seed)| {
+                        let start = logits.start(row, vocab);
+                        let row = &data[start..start + vocab];
+                        pick(row, opts.choice, rule, &mut Rng::seed(seed))
+                    })
+                    .collect())
+            })?
+        };
 
         let mut by_canvas: Vec<Vec<(usize, Pick)>> = active.iter().map(|_| vec![]).collect();
         for (&(a, i, _), p) in tasks.iter().zip(picks) {
@@ -344,20 +375,22 @@ pub fn sample_until(
     }
 }
 
-/// Logits of the rows a step needs; `rows` maps flat row indices to entries (None: all rows).
+/// Logits [R, V] (f32) of the rows a step needs; `rows` maps flat row indices to their row here
+/// (None: every row, in order).
 struct HeadLogits {
-    logits: Vec<Vec<f32>>,
+    logits: Tensor,
     rows: Option<Vec<u32>>,
 }
 
 impl HeadLogits {
-    fn row(&self, r: usize) -> &[f32] {
+    /// Where flat row `r` starts in the logits' data.
+    fn start(&self, r: usize, vocab: usize) -> usize {
         let k = match &self.rows {
             // Every task's row was put in `rows`, so the search always succeeds.
             Some(rows) => rows.binary_search(&(r as u32)).unwrap_or(0),
             None => r,
         };
-        &self.logits[k]
+        k * vocab
     }
 }
 
@@ -372,23 +405,16 @@ fn head_rows(
     let flat = hidden.reshape((b * l, d))?; // [B·L, D]
     if mode == HeadRows::All {
         // The reference's work: full logits [B·L, V], whichever rows are used.
-        let logits = model.head(&flat)?.to_dtype(DType::F32)?.to_vec2()?;
+        let logits = model.head(&flat)?.to_dtype(DType::F32)?;
         return Ok(HeadLogits { logits, rows: None });
     }
     let mut rows: Vec<u32> = tasks.iter().map(|t| t.2 as u32).collect();
     rows.sort_unstable();
     rows.dedup();
-    if rows.is_empty() {
-        return Ok(HeadLogits {
-            logits: vec![],
-            rows: Some(rows),
-        });
-    }
     let index = Tensor::new(rows.as_slice(), hidden.device())?;
     let logits = model
         .head(&flat.index_select(&index, 0)?)? // [R, V]
-        .to_dtype(DType::F32)?
-        .to_vec2()?;
+        .to_dtype(DType::F32)?;
     Ok(HeadLogits {
         logits,
         rows: Some(rows),

@@ -86,15 +86,19 @@ pub fn top_p_filter(logits: &mut [f32], p: f32) {
 pub fn choose(logits: &[f32], choice: TokenChoice, rng: &mut Rng) -> (u32, f32) {
     match choice {
         TokenChoice::Greedy => {
-            let lp = log_softmax(logits);
-            let (i, &best) = lp
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, &f32::NEG_INFINITY),
-                    |acc, x| if x.1 > acc.1 { x } else { acc },
-                );
-            (i as u32, best)
+            // The first maximum and its log-probability, max − logsumexp = −ln Σ exp(x − max),
+            // without materialising the log-softmax: this runs on every row of every step.
+            let (i, max) =
+                logits
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, x| if x.1 > acc.1 { x } else { acc },
+                    );
+            let sum: f64 = logits.iter().map(|&x| (x - max).exp() as f64).sum();
+            (i as u32, -sum.ln() as f32)
         }
         TokenChoice::Sample {
             temperature,

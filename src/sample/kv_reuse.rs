@@ -1,56 +1,68 @@
-//! `--cache prefix` (approximate, as Fast-dLLM's prefix cache): the keys and values of positions
-//! left of every canvas's current block are computed once, by a full forward when the block
-//! starts, and reused while the block is denoised; later steps run only the window from the
-//! last decided position on. Exact attention would recompute the prefix every step, because under
-//! bidirectional attention its keys depend on the tokens committed since; the quality cost of
-//! skipping that is measured by `dlm bench sample`.
+//! `--cache prefix|dual` (approximate, as Fast-dLLM): keys and values computed by a full forward
+//! when a block starts are reused while the block is denoised, so later steps run only a window
+//! of the canvas. Exact attention would recompute every position every step, because under
+//! bidirectional attention each position's keys depend on the tokens committed since; the
+//! quality cost of skipping that is measured by `dlm bench sample`.
 
 use candle_core::Tensor;
+use serde::Deserialize;
 
 use crate::model::{KvCache, LanguageModel};
 use crate::ops::AttentionMask;
 
-/// The cached prefix of one batch of canvases.
-pub struct PrefixCache {
+/// Which positions a denoising step recomputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Every position, every step (exact).
+    #[default]
+    None,
+    /// The current block and everything right of it; the decided prefix comes from the cache.
+    Prefix,
+    /// The current block only; positions left and right of it come from the cache (Fast-dLLM's
+    /// dual cache). Right of the block everything is still masked, so its keys change least.
+    Dual,
+}
+
+/// The cached keys and values of one batch of canvases, from the full forward that began the
+/// current window.
+pub struct StepCache {
     kv: KvCache,
-    /// Cached positions: `0..cut`.
-    cut: usize,
-    /// The canvases the cache rows belong to, in order.
+    window: (usize, usize),
     batch: Vec<usize>,
 }
 
-impl PrefixCache {
-    /// Hidden states of positions `offset..L` of `ids` [B, L] and that `offset`. `decided` is the
-    /// length of the prefix every canvas has decided (all positions before it are fixed or
-    /// committed). The window starts one position earlier than `decided`, as with the shift the
-    /// first undecided position reads the row before it. A new `decided` or batch refreshes the
-    /// cache with a full (exact) forward.
+impl StepCache {
+    /// Hidden states of positions `window.0..window.1` of `ids` [B, L], and where they start. A
+    /// new window or batch refreshes the cache with a full (exact) forward, whose hidden states
+    /// are returned whole (starting at 0); so does a window that is the whole canvas.
     pub fn forward(
         slot: &mut Option<Self>,
         model: &dyn LanguageModel,
         ids: &Tensor,
         batch: &[usize],
-        decided: usize,
+        window: (usize, usize),
     ) -> candle_core::Result<(Tensor, usize)> {
-        let cut = decided.saturating_sub(1);
-        if cut == 0 {
+        let l = ids.dim(1)?;
+        let (start, end) = (window.0, window.1.min(l));
+        if start == 0 && end == l {
             *slot = None;
-            let hidden = model.hidden(ids, &AttentionMask::Bidirectional, None)?;
-            return Ok((hidden, 0));
+            return Ok((model.hidden(ids, &AttentionMask::Bidirectional, None)?, 0));
         }
-        if let Some(c) = slot.as_ref().filter(|c| c.cut == cut && c.batch == batch) {
-            let l = ids.dim(1)?;
-            let mut kv = c.kv.clone();
-            let window = ids.narrow(1, cut, l - cut)?;
-            let hidden = model.hidden(&window, &AttentionMask::Bidirectional, Some(&mut kv))?;
-            return Ok((hidden, cut));
+        if let Some(c) = slot
+            .as_mut()
+            .filter(|c| c.window == (start, end) && c.batch == batch)
+        {
+            let ids = ids.narrow(1, start, end - start)?;
+            let hidden = model.hidden(&ids, &AttentionMask::Bidirectional, Some(&mut c.kv))?;
+            return Ok((hidden, start));
         }
         let mut kv = KvCache::new(model.config().num_layers);
         let hidden = model.hidden(ids, &AttentionMask::Bidirectional, Some(&mut kv))?;
-        kv.truncate(cut)?;
+        kv.splice_at(start);
         *slot = Some(Self {
             kv,
-            cut,
+            window: (start, end),
             batch: batch.to_vec(),
         });
         Ok((hidden, 0))

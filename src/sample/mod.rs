@@ -6,7 +6,7 @@ pub mod canvas;
 pub mod diffusion;
 pub mod events;
 pub mod filter;
-pub mod prefix_cache;
+pub mod kv_reuse;
 pub mod random_keep;
 pub mod request;
 pub mod topk_confidence;

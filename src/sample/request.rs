@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
 use super::diffusion::{DiffusionOptions, HeadRows, Sampler};
 use super::filter::TokenChoice;
+use super::kv_reuse::CacheMode;
 use super::unmask::Rule;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
@@ -59,8 +60,8 @@ pub struct SamplerSettings {
     pub block_length: Option<usize>,
     /// Run the LM head on every row, all T forwards (the reference's work).
     pub exact: bool,
-    /// Reuse the decided prefix's keys and values within a block (approximate).
-    pub prefix_cache: bool,
+    /// Reuse keys and values across the steps of a block (approximate).
+    pub cache: CacheMode,
 }
 
 impl SamplerSettings {
@@ -78,11 +79,6 @@ impl SamplerSettings {
         }
         if self.top_k == Some(0) {
             return Err(Error::Input("top_k must be at least 1".into()));
-        }
-        if self.exact && self.prefix_cache {
-            return Err(Error::Input(
-                "exact runs the reference's full work; it excludes the prefix cache".into(),
-            ));
         }
         let sampler = self.sampler.sampler();
         if sampler == Sampler::TopkConfidence && (self.top_p.is_some() || self.top_k.is_some()) {
@@ -103,7 +99,7 @@ impl SamplerSettings {
             } else {
                 HeadRows::Needed
             },
-            prefix_cache: self.prefix_cache,
+            cache: self.cache,
         };
         opts.validate()?;
         Ok(opts)
@@ -371,7 +367,7 @@ mod tests {
             threshold: None,
             block_length: None,
             exact: false,
-            prefix_cache: false,
+            cache: CacheMode::None,
         };
         assert!(ok.options().is_ok());
         let bad = [

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::ServerState;
 use crate::sample::canvas::{parse_template, Canvas, TemplatePart};
 use crate::sample::diffusion::DiffusionOptions;
+use crate::sample::kv_reuse::CacheMode;
 use crate::sample::request::{
     completion_ids, render, span_ids, visible_ids, ChatMessage, Request, SamplerName,
     SamplerSettings,
@@ -66,9 +67,10 @@ pub struct ApiRequest {
     /// dlm: the reference's full work (LM head on every row, all T forwards).
     #[serde(default)]
     pub exact: bool,
-    /// dlm: reuse the decided prefix's keys/values within a block (approximate, `--cache prefix`).
+    /// dlm: reuse keys/values across a block's steps: "none", "prefix" or "dual" (approximate,
+    /// as `--cache`).
     #[serde(default)]
-    pub prefix_cache: bool,
+    pub cache: CacheMode,
 }
 
 /// Which endpoint a request came to.
@@ -274,7 +276,7 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         threshold: r.threshold,
         block_length: r.block_length,
         exact: r.exact,
-        prefix_cache: r.prefix_cache,
+        cache: r.cache,
     };
     let stop = match &r.stop {
         None => vec![],
