@@ -353,3 +353,49 @@ fn cli_refuses_unknown_tasks_and_missing_data() {
     assert_ne!(rc, 0);
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn cli_data_replaces_one_tasks_file() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-10m");
+    let dir = tempfile::tempdir().unwrap();
+    let passages = dir.path().join("heldout.txt");
+    std::fs::write(
+        &passages,
+        "To be or not to be, that is the question\nThe king is dead, long live the king\n",
+    )
+    .unwrap();
+    let out = dir.path().join("r.json");
+    let (p, o) = (passages.to_str().unwrap(), out.to_str().unwrap());
+    let (rc, err) = dlm(&[
+        "eval",
+        model,
+        "--task",
+        "lambada",
+        "--data",
+        p,
+        "--ar",
+        "--out",
+        o,
+        "--no-progress",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &results["results"][0];
+    assert_eq!(r["n"], 2, "{results}");
+    assert_eq!(r["data"].as_str().unwrap(), p);
+
+    let (rc, err) = dlm(&["eval", model, "--task", "lambada,piqa", "--data", p]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("exactly one --task"), "{err}");
+    let (rc, err) = dlm(&[
+        "eval",
+        model,
+        "--task",
+        "lambada",
+        "--data",
+        "/nonexistent.txt",
+    ]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("no such file"), "{err}");
+}

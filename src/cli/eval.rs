@@ -79,6 +79,10 @@ pub struct EvalArgs {
     /// The repository's shipped evaluation data (default: data/eval in the source tree).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Read the (single) task's examples from this file, in the task's own format, instead of
+    /// its default file: e.g. held-out passages as a lambada-style plain-text file.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Mask token id, overriding the model config's `mask_token_id` (DLM mode).
     #[arg(long)]
     pub mask_id: Option<u32>,
@@ -93,12 +97,24 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Resolve every task and its file before loading the model: bad input fails fast.
     let assets = a.assets.clone().unwrap_or_else(default_assets_dir);
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    if a.data.is_some() && a.task.len() != 1 {
+        anyhow::bail!("--data replaces one task's file: name exactly one --task with it");
+    }
     let tasks = a
         .task
         .iter()
         .map(|name| {
             let spec = find_task(name)?;
-            let path = spec.data_file(&assets, &data_dir)?;
+            let path = match &a.data {
+                Some(file) if file.is_file() => file.clone(),
+                Some(file) => {
+                    return Err(crate::Error::Input(format!(
+                        "--data {}: no such file",
+                        file.display()
+                    )))
+                }
+                None => spec.data_file(&assets, &data_dir)?,
+            };
             Ok((spec, path))
         })
         .collect::<crate::Result<Vec<_>>>()?;
