@@ -335,3 +335,45 @@ fn sft_with_lora_trains_only_the_adapters_merges_them_and_resumes_exactly() {
         moments.keys()
     );
 }
+
+#[test]
+fn val_data_validates_on_separate_text_and_is_kept_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base(tmp.path());
+    let (b, d) = (base.to_str().unwrap().to_string(), data());
+    let held_out = tmp.path().join("held_out.txt");
+    std::fs::write(
+        &held_out,
+        "The held out text is never trained on. ".repeat(40),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let mut args = with_data(adapt_args(&b, run.to_str().unwrap(), "2", "constant"), &d);
+    args.extend(["--val-every", "1", "--val-data", held_out.to_str().unwrap()].map(String::from));
+    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    dlm(&[
+        "adapt",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "3",
+        "--no-progress",
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["val_data"][0], held_out.to_str().unwrap());
+    let vals: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "val")
+        .map(|v| v["val_loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        vals.len(),
+        3,
+        "one validation per step, the resumed step included"
+    );
+    assert!(vals.iter().all(|v| v.is_finite() && *v > 0.0), "{vals:?}");
+}

@@ -98,36 +98,27 @@ pub fn packed_sources(
     options: CorpusOptions,
     val_fraction: f64,
 ) -> anyhow::Result<(PackedSource, Option<PackedSource>)> {
-    let corpus = Corpus::open(&run.data, options)?;
+    let corpus = Corpus::open(&run.data, options.clone())?;
+    let packed = |corpus: Corpus, split: DocSplit, part: Part| {
+        PackedSource::new(corpus, tokenizer.clone(), run.seq_len, eos, split, part)
+    };
+    let whole = DocSplit {
+        seed: run.seed,
+        val: ValSplit::None,
+    };
+    if !run.val_data.is_empty() {
+        let val = packed(Corpus::open(&run.val_data, options)?, whole, Part::Train)?;
+        return Ok((packed(corpus, whole, Part::Train)?, Some(val)));
+    }
+    if val_fraction <= 0.0 {
+        return Ok((packed(corpus, whole, Part::Train)?, None));
+    }
     let split = DocSplit {
         seed: run.seed,
-        val: if val_fraction > 0.0 {
-            ValSplit::Fraction(val_fraction)
-        } else {
-            ValSplit::None
-        },
+        val: ValSplit::Fraction(val_fraction),
     };
-    let train = PackedSource::new(
-        corpus.clone(),
-        tokenizer.clone(),
-        run.seq_len,
-        eos,
-        split,
-        Part::Train,
-    )?;
-    let val = (val_fraction > 0.0)
-        .then(|| {
-            PackedSource::new(
-                corpus,
-                tokenizer.clone(),
-                run.seq_len,
-                eos,
-                split,
-                Part::Val,
-            )
-        })
-        .transpose()?;
-    Ok((train, val))
+    let train = packed(corpus.clone(), split, Part::Train)?;
+    Ok((train, Some(packed(corpus, split, Part::Val)?)))
 }
 
 /// The document separator for packing: the model's EOS, or `<|endoftext|>`.

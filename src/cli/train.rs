@@ -76,6 +76,10 @@ pub struct TrainArgs {
     /// Fraction of documents held out for validation.
     #[arg(long, default_value_t = 0.01)]
     pub val_fraction: f64,
+    /// Validate on these files instead (all of `--data` is then trained on): e.g. held-out
+    /// text shared by several runs that are to be compared.
+    #[arg(long, num_args = 1..)]
+    pub val_data: Vec<PathBuf>,
     #[arg(long, default_value_t = 500)]
     pub save_every: u64,
     #[arg(long, default_value_t = 3)]
@@ -146,6 +150,7 @@ impl TrainArgs {
             keep_last: self.keep_last,
             skip_nonfinite: self.skip_nonfinite,
             data: self.data.clone(),
+            val_data: self.val_data.clone(),
             base,
             lora: None,
         })

@@ -45,6 +45,9 @@ pub struct RunConfig {
     pub skip_nonfinite: bool,
     /// Where the data came from, for the record.
     pub data: Vec<PathBuf>,
+    /// Validation text kept apart from `data` (instead of a split of it).
+    #[serde(default)]
+    pub val_data: Vec<PathBuf>,
     pub base: Option<PathBuf>,
     /// Train LoRA factors on a frozen base instead of every weight.
     #[serde(default)]
