@@ -21,16 +21,7 @@ mkdir -p "$WORK"
 [ -f "$WORK/tokenizer.json" ] || $DLM tokenizer train --vocab-size 8192 \
     --special "<|endoftext|>" --special "<|mask|>" --data "${DATA[@]}" --out "$WORK/tokenizer.json"
 
-# run_or_resume DIR FINAL_STEP ARGS...: a fresh run, or the rest of an interrupted one.
-run_or_resume() {
-    local dir=$1 final=$2 cmd=$3; shift 3
-    if [ -d "$dir/checkpoints/step-$(printf %08d "$final")" ]; then return; fi
-    if [ -f "$dir/checkpoints/latest" ]; then
-        $DLM "$cmd" --resume "$dir" --max-steps "$final"
-    else
-        $DLM "$cmd" "$@" --out "$dir" --max-steps "$final"
-    fi
-}
+source scripts/run-or-resume.sh
 
 # 2. AR pre-training: 10.1M parameters (6 layers, d 320, 5 heads, context 256, tied head),
 #    120 steps of 16 x 256 tokens (0.49M tokens), AdamW 1e-3 cosine, warmup 10.
