@@ -61,6 +61,9 @@ fn chart(out: &Path, title: &str, x_desc: &str, series: &[Series]) -> Result<()>
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let y_max = all.clone().map(|p| p.1).fold(f64::MIN, f64::max);
     let y_min = all.map(|p| p.1).fold(f64::MAX, f64::min).min(y_max - 1e-3);
+    // A margin, so points at the extremes are not drawn on the axes.
+    let pad = (y_max - y_min) * 0.04;
+    let (y_min, y_max) = (y_min - pad, y_max + pad);
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
         root.fill(&WHITE)?;
