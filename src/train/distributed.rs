@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor, Var};
 use super::adamw::{global_grad_norm, AdamW, AdamWConfig};
 use super::zero::ShardedAdamW;
 use crate::dist::Communicator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Elements per all-reduce bucket (64 MiB of f32): large enough to amortise each collective's
 /// latency, small enough to bound the extra host copy.
@@ -118,7 +118,7 @@ impl Optimizer {
         match (self, grads) {
             (Self::Replicated(a), Reduced::Full(g)) => a.step(vars, &g, lr, scale),
             (Self::Sharded(z), Reduced::Slice(g)) => z.step(comm, vars, &g, lr, scale),
-            _ => Err(crate::error::Error::Input(
+            _ => Err(Error::Input(
                 "gradients reduced for another optimizer".into(),
             )),
         }
