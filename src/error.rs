@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A failed or misconfigured multi-process run (launcher, communicator, world size).
+    #[error("distributed: {0}")]
+    Distributed(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -10,12 +10,14 @@
 //! # Modules, in dependency order
 //! `error`, `rng` → `ops` (differentiable kernels) → `model` (architectures, checkpoints) →
 //! `data` (tokenizers) → `diffusion` (noise, shift, loss, annealing) → `sample` → `serve` → `cli`.
-//! The model knows nothing of training or sampling.
+//! The model knows nothing of training or sampling. `dist` (communication between the ranks of a
+//! data-parallel run) depends on `error` alone; `train` uses it.
 
 pub mod atomic;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod model;

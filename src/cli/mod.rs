@@ -22,6 +22,8 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+use crate::dist;
+
 pub use args::{load_model, load_tokenizer, parse_device, parse_dtype};
 
 #[derive(Debug, Parser)]
@@ -67,7 +69,24 @@ pub enum Command {
     Tokenizer(tokenizer::TokenizerCommand),
 }
 
+impl Command {
+    /// The training options, for the commands that train.
+    fn train_args(&self) -> Option<&train::TrainArgs> {
+        match self {
+            Command::Adapt(a) => Some(&a.train),
+            Command::Pretrain(a) => Some(&a.train),
+            Command::Sft(a) => Some(&a.train),
+            _ => None,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // `--world-size N` outside a launcher: this process only starts mpirun, which runs the ranks.
+    let world = cli.command.train_args().and_then(|t| t.world_size);
+    if let Some(n) = world.filter(|&n| n > 1 && dist::launcher_world_size().is_none()) {
+        return Ok(dist::relaunch_under_mpirun(n)?);
+    }
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Adapt(a) => adapt::run(a),

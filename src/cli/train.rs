@@ -12,14 +12,19 @@ use crate::atomic::write_atomic;
 use crate::data::corpus::CorpusOptions;
 use crate::data::loader::{Batch, ExampleSource, Loader, LoaderConfig};
 use crate::data::tokenizer::Tokenizer;
+use crate::dist::{connect, launcher_world_size, local_rank, Communicator};
 use crate::model::{ModelConfig, Weights};
 use crate::rng::Rng;
-use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::adamw::AdamWConfig;
 use crate::train::checkpoint::{self, TrainerState};
+use crate::train::distributed::Optimizer;
 use crate::train::objective::Objective;
 use crate::train::params::TrainableModel;
 use crate::train::schedule::{Decay, Schedule};
 use crate::train::trainer::{train, RunConfig, Session};
+
+/// Sequences per micro-batch and rank when `--micro-batch` is not given.
+const DEFAULT_MICRO_BATCH: usize = 8;
 
 /// Options every training command shares.
 #[derive(Debug, Clone, Args)]
@@ -36,8 +41,10 @@ pub struct TrainArgs {
     /// Sequence length (tokens per example).
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 8)]
-    pub micro_batch: usize,
+    /// Sequences per micro-batch on each rank (default 8). On resume it replaces the run's, e.g.
+    /// to keep the global batch (world size × micro-batch) under another world size.
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     #[arg(long, default_value_t = 3e-4)]
@@ -95,8 +102,17 @@ pub struct TrainArgs {
     pub shuffle_buffer: usize,
     #[arg(long)]
     pub no_progress: bool,
+    /// cpu, or cuda / cuda:N in a build with the `cuda` feature. With several ranks, `cuda`
+    /// means the GPU of the rank's index on its node.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data-parallel ranks (processes). Outside an MPI launcher dlm relaunches itself under
+    /// `mpirun -np N`; under one, the launcher's size is used. Needs the `mpi` feature.
+    #[arg(long)]
+    pub world_size: Option<usize>,
+    /// ZeRO stage: 0 (every rank keeps all AdamW moments) or 1 (each keeps 1/N of them).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
 }
 
 impl TrainArgs {
@@ -106,7 +122,9 @@ impl TrainArgs {
         objective: Objective,
         base: Option<PathBuf>,
     ) -> anyhow::Result<RunConfig> {
-        let tokens_per_step = (self.micro_batch * self.grad_accum * self.seq_len) as u64;
+        let world = self.world_size.or_else(launcher_world_size).unwrap_or(1);
+        let micro_batch = self.micro_batch.unwrap_or(DEFAULT_MICRO_BATCH);
+        let tokens_per_step = (world * micro_batch * self.grad_accum * self.seq_len) as u64;
         let max_steps = match (self.max_steps, self.max_tokens) {
             (Some(s), _) => s,
             (None, Some(t)) => t.div_ceil(tokens_per_step.max(1)),
@@ -118,14 +136,14 @@ impl TrainArgs {
             "linear" => Decay::Linear,
             other => bail!("unknown schedule `{other}` (cosine, constant or linear)"),
         };
-        if self.micro_batch == 0 || self.grad_accum == 0 || self.seq_len < 2 {
+        if micro_batch == 0 || self.grad_accum == 0 || self.seq_len < 2 {
             bail!("micro-batch and accumulation must be ≥ 1 and seq-len ≥ 2");
         }
         Ok(RunConfig {
             command: command.into(),
             objective,
             seq_len: self.seq_len,
-            micro_batch: self.micro_batch,
+            micro_batch,
             grad_accum: self.grad_accum,
             optimizer: AdamWConfig {
                 lr: self.lr,
@@ -237,8 +255,13 @@ pub fn drive<S: ExampleSource>(
     setup: Setup<S>,
     resume_from: Option<PathBuf>,
     args: &TrainArgs,
+    comm: &dyn Communicator,
 ) -> anyhow::Result<()> {
-    let device: Device = parse_device(&args.device)?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let device: Device = match args.device.as_str() {
+        "cuda" if world > 1 => parse_device(&format!("cuda:{}", local_rank()))?,
+        other => parse_device(other)?,
+    };
     let files = RunFiles {
         dir: run_dir.to_path_buf(),
     };
@@ -252,7 +275,9 @@ pub fn drive<S: ExampleSource>(
                     Some(checkpoint::load_factors(ckpt)?),
                 ),
                 None => {
-                    checkpoint::save_lora_base(run_dir, &setup.weights)?;
+                    if rank == 0 {
+                        checkpoint::save_lora_base(run_dir, &setup.weights)?;
+                    }
                     (setup.weights, None)
                 }
             };
@@ -267,9 +292,10 @@ pub fn drive<S: ExampleSource>(
             )?
         }
     };
-    let mut optimizer = AdamW::new(run.optimizer);
+    let mut optimizer = Optimizer::new(run.optimizer, args.zero == 1, &model.vars, comm);
+    // Every rank reads the global micro-batches and trains on its rows of each.
     let loader_config = LoaderConfig {
-        batch_size: run.micro_batch,
+        batch_size: run.micro_batch * world,
         shuffle_buffer: args.shuffle_buffer,
         seed: run.seed,
     };
@@ -277,7 +303,10 @@ pub fn drive<S: ExampleSource>(
         Some(dir) => {
             let (state, moments) = checkpoint::load_state(dir)?;
             optimizer.load_state_tensors(state.step, &moments)?;
-            let loader = Loader::from_state(setup.train_source, state.loader.clone())?;
+            // The cursor counts examples, so the run may resume under another world size.
+            let mut cursor = state.loader.clone();
+            cursor.config.batch_size = loader_config.batch_size;
+            let loader = Loader::from_state(setup.train_source, cursor)?;
             (state, loader)
         }
         None => {
@@ -296,18 +325,21 @@ pub fn drive<S: ExampleSource>(
         Some(src) => first_batches(src, run.micro_batch, run.val_batches)?,
         None => Vec::new(),
     };
-    if val_batches.is_empty() && run.val_batches > 0 {
+    if rank == 0 && val_batches.is_empty() && run.val_batches > 0 {
         eprintln!("warning: no validation documents (corpus too small for --val-fraction); validation is skipped");
     }
-    eprintln!(
-        "{} {}: {} parameters, {} steps of {} tokens, from step {}",
-        run.command,
-        run_dir.display(),
-        model.num_parameters(),
-        run.max_steps,
-        run.micro_batch * run.grad_accum * run.seq_len,
-        state.step
-    );
+    if rank == 0 {
+        eprintln!(
+            "{} {}: {} parameters, {} steps of {} tokens on {world} rank{}, from step {}",
+            run.command,
+            run_dir.display(),
+            model.num_parameters(),
+            run.max_steps,
+            world * run.micro_batch * run.grad_accum * run.seq_len,
+            if world == 1 { "" } else { "s" },
+            state.step
+        );
+    }
     let tokenizer_dir = files.tokenizer_dir();
     let summary = train(Session {
         run,
@@ -321,7 +353,11 @@ pub fn drive<S: ExampleSource>(
         tokenizer_dir: Some(&tokenizer_dir),
         device: &device,
         show_progress: !args.no_progress,
+        comm,
     })?;
+    if rank > 0 {
+        return Ok(());
+    }
     eprintln!(
         "done: {} steps, last loss {:.4}{}; model at {}",
         summary.steps,
@@ -382,6 +418,12 @@ pub fn resume<S: ExampleSource>(
         run.max_steps = steps;
         run.schedule.total_steps = steps;
     }
+    if let Some(b) = t.micro_batch {
+        if b == 0 {
+            bail!("--micro-batch must be at least 1");
+        }
+        run.micro_batch = b;
+    }
     let (ckpt, config, weights) = resume_point(run_dir)?;
     let files = RunFiles {
         dir: run_dir.to_path_buf(),
@@ -394,7 +436,10 @@ pub fn resume<S: ExampleSource>(
         train_source,
         val_source,
     };
-    drive(&run, run_dir, setup, Some(ckpt), t)
+    let comm = connect(t.world_size)?;
+    on_every_rank(comm.as_ref(), || {
+        drive(&run, run_dir, setup, Some(ckpt), t, comm.as_ref())
+    })
 }
 
 /// Starts a new run in `out` from prepared weights.
@@ -409,15 +454,36 @@ pub fn start<S: ExampleSource>(
     base: Option<&Path>,
     sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
 ) -> anyhow::Result<()> {
-    RunFiles::create(out, run, tokenizer, base)?;
-    let (train_source, val_source) = sources(run, &config, tokenizer)?;
-    let setup = Setup {
-        config,
-        weights,
-        train_source,
-        val_source,
-    };
-    drive(run, out, setup, None, t)
+    let comm = connect(t.world_size)?;
+    on_every_rank(comm.as_ref(), || {
+        if comm.rank() == 0 {
+            RunFiles::create(out, run, tokenizer, base)?;
+        }
+        let (train_source, val_source) = sources(run, &config, tokenizer)?;
+        let setup = Setup {
+            config,
+            weights,
+            train_source,
+            val_source,
+        };
+        drive(run, out, setup, None, t, comm.as_ref())
+    })
+}
+
+/// Runs one rank's part of a run. With several ranks an error ends them all (after printing it
+/// with the rank), since the others would otherwise wait forever at their next collective.
+fn on_every_rank(
+    comm: &dyn Communicator,
+    body: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let result = body();
+    if let Err(e) = &result {
+        if comm.world_size() > 1 {
+            eprintln!("error: rank {}: {e:#}", comm.rank());
+            comm.abort(1);
+        }
+    }
+    result
 }
 
 /// Where to resume from: the run's latest checkpoint, with its model weights and config.

@@ -68,10 +68,11 @@ pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> f64 {
     }
 }
 
-/// One parameter's update, fused: p ← p(1 − lr·wd); m, v ← moments of g·scale;
-/// p ← p − (lr / bc1)·m / (√v / √bc2 + eps).
-struct FusedStep<'a> {
-    moments: Mutex<&'a mut Moments>,
+/// The scalars of one AdamW step, in f32 as the update runs: p ← p(1 − lr·wd); m, v ← moments of
+/// g·scale; p ← p − (lr / bc1)·m / (√v / √bc2 + eps). Shared by the fused kernel and by ZeRO-1,
+/// which applies it to its slice of the flattened parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct StepScalars {
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -80,6 +81,43 @@ struct FusedStep<'a> {
     step_size: f32,
     bc2_sqrt: f32,
     scale: f32,
+}
+
+impl StepScalars {
+    /// The scalars of step number `step` (1-based) at learning rate `lr`, gradients multiplied
+    /// by `scale` (the clipping coefficient).
+    pub fn new(c: AdamWConfig, step: u64, lr: f64, scale: f64) -> Self {
+        let bc1 = 1.0 - c.beta1.powi(step as i32);
+        let bc2 = 1.0 - c.beta2.powi(step as i32);
+        Self {
+            lr: lr as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            decay: c.weight_decay as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            scale: scale as f32,
+        }
+    }
+
+    /// Updates parameters `p` and moments `m`, `v` in place from gradients `g` (equal lengths).
+    pub fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let (b1, b2) = (self.beta1, self.beta2);
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * self.scale;
+            *p *= 1.0 - self.lr * self.decay;
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p -= self.step_size * *m / (v.sqrt() / self.bc2_sqrt + self.eps);
+        }
+    }
+}
+
+/// One parameter's update, fused into a single in-place pass over parameter and gradient.
+struct FusedStep<'a> {
+    moments: Mutex<&'a mut Moments>,
+    scalars: StepScalars,
 }
 
 impl InplaceOp2 for FusedStep<'_> {
@@ -111,19 +149,7 @@ impl InplaceOp2 for FusedStep<'_> {
             mo.m = vec![0.0; p.len()];
             mo.v = vec![0.0; p.len()];
         }
-        let (b1, b2) = (self.beta1, self.beta2);
-        for (((p, &g), m), v) in p
-            .iter_mut()
-            .zip(g)
-            .zip(mo.m.iter_mut())
-            .zip(mo.v.iter_mut())
-        {
-            let g = g * self.scale;
-            *p *= 1.0 - self.lr * self.decay;
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p -= self.step_size * *m / (v.sqrt() / self.bc2_sqrt + self.eps);
-        }
+        self.scalars.apply(p, g, &mut mo.m, &mut mo.v);
         Ok(())
     }
 }
@@ -159,14 +185,7 @@ impl AdamW {
             if matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 {
                 let op = FusedStep {
                     moments: Mutex::new(moments),
-                    lr: lr as f32,
-                    beta1: c.beta1 as f32,
-                    beta2: c.beta2 as f32,
-                    eps: c.eps as f32,
-                    decay: c.weight_decay as f32,
-                    step_size: (lr / bc1) as f32,
-                    bc2_sqrt: bc2.sqrt() as f32,
-                    scale: scale as f32,
+                    scalars: StepScalars::new(c, self.step, lr, scale),
                 };
                 var.as_tensor().inplace_op2(&g, &op)?;
             } else {
@@ -174,6 +193,17 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// The first and second moments of one parameter, flattened; None before its first step.
+    pub fn moments(&self, name: &str) -> Option<(&[f32], &[f32])> {
+        let mo = self.moments.get(name).filter(|mo| !mo.m.is_empty())?;
+        Some((&mo.m, &mo.v))
+    }
+
+    /// Replaces the moments of one parameter (flattened, as `moments` returns them).
+    pub fn set_moments(&mut self, name: &str, m: Vec<f32>, v: Vec<f32>) {
+        self.moments.insert(name.to_string(), Moments { m, v });
     }
 
     /// Moments as tensors named `m.<param>` / `v.<param>`, for checkpoints.

@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::model::weights::{read_safetensors, write_safetensors};
 use crate::model::{ModelConfig, Weights};
 use crate::rng::Rng;
-use crate::train::adamw::AdamW;
 use crate::train::params::TrainableModel;
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -43,12 +42,13 @@ fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-/// Saves step `state.step` and returns its directory.
+/// Saves step `state.step` with the optimizer's moments (`AdamW::state_tensors`) and returns
+/// its directory.
 pub fn save(
     run_dir: &Path,
     model: &TrainableModel,
     config: &ModelConfig,
-    optimizer: &AdamW,
+    moments: &[(String, Tensor)],
     state: &TrainerState,
     tokenizer_dir: Option<&Path>,
 ) -> Result<PathBuf> {
@@ -66,10 +66,7 @@ pub fn save(
     if !factors.is_empty() {
         write_safetensors(&tmp.join(ADAPTER_FILE), &factors)?;
     }
-    write_safetensors(
-        &tmp.join(OPTIMIZER_FILE),
-        &optimizer.state_tensors(&model.vars)?,
-    )?;
+    write_safetensors(&tmp.join(OPTIMIZER_FILE), moments)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Input(e.to_string()))?;
     write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
     if let Some(src) = tokenizer_dir {

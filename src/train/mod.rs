@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod distributed;
 pub mod init;
 pub mod lora;
 pub mod objective;
@@ -9,3 +10,4 @@ pub mod params;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
+pub mod zero;

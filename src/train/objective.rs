@@ -1,6 +1,8 @@
 //! What a training step optimises: the ablation switches of the paper in one enum
 //! (reference-semantics §1; paper Table 3).
 
+use std::ops::Range;
+
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +10,7 @@ use crate::data::loader::Batch;
 use crate::diffusion::anneal::{anneal_ratio, annealed_mask};
 use crate::diffusion::loss::LossTargets;
 use crate::diffusion::noise::{mask_tokens, sample_mask_draws, sample_times};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
 
@@ -48,15 +50,33 @@ impl Objective {
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Prepared> {
+        self.prepare_rows(batch, 0..batch.ids.len(), step, rng, device)
+    }
+
+    /// Like `prepare`, but keeps only the sequences `rows` of the batch: the share of one rank in
+    /// data-parallel training. The draws are made for the whole batch, so every rank consumes
+    /// the same random stream and each row gets the noise it would get in a one-rank run.
+    pub fn prepare_rows(
+        &self,
+        batch: &Batch,
+        rows: Range<usize>,
+        step: u64,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Prepared> {
         let b = batch.ids.len();
         let l = batch.ids.first().map_or(0, |r| r.len());
+        let x0 = batch
+            .ids
+            .get(rows.clone())
+            .ok_or_else(|| Error::Input(format!("rows {rows:?} of a batch of {b} sequences")))?;
         match *self {
             Objective::Ar => Ok(Prepared {
-                input: batch.ids.clone(),
-                targets: LossTargets::autoregressive(&batch.ids),
+                input: x0.to_vec(),
+                targets: LossTargets::autoregressive(x0),
                 mask: AttentionMask::Causal,
                 anneal_ratio: 0.0,
-                candidate_targets: b * l.saturating_sub(1),
+                candidate_targets: rows.len() * l.saturating_sub(1),
             }),
             Objective::Diffusion {
                 mask_id,
@@ -65,16 +85,16 @@ impl Objective {
             } => {
                 let t = sample_times(b, rng);
                 let draws = sample_mask_draws(b, l, rng);
-                let x_t: Vec<Vec<u32>> = (0..b)
+                let x_t: Vec<Vec<u32>> = rows
+                    .clone()
                     .map(|i| {
                         let src: Vec<bool> = batch.src_mask[i].iter().map(|&s| s != 0).collect();
                         mask_tokens(&batch.ids[i], &draws[i], t[i], &src, mask_id).x_t
                     })
                     .collect();
-                let targets = LossTargets::diffusion(&batch.ids, &x_t, &t, mask_id, shift);
+                let targets = LossTargets::diffusion(x0, &x_t, &t[rows.clone()], mask_id, shift);
                 let ratio = anneal_ratio(step, anneal_steps);
-                let candidates: usize = batch
-                    .src_mask
+                let candidates: usize = batch.src_mask[rows]
                     .iter()
                     .map(|m| {
                         m.iter()

@@ -1,5 +1,14 @@
 //! The training loop around Algorithm 1: micro-batches with gradient accumulation, clipping,
 //! AdamW, the learning-rate schedule, validation, checkpoints, logs and a progress bar.
+//!
+//! Data parallelism: every rank walks the same global stream of micro-batches of
+//! `micro_batch × world_size` sequences, draws the noise for all of them from the shared RNG, and
+//! trains on its own block of rows (`dist::shard_rows`). A rank's loss is its Σ(1/t)·CE divided by
+//! the masked-target count of the whole global micro-batch, and gradients are summed over ranks,
+//! so N ranks with micro-batch b compute the gradient of one rank with micro-batch N·b (up to
+//! float rounding), for the diffusion objective too. (The reference, under DeepSpeed, divides by
+//! each rank's own count and averages; that differs whenever ranks mask different numbers of
+//! tokens.) Rank 0 alone validates, logs and writes checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,14 +18,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
+use super::adamw::{clip_coefficient, AdamWConfig};
 use super::checkpoint::{self, TrainerState};
+use super::distributed::Optimizer;
 use super::lora::LoraConfig;
 use super::objective::Objective;
 use super::params::TrainableModel;
 use super::schedule::Schedule;
 use super::step::forward_loss;
 use crate::data::loader::{Batch, ExampleSource, Loader};
+use crate::dist::{shard_rows, Communicator};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use crate::report::jsonl::JsonlLog;
@@ -60,7 +71,8 @@ pub struct Session<'a, S: ExampleSource> {
     pub model: &'a mut TrainableModel,
     /// The config written with each checkpoint (mask id recorded).
     pub model_config: &'a ModelConfig,
-    pub optimizer: &'a mut AdamW,
+    pub optimizer: &'a mut Optimizer,
+    /// Yields global micro-batches: `micro_batch × world_size` sequences.
     pub loader: &'a mut Loader<S>,
     /// Fixed validation batches, scored with a fixed noise seed so curves are comparable.
     pub val_batches: &'a [Batch],
@@ -68,6 +80,7 @@ pub struct Session<'a, S: ExampleSource> {
     pub tokenizer_dir: Option<&'a Path>,
     pub device: &'a Device,
     pub show_progress: bool,
+    pub comm: &'a dyn Communicator,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,25 +145,44 @@ fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
     bar
 }
 
+/// This rank's share of the loss: its target count over the global micro-batch's (1 for one rank).
+fn target_share(comm: &dyn Communicator, n_targets: usize) -> Result<f64> {
+    let mut n = [n_targets as f64];
+    comm.all_reduce_sum_f64(&mut n)?;
+    // Nothing masked anywhere: every rank's loss is an exact zero, any share will do.
+    Ok(if n[0] == 0.0 {
+        1.0
+    } else {
+        n_targets as f64 / n[0]
+    })
+}
+
 /// Runs from `state.step` to `run.max_steps`, saving every `save_every` steps and at the end.
 pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
     let run = s.run;
-    let log = JsonlLog::append(&s.run_dir.join("metrics.jsonl"))?;
+    let (rank, world) = (s.comm.rank(), s.comm.world_size());
+    let log = match rank {
+        0 => Some(JsonlLog::append(&s.run_dir.join("metrics.jsonl"))?),
+        _ => None,
+    };
+    let write = |value: serde_json::Value| log.as_ref().map_or(Ok(()), |l| l.write(&value));
     if s.state.step == 0 {
-        log.write(&json!({"kind": "config", "run": run}))?;
+        write(json!({"kind": "config", "run": run, "world_size": world}))?;
     }
-    let bar = progress_bar(run.max_steps, s.state.step, s.show_progress);
+    let bar = progress_bar(run.max_steps, s.state.step, s.show_progress && rank == 0);
     let mut summary = Summary::default();
     while s.state.step < run.max_steps {
         let step = s.state.step;
         let started = Instant::now();
-        let (mut grads, mut loss_sum, mut unweighted_sum, mut tokens, mut ratio) =
-            (Vec::new(), 0.0, 0.0, 0, 1.0);
+        let (mut grads, mut tokens, mut ratio) = (Vec::new(), 0, 1.0);
+        // [weighted, unweighted] loss of the global batch, summed over ranks below.
+        let mut losses = [0.0f64; 2];
         for _ in 0..run.grad_accum {
             let batch = s.loader.next_batch()?;
-            let prepared = run
-                .objective
-                .prepare(&batch, step, &mut s.state.rng, s.device)?;
+            let rows = shard_rows(batch.ids.len(), rank, world);
+            let prepared =
+                run.objective
+                    .prepare_rows(&batch, rows, step, &mut s.state.rng, s.device)?;
             let loss = forward_loss(
                 s.model.model.as_ref(),
                 &prepared.input,
@@ -158,20 +190,23 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
                 &prepared.targets,
                 s.device,
             )?;
-            let scaled = (&loss.weighted / run.grad_accum as f64)?;
+            let share = target_share(s.comm, loss.n_targets)?;
+            let scaled = (&loss.weighted * (share / run.grad_accum as f64))?;
             add_grads(&mut grads, s.model.gradients(&scaled.backward()?)?)?;
-            loss_sum += loss.weighted.to_scalar::<f32>()? as f64 / run.grad_accum as f64;
-            unweighted_sum += loss.unweighted as f64 / run.grad_accum as f64;
+            losses[0] += loss.weighted.to_scalar::<f32>()? as f64 * share / run.grad_accum as f64;
+            losses[1] += loss.unweighted as f64 * share / run.grad_accum as f64;
             tokens += batch.ids.iter().map(Vec::len).sum::<usize>();
             ratio = prepared.anneal_ratio;
         }
-        let norm = global_grad_norm(&grads)?;
+        s.comm.all_reduce_sum_f64(&mut losses)?;
+        let [loss_sum, unweighted_sum] = losses;
+        let (grads, norm) = s.optimizer.reduce(s.comm, grads)?;
         if !loss_sum.is_finite() || !norm.is_finite() {
             if run.skip_nonfinite {
                 s.state.skipped_nonfinite += 1;
                 s.state.step += 1;
-                log.write(
-                    &json!({"kind": "skipped", "step": step, "loss": loss_sum, "grad_norm": norm}),
+                write(
+                    json!({"kind": "skipped", "step": step, "loss": loss_sum, "grad_norm": norm}),
                 )?;
                 continue;
             }
@@ -183,8 +218,9 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         }
         let lr = run.schedule.lr(step);
         s.optimizer.step(
+            s.comm,
             &s.model.vars,
-            &grads,
+            grads,
             lr,
             clip_coefficient(norm, run.max_grad_norm),
         )?;
@@ -192,7 +228,7 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         s.state.step += 1;
         s.state.tokens_seen += tokens as u64;
         let secs = started.elapsed().as_secs_f64();
-        log.write(&json!({
+        write(json!({
             "kind": "train", "step": s.state.step, "loss": loss_sum, "unweighted_loss": unweighted_sum,
             "lr": lr, "grad_norm": norm, "anneal_ratio": ratio, "tokens": s.state.tokens_seen,
             "tokens_per_s": tokens as f64 / secs, "seconds": secs,
@@ -204,34 +240,43 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
             tokens as f64 / secs
         ));
         let done = s.state.step == run.max_steps;
-        if !s.val_batches.is_empty()
+        if rank == 0
+            && !s.val_batches.is_empty()
             && (done || (run.val_every > 0 && s.state.step.is_multiple_of(run.val_every)))
         {
             let val = validate(s.model, &run.objective, s.val_batches, s.device)?;
-            log.write(&json!({"kind": "val", "step": s.state.step, "val_loss": val, "tokens": s.state.tokens_seen}))?;
+            write(
+                json!({"kind": "val", "step": s.state.step, "val_loss": val, "tokens": s.state.tokens_seen}),
+            )?;
             summary.last_val = Some(val);
         }
         if done || (run.save_every > 0 && s.state.step.is_multiple_of(run.save_every)) {
+            // Gathering sharded moments is a collective: every rank takes part, rank 0 writes.
+            let moments = s.optimizer.state_tensors(s.comm, &s.model.vars)?;
             s.state.loader = s.loader.state().clone();
-            let dir = checkpoint::save(
-                s.run_dir,
-                s.model,
-                s.model_config,
-                s.optimizer,
-                s.state,
-                s.tokenizer_dir,
-            )?;
-            checkpoint::prune(s.run_dir, run.keep_last)?;
-            summary.checkpoint = Some(dir);
+            if rank == 0 {
+                let dir = checkpoint::save(
+                    s.run_dir,
+                    s.model,
+                    s.model_config,
+                    &moments,
+                    s.state,
+                    s.tokenizer_dir,
+                )?;
+                checkpoint::prune(s.run_dir, run.keep_last)?;
+                summary.checkpoint = Some(dir);
+            }
         }
     }
     bar.finish_and_clear();
     // The curve is for people; a missing font must not fail a finished run.
     let png = s.run_dir.join("loss.png");
-    if let Err(e) =
-        crate::report::plot::loss_curve(&s.run_dir.join("metrics.jsonl"), &png, &run.command)
-    {
-        eprintln!("warning: no loss plot: {e}");
+    if rank == 0 {
+        if let Err(e) =
+            crate::report::plot::loss_curve(&s.run_dir.join("metrics.jsonl"), &png, &run.command)
+        {
+            eprintln!("warning: no loss plot: {e}");
+        }
     }
     summary.steps = s.state.step;
     Ok(summary)

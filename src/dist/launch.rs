@@ -1,0 +1,117 @@
+//! Finding the ranks of a run. Under a launcher (OpenMPI's `mpirun`, MPICH's Hydra, Slurm's
+//! `srun --mpi=pmi2`) the world size comes from its environment; `--world-size N` outside one
+//! relaunches this very command under `mpirun -np N`.
+
+use std::process::Command;
+
+use super::{Communicator, SingleProcess};
+use crate::error::{Error, Result};
+
+/// Environment variables in which launchers publish the world size and the rank within a node:
+/// OpenMPI's mpirun, MPICH's Hydra (and PMI-2), and `srun` (set only inside a job step).
+const WORLD_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
+const LOCAL_RANK_VARS: [&str; 3] = [
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "SLURM_LOCALID",
+];
+
+fn env_number(vars: &[&str]) -> Option<usize> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// The world size an MPI launcher started this process with; None outside a launcher.
+pub fn launcher_world_size() -> Option<usize> {
+    env_number(&WORLD_SIZE_VARS)
+}
+
+/// This process's index among the ranks on its node (0 outside a launcher): which GPU it takes.
+pub fn local_rank() -> usize {
+    env_number(&LOCAL_RANK_VARS).unwrap_or(0)
+}
+
+/// The communicator of this process. `requested` is `--world-size`, which must agree with the
+/// launcher's when there is one. One rank gets [`SingleProcess`] even under mpirun.
+pub fn connect(requested: Option<usize>) -> Result<Box<dyn Communicator>> {
+    if requested == Some(0) {
+        return Err(Error::Input("--world-size must be at least 1".into()));
+    }
+    let world = match (launcher_world_size(), requested) {
+        (Some(n), Some(r)) if n != r => {
+            return Err(Error::Distributed(format!(
+                "--world-size {r} but the launcher started {n} ranks; drop --world-size under mpirun"
+            )))
+        }
+        (Some(n), _) => n,
+        (None, Some(r)) if r > 1 => {
+            return Err(Error::Distributed(format!(
+                "--world-size {r} needs an MPI launcher (dlm relaunches itself under mpirun from the command line)"
+            )))
+        }
+        (None, _) => 1,
+    };
+    if world == 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    mpi_communicator(world)
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_communicator(world: usize) -> Result<Box<dyn Communicator>> {
+    let comm = super::mpi::Mpi::init()?;
+    if comm.world_size() != world {
+        return Err(Error::Distributed(format!(
+            "the launcher announced {world} ranks but MPI reports {}",
+            comm.world_size()
+        )));
+    }
+    Ok(Box::new(comm))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_communicator(world: usize) -> Result<Box<dyn Communicator>> {
+    Err(without_mpi(world))
+}
+
+fn without_mpi(world: usize) -> Error {
+    Error::Distributed(format!(
+        "{world} ranks need a dlm built with the `mpi` feature: apt-get install libopenmpi-dev \
+         openmpi-bin libclang-dev, then cargo build --release --features mpi"
+    ))
+}
+
+/// Runs this command again as `mpirun -np N <this executable> <same arguments>` and waits for it.
+/// OpenMPI is told to accept root (containers) and more ranks than cores, as CI needs.
+pub fn relaunch_under_mpirun(world: usize) -> Result<()> {
+    if !cfg!(feature = "mpi") {
+        return Err(without_mpi(world));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+    let mut cmd = Command::new("mpirun");
+    cmd.arg("-np")
+        .arg(world.to_string())
+        .arg(exe)
+        .args(std::env::args_os().skip(1));
+    for (var, value) in [
+        ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+        ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+        ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, value);
+        }
+    }
+    let status = cmd.status().map_err(|e| {
+        Error::Distributed(format!(
+            "cannot run mpirun ({e}); install OpenMPI (apt-get install openmpi-bin) or start the \
+             ranks with your own launcher"
+        ))
+    })?;
+    if !status.success() {
+        return Err(Error::Distributed(format!(
+            "mpirun -np {world} ended with {status}; the failing rank's error is above"
+        )));
+    }
+    Ok(())
+}
