@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -21,24 +23,10 @@ fn dlm(args: &[&str]) -> Output {
     run(Command::new(env!("CARGO_BIN_EXE_dlm")).args(args))
 }
 
-fn data() -> String {
-    format!("{}/tests/fixtures/data", env!("CARGO_MANIFEST_DIR"))
-}
+use common::training_data as data;
 
 fn tokenizer(dir: &Path) -> String {
-    let tok = dir.join("tok.json");
-    let tok = tok.to_str().unwrap();
-    dlm(&[
-        "tokenizer",
-        "train",
-        "--vocab-size",
-        "400",
-        "--data",
-        &data(),
-        "--out",
-        tok,
-    ]);
-    tok.to_string()
+    common::train_tokenizer(dir).to_str().unwrap().to_string()
 }
 
 /// `dlm pretrain` of a tiny GPT-2 with `objective` for `steps` steps of seq-len 32, saving every

@@ -318,6 +318,13 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
     assert!(e.contains("--ar"), "{e}");
 }
 
+/// Runs dlm expecting a failure whose message contains `needle`.
+fn refused(args: &[&str], needle: &str) {
+    let (rc, err) = dlm(args);
+    assert_ne!(rc, 0, "{args:?} succeeded");
+    assert!(err.contains(needle), "{err}");
+}
+
 fn dlm(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
         .args(args)
@@ -339,19 +346,15 @@ fn cli_refuses_unknown_tasks_and_missing_data() {
         err.contains("unknown task `hellaswg`") && err.contains("winogrande"),
         "{err}"
     );
-    let (rc, err) = dlm(&["eval", model, "--task", "piqa", "--assets", "/nonexistent"]);
-    assert_ne!(rc, 0);
-    assert!(err.contains("fetch-assets.sh benchmarks"), "{err}");
-    let (rc, err) = dlm(&[
-        "eval",
-        model,
-        "--task",
-        "lambada",
+    let lambada = ["eval", model, "--task", "lambada"];
+    refused(
+        &["eval", model, "--task", "piqa", "--assets", "/nonexistent"],
+        "fetch-assets.sh benchmarks",
+    );
+    refused(
+        &[&lambada[..], &["--data-dir", "/nonexistent"]].concat(),
         "--data-dir",
-        "/nonexistent",
-    ]);
-    assert_ne!(rc, 0);
-    assert!(err.contains("--data-dir"), "{err}");
+    );
 }
 
 #[test]
@@ -385,17 +388,19 @@ fn cli_data_replaces_one_tasks_file() {
     assert_eq!(r["n"], 2, "{results}");
     assert_eq!(r["data"].as_str().unwrap(), p);
 
-    let (rc, err) = dlm(&["eval", model, "--task", "lambada,piqa", "--data", p]);
-    assert_ne!(rc, 0);
-    assert!(err.contains("exactly one --task"), "{err}");
-    let (rc, err) = dlm(&[
-        "eval",
-        model,
-        "--task",
-        "lambada",
-        "--data",
-        "/nonexistent.txt",
-    ]);
-    assert_ne!(rc, 0);
-    assert!(err.contains("no such file"), "{err}");
+    refused(
+        &["eval", model, "--task", "lambada,piqa", "--data", p],
+        "exactly one --task",
+    );
+    refused(
+        &[
+            "eval",
+            model,
+            "--task",
+            "lambada",
+            "--data",
+            "/nonexistent.txt",
+        ],
+        "no such file",
+    );
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn dlm(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
         .args(args)
@@ -18,23 +20,11 @@ fn dlm(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn data() -> String {
-    format!("{}/tests/fixtures/data", env!("CARGO_MANIFEST_DIR"))
-}
+use common::training_data as data;
 
 /// A tokenizer and a 10-step AR model, made once per test.
 fn base(dir: &Path) -> PathBuf {
-    let tok = dir.join("tok.json");
-    dlm(&[
-        "tokenizer",
-        "train",
-        "--vocab-size",
-        "400",
-        "--data",
-        &data(),
-        "--out",
-        tok.to_str().unwrap(),
-    ]);
+    let tok = common::train_tokenizer(dir);
     let run = dir.join("ar");
     dlm(&[
         "pretrain",

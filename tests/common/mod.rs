@@ -1,4 +1,4 @@
-//! Shared helpers for the parity tests: fixture paths and tensor comparison.
+//! Shared helpers for the tests: fixture paths, tensor comparison, the tiny training corpus.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -83,4 +83,27 @@ pub fn tiny_dlm_dir(dir: &std::path::Path) -> PathBuf {
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"});
     std::fs::write(out.join("tokenizer_config.json"), chat.to_string()).unwrap();
     out
+}
+
+/// The tiny training corpus (files under tests/fixtures/data).
+pub fn training_data() -> String {
+    format!("{}/tests/fixtures/data", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A 400-token byte-level BPE trained on the tiny corpus with `dlm tokenizer train`: DIR/tok.json.
+pub fn train_tokenizer(dir: &std::path::Path) -> PathBuf {
+    let tok = dir.join("tok.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(["tokenizer", "train", "--vocab-size", "400", "--data"])
+        .arg(training_data())
+        .arg("--out")
+        .arg(&tok)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dlm tokenizer train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tok
 }
