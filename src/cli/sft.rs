@@ -22,9 +22,6 @@ pub struct SftArgs {
     /// The (diffusion) model directory to fine-tune.
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// Held-out prompt/response pairs for validation.
-    #[arg(long, num_args = 1..)]
-    pub val_data: Vec<PathBuf>,
     /// Separator between prompt and response: an id. Default: the config's `sep_token_id`,
     /// GPT-2's `======` (50155) for a GPT-2 vocabulary, else EOS.
     #[arg(long)]
@@ -88,8 +85,9 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let t = &a.train;
     let sources = |run: &RunConfig, config: &ModelConfig, tok: &Tokenizer| {
         let f = format(config, a.sep_token, run.seq_len)?;
-        let val = (!a.val_data.is_empty())
-            .then(|| source(&a.val_data, tok, f))
+        // Held-out prompt/response pairs come from the shared `--val-data`.
+        let val = (!run.val_data.is_empty())
+            .then(|| source(&run.val_data, tok, f))
             .transpose()?;
         Ok((source(&run.data, tok, f)?, val))
     };
