@@ -103,3 +103,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(c) => tokenizer::run(c),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_has_a_consistent_definition() {
+        // clap checks a subcommand's arguments only when that subcommand runs; check them all.
+        super::Cli::command().debug_assert();
+    }
+}
