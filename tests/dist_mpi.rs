@@ -5,23 +5,9 @@
 //! resume under a different world size. Without it: `--world-size 2` is a clear error.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn dlm(args: &[&str]) -> Output {
-    run(Command::new(env!("CARGO_BIN_EXE_dlm")).args(args))
-}
 
 use common::training_data as data;
 
@@ -97,6 +83,21 @@ fn world_size_needs_the_mpi_feature() {
 mod under_mpirun {
     use super::*;
     use std::path::PathBuf;
+    use std::process::Output;
+
+    fn run(cmd: &mut Command) -> Output {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn dlm(args: &[&str]) -> Output {
+        run(Command::new(env!("CARGO_BIN_EXE_dlm")).args(args))
+    }
 
     fn tensors(run: &Path, step: u64, file: &str) -> Vec<(String, candle_core::Tensor)> {
         let path = run.join(format!("checkpoints/step-{step:08}/{file}"));
