@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
 use crate::ops::{
-    scaled_dot_product_attention, silu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
+    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
     WeightLayout,
 };
 
@@ -49,12 +49,15 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, l, _d) = x.dims3()?;
         let dh = self.head_dim;
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            proj.forward(x)?.reshape((b, l, n, dh))?.transpose(1, 2) // [B, n, L, Dh]
-        };
-        let q = rope.apply(&heads(&self.q_proj, self.n_head)?, offset)?;
-        let k = rope.apply(&heads(&self.k_proj, self.n_kv_head)?, offset)?;
-        let v = heads(&self.v_proj, self.n_kv_head)?.contiguous()?;
+        // [B, n, L, Dh] each.
+        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, offset)?;
+        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, offset)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, l, self.n_kv_head, dh))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let (k, v) = append_kv(cache, k, v)?;
         let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
         let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?; // [B, H, L, Dh]
@@ -80,8 +83,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = self.gate_proj.forward(x)?;
+        self.down_proj
+            .forward(&swiglu(&gate, &self.up_proj.forward(x)?)?)
     }
 }
 

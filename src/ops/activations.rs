@@ -6,8 +6,9 @@
 //!   gelu_new  y = ½x(1 + tanh u), u = c(x + 0.044715x³), c = √(2/π)
 //!             y' = ½(1 + tanh u) + ½x(1 − tanh²u)·c(1 + 3·0.044715x²)
 //!   silu      y = x·σ(x),  y' = σ(x)(1 + x(1 − σ(x)))
+//!   swiglu    y = silu(g)·u,  dg = dy·u·silu'(g),  du = dy·silu(g)   (LLaMA's MLP, one pass)
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
@@ -26,6 +27,14 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
         return x.contiguous()?.apply_op1(Fused::Silu);
     }
     x.silu()
+}
+
+/// LLaMA's gated MLP activation silu(gate)·up, elementwise over two same-shape tensors.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if cpu::fusable(&[gate, up]) && gate.shape() == up.shape() {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    silu(gate)? * up
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -120,6 +129,67 @@ impl CustomOp1 for Fused {
     }
 }
 
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (cpu::slice(gs, gl)?, cpu::slice(us, ul)?);
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(y, (g, u))| {
+                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = gate.elem_count();
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        cpu::with_data(gate, |g| {
+            cpu::with_data(up, |u| {
+                cpu::with_data(dy, |dy| {
+                    dg.par_chunks_mut(CHUNK)
+                        .zip(du.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, (dg, du))| {
+                            let at = c * CHUNK;
+                            let (g, u, dy) = (&g[at..], &u[at..], &dy[at..]);
+                            for k in 0..dg.len() {
+                                let s = sigmoid(g[k]);
+                                du[k] = dy[k] * g[k] * s;
+                                dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+                            }
+                        });
+                    Ok(())
+                })
+            })
+        })?;
+        Ok((
+            Some(cpu::tensor_like(dg, gate)?),
+            Some(cpu::tensor_like(du, up)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +226,28 @@ mod tests {
             let gc = (&c * &up)?.sum_all()?.backward()?;
             let d = diff(gf.get(&x).expect("grad"), gc.get(&x).expect("grad"))?;
             assert!(d < 1e-5, "gradient differs by {d}");
+        }
+        Ok(())
+    }
+
+    /// Fused silu(g)·u against the composed product: value and both gradients.
+    #[test]
+    fn fused_swiglu_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let g = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (3, 40_000), &dev)?)?;
+        let u = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 40_000), &dev)?)?;
+        let (gt, ut) = (g.as_tensor(), u.as_tensor());
+        let (f, c) = (swiglu(gt, ut)?, (gt.silu()? * ut)?);
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        assert!(diff(&f, &c)? < 1e-5);
+        let up = Tensor::randn(0f32, 1.0, f.shape(), &dev)?;
+        let gf = (&f * &up)?.sum_all()?.backward()?;
+        let gc = (&c * &up)?.sum_all()?.backward()?;
+        for v in [&g, &u] {
+            let d = diff(gf.get(v).expect("grad"), gc.get(v).expect("grad"))?;
+            assert!(d < 1e-4, "gradient differs by {d}");
         }
         Ok(())
     }

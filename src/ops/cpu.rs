@@ -133,6 +133,19 @@ pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + xb.iter().zip(yb).map(|(a, b)| a * b).sum::<f32>()
 }
 
+/// Σ e^(xᵢ − shift) in f64: exponentials in f32 (vectorised), partial sums of 1024 terms in f32
+/// (each term ≤ 1 when shift is the maximum), then f64 across them.
+pub fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+    let mut buf = [0f32; 1024];
+    xs.chunks(1024)
+        .map(|c| {
+            let e = &mut buf[..c.len()];
+            e.iter_mut().zip(c).for_each(|(e, &x)| *e = exp(x - shift));
+            sum(e) as f64
+        })
+        .sum()
+}
+
 /// max xᵢ (−∞ for an empty row).
 #[inline]
 pub fn max(xs: &[f32]) -> f32 {

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu;
+use super::few_rows;
 use super::linear::WeightLayout;
 
 use cpu::Mat;
@@ -41,6 +42,15 @@ fn matmul(
             par,
         )
     }
+}
+
+/// x's shape with the last dimension `d_out`.
+fn output_shape(xs: &Shape, d_out: usize) -> Shape {
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = d_out;
+    }
+    Shape::from(dims)
 }
 
 pub struct FusedLinear {
@@ -85,6 +95,11 @@ impl FusedLinear {
             Some(b) => b.repeat(rows),
             None => vec![0f32; rows * d_out],
         };
+        if self.layout == WeightLayout::OutIn && rows <= few_rows::MAX_ROWS && few_rows::available()
+        {
+            few_rows::matmul_nt(x, w, &mut y, (rows, d_out, d_in));
+            return Ok((CpuStorage::F32(y), output_shape(xs, d_out)));
+        }
         let wm = self.w_as_in_out(w, d_in, d_out);
         matmul(
             (rows, d_out, d_in),
@@ -95,11 +110,7 @@ impl FusedLinear {
             (x.as_ptr(), d_in, 1),
             wm,
         );
-        let mut dims = xs.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = d_out;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), output_shape(xs, d_out)))
     }
 
     /// (dx, dW, db).

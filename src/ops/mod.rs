@@ -8,14 +8,16 @@ mod attention_fused;
 mod attention_mask;
 pub(crate) mod cpu;
 mod cross_entropy;
+mod few_rows;
 mod linear;
 mod linear_fused;
 mod norm;
 mod norm_fused;
 mod rope;
+mod rope_fused;
 mod softmax;
 
-pub use activations::{gelu_new, silu};
+pub use activations::{gelu_new, silu, swiglu};
 pub use attention::{
     packed_self_attention, scaled_dot_product_attention, scaled_dot_product_attention_composed,
 };
