@@ -36,11 +36,19 @@ pub struct SampleBenchArgs {
     /// Mask id; defaults to the config's, else the last vocabulary id (speed does not depend on it).
     #[arg(long)]
     pub mask_id: Option<u32>,
+    /// A Python with torch and transformers: also runs `bench/pytorch_sample.py` (the reference
+    /// sampler in PyTorch on the same weights) before and after dlm's runs, and prints every
+    /// run's speed-up over the mean of the two (a noisy machine needs the baseline in the same run).
+    #[arg(long, value_name = "PYTHON")]
+    pub pytorch: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
 pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
+    if a.pytorch.is_some() && a.batch != 1 {
+        anyhow::bail!("--pytorch compares batch 1 only (the PyTorch script runs one canvas)");
+    }
     let m = load_model(&a.model, &a.runtime)?;
     let device = parse_device(&a.runtime.device)?;
     let cfg = &m.config;
@@ -118,8 +126,10 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         a.runtime.device,
         a.runtime.dtype
     );
+    let pytorch_before = a.pytorch.as_ref().map(|py| pytorch_ms(py, &a)).transpose()?;
     let mut base = None;
     let mut outputs: Vec<Vec<Canvas>> = Vec::new();
+    let mut ms_per_step = Vec::new();
     for (name, opts, compare) in runs {
         let mut batch = vec![canvas.clone(); a.batch];
         let mut rng = Rng::seed(0);
@@ -148,8 +158,46 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
             100.0 * same
         );
         outputs.push(batch);
+        ms_per_step.push((name, secs * 1e3 / report.forwards.max(1) as f64));
+    }
+    if let (Some(py), Some(before)) = (&a.pytorch, pytorch_before) {
+        let after = pytorch_ms(py, &a)?;
+        let torch = (before + after) / 2.0;
+        println!(
+            "pytorch reference sampler ({}, full logits): {torch:.1} ms/step (before {before:.1}, after {after:.1})",
+            a.runtime.dtype
+        );
+        for (name, ms) in ms_per_step {
+            println!("{name:<40} x{:.2} vs PyTorch", torch / ms);
+        }
     }
     Ok(())
+}
+
+/// ms/step of `bench/pytorch_sample.py` on the same model, canvas and T.
+fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_sample.py");
+    let dtype = if a.runtime.dtype == "bf16" { "bf16" } else { "fp32" };
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&a.model)
+        .args(["--length", &a.length.to_string(), "--steps", &a.steps.to_string()])
+        .args(["--dtype", dtype])
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "{script} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+    }
+    // "pytorch fp32 reference sampler: canvas 257, T = 64: 641.3 ms/step, 6.2 tokens/s"
+    stdout
+        .lines()
+        .find_map(|l| l.split(": ").last()?.split(" ms/step").next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no ms/step in the output of {script}: {stdout}"))
 }
 
 /// Fraction of generated positions where two runs chose the same token.
