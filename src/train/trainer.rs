@@ -23,7 +23,7 @@ use super::checkpoint::{self, TrainerState};
 use super::distributed::Optimizer;
 use super::lora::LoraConfig;
 use super::objective::Objective;
-use super::params::TrainableModel;
+use super::params::{Precision, TrainableModel};
 use super::schedule::Schedule;
 use super::step::forward_loss;
 use crate::data::loader::{Batch, ExampleSource, Loader};
@@ -63,6 +63,9 @@ pub struct RunConfig {
     /// Train LoRA factors on a frozen base instead of every weight.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// The dtype of forward and backward (parameters and moments are f32 regardless).
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 pub struct Session<'a, S: ExampleSource> {
