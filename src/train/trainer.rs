@@ -203,7 +203,10 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         }
         s.comm.all_reduce_sum_f64(&mut losses)?;
         let [loss_sum, unweighted_sum] = losses;
-        let (grads, norm) = s.optimizer.reduce(s.comm, grads)?;
+        let lr = run.schedule.lr(step);
+        // An update that depends on no global quantity runs as the gradient sums arrive.
+        let apply_at = (run.max_grad_norm.is_none() && !run.skip_nonfinite).then_some(lr);
+        let (grads, norm) = s.optimizer.reduce(s.comm, &s.model.vars, grads, apply_at)?;
         if !loss_sum.is_finite() || !norm.is_finite() {
             if run.skip_nonfinite {
                 s.state.skipped_nonfinite += 1;
@@ -219,7 +222,6 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
                 last.map_or("none".into(), |p| p.display().to_string())
             )));
         }
-        let lr = run.schedule.lr(step);
         s.optimizer.step(
             s.comm,
             &s.model.vars,
