@@ -446,7 +446,7 @@ pub fn resume<S: ExampleSource>(
         train_source,
         val_source,
     };
-    let comm = connect(t.world_size)?;
+    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
     on_every_rank(comm.as_ref(), || {
         drive(&run, run_dir, setup, Some(ckpt), t, comm.as_ref())
     })
@@ -464,7 +464,7 @@ pub fn start<S: ExampleSource>(
     base: Option<&Path>,
     sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
 ) -> anyhow::Result<()> {
-    let comm = connect(t.world_size)?;
+    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
     on_every_rank(comm.as_ref(), || {
         if comm.rank() == 0 {
             RunFiles::create(out, run, tokenizer, base)?;
