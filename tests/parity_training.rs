@@ -320,7 +320,7 @@ fn multiple_choice_scorer_matches() {
 #[test]
 fn bf16_compute_gives_every_parameter_an_f32_gradient() {
     const BF16_GRAD_RTOL: f32 = 0.1;
-    const BF16_LOSS_RTOL: f32 = 0.02;
+    const BF16_LOSS_RTOL: f32 = 5e-3;
     for name in TINY {
         let mut c = case(name);
         c.model

@@ -421,7 +421,7 @@ fn train_losses(run: &Path) -> Vec<f64> {
 /// the checkpoints hold f32 tensors; and a resumed bf16 run equals a straight one exactly.
 #[test]
 fn bf16_training_tracks_f32_and_resumes_exactly() {
-    const BF16_LOSS_RTOL: f64 = 0.03;
+    const BF16_LOSS_RTOL: f64 = 5e-3;
     let tmp = tempfile::tempdir().unwrap();
     let tok = common::train_tokenizer(tmp.path());
     let run = |name: &str, steps: &str, dtype: &str| -> PathBuf {

@@ -13,12 +13,15 @@ use crate::error::{Error, Result};
 /// minutes apart on a busy cluster.
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// torchrun's defaults.
+#[cfg(feature = "nccl")]
 const DEFAULT_ADDR: &str = "127.0.0.1";
+#[cfg(feature = "nccl")]
 const DEFAULT_PORT: u16 = 29500;
 
 /// Rank 0's address from `MASTER_ADDR` and `MASTER_PORT` (torchrun's names and defaults). Under
 /// torchrun (`TORCHELASTIC_RUN_ID` set) its agent's store already holds MASTER_PORT, so dlm takes
 /// the next port.
+#[cfg(feature = "nccl")]
 pub fn master_addr() -> Result<(String, u16)> {
     let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.into());
     let port = match std::env::var("MASTER_PORT") {
