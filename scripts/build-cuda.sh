@@ -8,6 +8,8 @@
 #     is the real one from the wheel);
 #  3. runs `cargo build --release --features cuda` (extra arguments are passed on), compiling
 #     candle's kernels for CUDA_COMPUTE_CAP (default 90: H100/H200).
+# `bash scripts/build-cuda.sh --features nccl` also stubs libnccl (soname libnccl.so.2) and builds
+# the NCCL backend; at run time it needs the real libnccl.so.2 (e.g. the nvidia-nccl-cu13 wheel).
 # On a machine with a CUDA 13.0 toolkit, `CUDA_HOME=/usr/local/cuda cargo build --release
 # --features cuda` is enough. Running the binary needs the driver (libcuda.so.1) and libcudart,
 # libcublas, libcublasLt, libcurand and libnvrtc of CUDA 13.
@@ -47,9 +49,12 @@ stub libnvrtc libnvrtc.so.13 nvrtc
 stub libcurand libcurand.so.10 curand
 stub libcublas libcublas.so.13 cublas
 stub libcublasLt libcublasLt.so.13 cublaslt
+case " $* " in
+*nccl*) stub libnccl libnccl.so.2 nccl ;;
+esac
 # candle's statically built kernels link the CUDA runtime; the wheel ships the real one.
 ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
 
 cargo build --release --features cuda "$@"
 echo "built target/release/dlm with CUDA (compute capability $CUDA_COMPUTE_CAP); it needs, at run time:" >&2
-readelf -d target/release/dlm | grep NEEDED | grep -E 'cuda|nvrtc|curand|cublas' >&2 || true
+readelf -d target/release/dlm | grep NEEDED | grep -E 'cuda|nvrtc|curand|cublas|nccl' >&2 || true

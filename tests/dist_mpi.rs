@@ -1,8 +1,8 @@
 //! Data-parallel training. With the `mpi` feature (CI: `cargo test --features mpi --test
 //! dist_mpi`, which needs OpenMPI's mpirun): 2 ranks with micro-batch b end with the same
 //! parameters and AdamW moments as 1 rank with micro-batch 2b, for the diffusion and the AR
-//! objective, replicated and with ZeRO-1, launched by `mpirun` or by `--world-size 2`; and runs
-//! resume under a different world size. Without it: `--world-size 2` is a clear error.
+//! objective, replicated (with and without clipping) and with ZeRO-1, launched by `mpirun` or by
+//! `--world-size 2`; and runs resume under a different world size. Without it: `--world-size 2` is a clear error.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,9 +162,25 @@ mod under_mpirun {
                 &["--world-size", "2", "--zero", "1"],
             );
             dlm(&strs(&args));
-            for (name, run) in [("replicated", &two), ("zero-1", &zero)] {
+            // Without clipping, replicated AdamW updates each bucket as its sum arrives.
+            let no_clip = ["--max-grad-norm", "0"];
+            let one_nc = dir(&format!("{objective}-one-noclip"));
+            dlm(&strs(&with(
+                pretrain_args(&tok, objective, &one_nc, "4", "3"),
+                &no_clip,
+            )));
+            let two_nc = dir(&format!("{objective}-two-noclip"));
+            mpirun(&with(
+                pretrain_args(&tok, objective, &two_nc, "2", "3"),
+                &no_clip,
+            ));
+            for (name, one, run) in [
+                ("replicated", &one, &two),
+                ("zero-1", &one, &zero),
+                ("replicated, no clipping", &one_nc, &two_nc),
+            ] {
                 for step in 1..=3 {
-                    let d = max_diff(&one, run, step);
+                    let d = max_diff(one, run, step);
                     eprintln!("{objective} {name} step {step}: max |Δ| = {d:.3e} (tol {TOL:.0e})");
                     assert!(d <= TOL, "{objective} {name} step {step}: {d}");
                 }

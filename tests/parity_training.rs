@@ -11,7 +11,7 @@ use dlm::diffusion::noise::mask_tokens;
 use dlm::model::load_dir;
 use dlm::ops::AttentionMask;
 use dlm::train::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
-use dlm::train::params::TrainableModel;
+use dlm::train::params::{Precision, TrainableModel};
 use dlm::train::step::forward_loss;
 
 const MASK_ID: u32 = 7;
@@ -310,5 +310,64 @@ fn multiple_choice_scorer_matches() {
             (score - scalar(&json, "mc_score")).abs() < 1e-5,
             "{name} mc_score {score}"
         );
+    }
+}
+
+/// bf16 compute over f32 master weights: every parameter still receives a gradient, widened to
+/// f32, close to the fixture's f32 gradient. bf16 keeps 8 significant bits (relative rounding
+/// 2⁻⁹ ≈ 2e-3 per op), so each gradient is compared by its relative L2 error, with a bound
+/// (`BF16_GRAD_RTOL`) that leaves a few times the error measured on these fixtures.
+#[test]
+fn bf16_compute_gives_every_parameter_an_f32_gradient() {
+    const BF16_GRAD_RTOL: f32 = 0.1;
+    const BF16_LOSS_RTOL: f32 = 5e-3;
+    for name in TINY {
+        let mut c = case(name);
+        c.model
+            .set_precision(Precision::Bf16, &fixture(name))
+            .unwrap();
+        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, true);
+        let loss = forward_loss(
+            c.model.model.as_ref(),
+            &c.x_t,
+            &AttentionMask::Bidirectional,
+            &targets,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = loss.weighted.to_scalar::<f32>().unwrap();
+        let want = scalar(&c.json, "loss_weighted");
+        println!("{name} bf16: loss {w} (f32 fixture {want})");
+        assert!(
+            (w - want).abs() <= BF16_LOSS_RTOL * want,
+            "{name} bf16 loss"
+        );
+        let grads = c
+            .model
+            .gradients(&loss.weighted.backward().unwrap())
+            .unwrap();
+        let mut worst = (0f32, String::new());
+        for (pname, g) in &grads {
+            assert_eq!(g.dtype(), DType::F32, "{name} {pname}: gradient dtype");
+            let want = &c.golden[&format!("grad.{pname}")];
+            let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+            let err = norm(&(g - want).unwrap()).to_scalar::<f32>().unwrap();
+            let size = norm(want).to_scalar::<f32>().unwrap();
+            assert!(size > 0.0 && err.is_finite());
+            assert!(
+                norm(g).to_scalar::<f32>().unwrap() > 0.0,
+                "{name} bf16: no gradient for {pname}"
+            );
+            if err / size > worst.0 {
+                worst = (err / size, pname.clone());
+            }
+        }
+        println!(
+            "{name} bf16: worst relative gradient error {:.2e} ({}; bound {BF16_GRAD_RTOL})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 <= BF16_GRAD_RTOL, "{name} bf16 {}", worst.1);
+        // The variables the optimizer updates stay f32.
+        assert!(c.model.vars.values().all(|v| v.dtype() == DType::F32));
     }
 }

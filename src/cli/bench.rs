@@ -42,6 +42,12 @@ pub struct TrainBenchArgs {
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Forward and backward dtype: f32 or bf16 (f32 parameters and moments either way).
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::train::params::Precision,
+    /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]
@@ -241,7 +247,7 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     use crate::train::params::TrainableModel;
     use crate::train::step::forward_loss;
 
-    let device = Device::Cpu;
+    let device = parse_device(&a.device)?;
     let (layers, d, heads) = match a.config.as_str() {
         "tiny" => (2, 64, 4),
         "mini" => (6, 384, 6),
@@ -255,7 +261,8 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     });
     let config = ModelConfig::from_json(value, std::path::Path::new("<bench>"))?;
     let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
-    let model = TrainableModel::new(&config, &weights, &device)?;
+    let mut model = TrainableModel::new(&config, &weights, &device)?;
+    model.set_precision(a.dtype, std::path::Path::new("<bench>"))?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
     let objective = Objective::Diffusion {
         mask_id: 0,
@@ -286,11 +293,15 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
             &prepared.targets,
             &device,
         )?;
+        device.synchronize()?;
         let t1 = Instant::now();
         let grads = model.gradients(&loss.weighted.backward()?)?;
+        device.synchronize()?;
         let t2 = Instant::now();
         let norm = global_grad_norm(&grads)?;
         optimizer.step(&model.vars, &grads, 3e-4, clip_coefficient(norm, Some(1.0)))?;
+        model.rebuild(std::path::Path::new("<bench>"))?;
+        device.synchronize()?;
         let t3 = Instant::now();
         if step > 0 {
             fwd.push((t1 - t0).as_secs_f64());
@@ -305,8 +316,8 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     // 6·N·tokens for forward + backward of the weight matmuls (the head scores ~t of the rows).
     let flops = 6.0 * params as f64 * (a.batch * a.seq) as f64;
     println!(
-        "train step gpt2-{} (untied head, {} params) batch {} seq {}: {:.2} s/step = forward {:.2} + backward {:.2} + optimizer {:.2}; {:.0} tokens/s; peak RSS {:.0} MB",
-        a.config, params, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
+        "train step gpt2-{} (untied head, {} params, {} compute on {}) batch {} seq {}: {:.2} s/step = forward {:.2} + backward {:.2} + optimizer {:.2}; {:.0} tokens/s; peak RSS {:.0} MB",
+        a.config, params, a.dtype.dtype().as_str(), a.device, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
     );
     println!(
         "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; step at {:.1} GFLOP/s effective (6·N·tokens), ratio {:.2}; PyTorch fp32 reference on this machine: 3.2 s/step (bench/pytorch_train_step.py)",

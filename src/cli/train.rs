@@ -19,7 +19,7 @@ use crate::train::adamw::AdamWConfig;
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::distributed::Optimizer;
 use crate::train::objective::Objective;
-use crate::train::params::TrainableModel;
+use crate::train::params::{Precision, TrainableModel};
 use crate::train::schedule::{Decay, Schedule};
 use crate::train::trainer::{train, RunConfig, Session};
 
@@ -102,6 +102,10 @@ pub struct TrainArgs {
     pub shuffle_buffer: usize,
     #[arg(long)]
     pub no_progress: bool,
+    /// Forward and backward dtype: f32 (default) or bf16. Parameters, AdamW moments and
+    /// checkpoints stay f32 either way. On resume it replaces the run's.
+    #[arg(long)]
+    pub dtype: Option<Precision>,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature. With several ranks, `cuda`
     /// means the GPU of the rank's index on its node.
     #[arg(long, default_value = "cpu")]
@@ -171,6 +175,7 @@ impl TrainArgs {
             val_data: self.val_data.clone(),
             base,
             lora: None,
+            dtype: self.dtype.unwrap_or_default(),
         })
     }
 
@@ -292,6 +297,7 @@ pub fn drive<S: ExampleSource>(
             )?
         }
     };
+    model.set_precision(run.dtype, run_dir)?;
     let mut optimizer = Optimizer::new(run.optimizer, args.zero == 1, &model.vars, comm);
     // Every rank reads the global micro-batches and trains on its rows of each.
     let loader_config = LoaderConfig {
@@ -330,10 +336,11 @@ pub fn drive<S: ExampleSource>(
     }
     if rank == 0 {
         eprintln!(
-            "{} {}: {} parameters, {} steps of {} tokens on {world} rank{}, from step {}",
+            "{} {}: {} parameters ({} compute), {} steps of {} tokens on {world} rank{}, from step {}",
             run.command,
             run_dir.display(),
             model.num_parameters(),
+            run.dtype.dtype().as_str(),
             run.max_steps,
             world * run.micro_batch * run.grad_accum * run.seq_len,
             if world == 1 { "" } else { "s" },
@@ -424,6 +431,9 @@ pub fn resume<S: ExampleSource>(
         }
         run.micro_batch = b;
     }
+    if let Some(dtype) = t.dtype {
+        run.dtype = dtype;
+    }
     let (ckpt, config, weights) = resume_point(run_dir)?;
     let files = RunFiles {
         dir: run_dir.to_path_buf(),
@@ -436,7 +446,7 @@ pub fn resume<S: ExampleSource>(
         train_source,
         val_source,
     };
-    let comm = connect(t.world_size)?;
+    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
     on_every_rank(comm.as_ref(), || {
         drive(&run, run_dir, setup, Some(ckpt), t, comm.as_ref())
     })
@@ -454,7 +464,7 @@ pub fn start<S: ExampleSource>(
     base: Option<&Path>,
     sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
 ) -> anyhow::Result<()> {
-    let comm = connect(t.world_size)?;
+    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
     on_every_rank(comm.as_ref(), || {
         if comm.rank() == 0 {
             RunFiles::create(out, run, tokenizer, base)?;

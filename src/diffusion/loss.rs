@@ -90,9 +90,10 @@ pub fn masked_loss(logits: &Tensor, targets: &LossTargets) -> Result<Loss> {
     let n = targets.len();
     if n == 0 {
         // Nothing masked (possible for small t and short sequences): a zero loss that still
-        // belongs to the graph, where the reference would divide by zero.
+        // belongs to the graph, where the reference would divide by zero. f32 like the loss of
+        // any other micro-batch, whatever the logits' dtype.
         return Ok(Loss {
-            weighted: (logits.sum_all()? * 0.0)?,
+            weighted: (logits.sum_all()?.to_dtype(candle_core::DType::F32)? * 0.0)?,
             unweighted: 0.0,
             n_targets: 0,
         });

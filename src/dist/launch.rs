@@ -1,6 +1,6 @@
 //! Finding the ranks of a run. Under a launcher (OpenMPI's `mpirun`, MPICH's Hydra, Slurm's
-//! `srun --mpi=pmi2`) the world size comes from its environment; `--world-size N` outside one
-//! relaunches this very command under `mpirun -np N`.
+//! `srun --mpi=pmi2`, or torchrun for NCCL) the world size comes from its environment;
+//! `--world-size N` outside one relaunches this very command under `mpirun -np N`.
 
 use std::process::Command;
 
@@ -8,12 +8,17 @@ use super::{Communicator, SingleProcess};
 use crate::error::{Error, Result};
 
 /// Environment variables in which launchers publish the world size and the rank within a node:
-/// OpenMPI's mpirun, MPICH's Hydra (and PMI-2), and `srun` (set only inside a job step).
-const WORLD_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
-const LOCAL_RANK_VARS: [&str; 3] = [
+/// OpenMPI's mpirun, MPICH's Hydra (and PMI-2), `srun` (set only inside a job step) and, for
+/// the local rank, torchrun.
+const MPI_WORLD_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
+/// torchrun's (torch.distributed's) variables, read after the MPI launchers': ranks that only
+/// these describe have no MPI and talk over NCCL.
+const TORCHRUN_WORLD_SIZE: &str = "WORLD_SIZE";
+const LOCAL_RANK_VARS: [&str; 4] = [
     "OMPI_COMM_WORLD_LOCAL_RANK",
     "MPI_LOCALRANKID",
     "SLURM_LOCALID",
+    "LOCAL_RANK",
 ];
 
 fn env_number(vars: &[&str]) -> Option<usize> {
@@ -21,9 +26,14 @@ fn env_number(vars: &[&str]) -> Option<usize> {
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
-/// The world size an MPI launcher started this process with; None outside a launcher.
+/// Whether an MPI launcher started this process.
+fn under_mpi_launcher() -> bool {
+    env_number(&MPI_WORLD_SIZE_VARS).is_some()
+}
+
+/// The world size a launcher started this process with; None outside a launcher.
 pub fn launcher_world_size() -> Option<usize> {
-    env_number(&WORLD_SIZE_VARS)
+    env_number(&MPI_WORLD_SIZE_VARS).or_else(|| env_number(&[TORCHRUN_WORLD_SIZE]))
 }
 
 /// This process's index among the ranks on its node (0 outside a launcher): which GPU it takes.
@@ -32,21 +42,22 @@ pub fn local_rank() -> usize {
 }
 
 /// The communicator of this process. `requested` is `--world-size`, which must agree with the
-/// launcher's when there is one. One rank gets [`SingleProcess`] even under mpirun.
-pub fn connect(requested: Option<usize>) -> Result<Box<dyn Communicator>> {
+/// launcher's when there is one. One rank gets [`SingleProcess`] even under a launcher. Ranks
+/// that train on GPUs (`gpu`) use NCCL in a build with the `nccl` feature, any others MPI.
+pub fn connect(requested: Option<usize>, gpu: bool) -> Result<Box<dyn Communicator>> {
     if requested == Some(0) {
         return Err(Error::Input("--world-size must be at least 1".into()));
     }
     let world = match (launcher_world_size(), requested) {
         (Some(n), Some(r)) if n != r => {
             return Err(Error::Distributed(format!(
-                "--world-size {r} but the launcher started {n} ranks; drop --world-size under mpirun"
+                "--world-size {r} but the launcher started {n} ranks; drop --world-size under a launcher"
             )))
         }
         (Some(n), _) => n,
         (None, Some(r)) if r > 1 => {
             return Err(Error::Distributed(format!(
-                "--world-size {r} needs an MPI launcher (dlm relaunches itself under mpirun from the command line)"
+                "--world-size {r} needs a launcher (dlm relaunches itself under mpirun from the command line)"
             )))
         }
         (None, _) => 1,
@@ -54,7 +65,43 @@ pub fn connect(requested: Option<usize>) -> Result<Box<dyn Communicator>> {
     if world == 1 {
         return Ok(Box::new(SingleProcess));
     }
+    if gpu && cfg!(feature = "nccl") {
+        return nccl_communicator(world);
+    }
+    if !under_mpi_launcher() {
+        return Err(Error::Distributed(format!(
+            "{TORCHRUN_WORLD_SIZE}={world} without an MPI launcher (torchrun-style) needs NCCL: a \
+             dlm built with the `nccl` feature, training with --device cuda"
+        )));
+    }
     mpi_communicator(world)
+}
+
+/// NCCL on the GPU of this rank's local index. Under an MPI launcher in a build with the `mpi`
+/// feature MPI hands out NCCL's id; otherwise rank 0 serves it at MASTER_ADDR:MASTER_PORT.
+#[cfg(feature = "nccl")]
+fn nccl_communicator(world: usize) -> Result<Box<dyn Communicator>> {
+    use super::nccl::Nccl;
+    const RANK_VARS: [&str; 4] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"];
+    if cfg!(feature = "mpi") && under_mpi_launcher() {
+        let mpi = mpi_communicator(world)?;
+        let rank = mpi.rank();
+        return Ok(Box::new(Nccl::init(rank, world, local_rank(), Some(mpi))?));
+    }
+    let rank = env_number(&RANK_VARS).ok_or_else(|| {
+        Error::Distributed(format!(
+            "the launcher set no rank ({})",
+            RANK_VARS.join(", ")
+        ))
+    })?;
+    Ok(Box::new(Nccl::init(rank, world, local_rank(), None)?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_communicator(_world: usize) -> Result<Box<dyn Communicator>> {
+    Err(Error::Distributed(
+        "dlm was built without the `nccl` feature".into(),
+    ))
 }
 
 #[cfg(feature = "mpi")]
@@ -84,7 +131,8 @@ fn without_mpi(world: usize) -> Error {
 /// Runs this command again as `mpirun -np N <this executable> <same arguments>` and waits for it.
 /// OpenMPI is told to accept root (containers) and more ranks than cores, as CI needs.
 pub fn relaunch_under_mpirun(world: usize) -> Result<()> {
-    if !cfg!(feature = "mpi") {
+    // NCCL ranks need only mpirun's environment, not the MPI library.
+    if !cfg!(feature = "mpi") && !cfg!(feature = "nccl") {
         return Err(without_mpi(world));
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;

@@ -1,8 +1,8 @@
 //! Communication between the processes of a data-parallel run: a [`Communicator`] trait with the
 //! collectives the trainer needs, [`SingleProcess`] (the identity, always compiled, so a one-rank
-//! run computes exactly what it did before this module existed), and an MPI implementation
-//! behind the `mpi` cargo feature. `launch` finds the ranks a launcher started, or relaunches
-//! dlm under `mpirun`.
+//! run computes exactly what it did before this module existed), an MPI implementation behind
+//! the `mpi` cargo feature and an NCCL one (GPU ranks) behind `nccl`. `launch` finds the ranks a
+//! launcher started, or relaunches dlm under `mpirun`; `rendezvous` hands NCCL's id around.
 //!
 //! Buffers are host f32 (gradients, parameters, optimizer moments) or f64 (the few scalars of
 //! logs and norms). Every rank must call each collective in the same order with the same lengths.
@@ -10,6 +10,10 @@
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg(any(feature = "nccl", test))]
+mod rendezvous;
 
 use crate::error::{Error, Result};
 

@@ -20,10 +20,18 @@ pub struct Mpi {
 }
 
 impl Mpi {
-    /// Initialises MPI. Only the main thread calls MPI (candle's worker threads never do).
+    /// Initialises MPI. Only the thread that calls this calls MPI afterwards: candle's worker
+    /// threads never do, nor do the helper threads of the gradient pipeline
+    /// (`train::distributed::all_reduce_grads`), so MPI_THREAD_FUNNELED is the level needed.
     pub fn init() -> Result<Self> {
-        let (universe, _) = mpi::initialize_with_threading(Threading::Funneled)
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Funneled)
             .ok_or_else(|| Error::Distributed("MPI was already initialised".into()))?;
+        if provided == Threading::Single {
+            // dlm always runs several threads (rayon's), which MPI_THREAD_SINGLE forbids.
+            return Err(Error::Distributed(
+                "this MPI library offers no thread support (MPI_THREAD_FUNNELED is needed)".into(),
+            ));
+        }
         Ok(Self {
             world: universe.world(),
             _universe: universe,

@@ -50,14 +50,21 @@ pub struct AdamW {
 /// Global L2 norm over all gradients, accumulated in f64.
 pub fn global_grad_norm(grads: &[(String, Tensor)]) -> Result<f64> {
     let mut sum = 0.0f64;
+    add_grad_squares(&mut sum, grads)?;
+    Ok(sum.sqrt())
+}
+
+/// Adds each gradient's sum of squares to `sum`, one tensor at a time: the running sum of
+/// `global_grad_norm`, for callers that receive the gradients in parts.
+pub fn add_grad_squares(sum: &mut f64, grads: &[(String, Tensor)]) -> Result<()> {
     for (_, g) in grads {
-        sum += g
+        *sum += g
             .to_dtype(DType::F32)?
             .sqr()?
             .sum_all()?
             .to_scalar::<f32>()? as f64;
     }
-    Ok(sum.sqrt())
+    Ok(())
 }
 
 /// torch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)).
@@ -172,7 +179,23 @@ impl AdamW {
         lr: f64,
         scale: f64,
     ) -> Result<()> {
+        self.begin_step();
+        self.update(vars, grads, lr, scale)
+    }
+
+    /// Counts a new step; its updates follow with `update`, in one call or in parts.
+    pub fn begin_step(&mut self) {
         self.step += 1;
+    }
+
+    /// Updates the parameters of `grads` (some or all of them) as part of the current step.
+    pub fn update(
+        &mut self,
+        vars: &BTreeMap<String, Var>,
+        grads: &[(String, Tensor)],
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
         let c = self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);

@@ -1,14 +1,54 @@
 //! Trainable parameters: every checkpoint tensor becomes a `Var` under its HF name, and the model
 //! is built over those same tensors, so gradients land on the names checkpoints use.
+//!
+//! Mixed precision (`Precision::Bf16`): the variables (master weights) stay f32, and the model is
+//! built over one bf16 cast of each. The cast is a graph node, so backward accumulates each
+//! weight's gradient in bf16 and widens it to f32 on the variable; all-reduce, clipping and AdamW
+//! then see f32 gradients, and checkpoints hold the f32 masters.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 use super::lora::{factor_names, init_factors, is_adapted, Adapter, LoraConfig};
 use crate::error::{Error, Result};
 use crate::model::{build, LanguageModel, ModelConfig, Weights};
 use crate::rng::Rng;
+
+/// The dtype of a training forward and backward pass. Parameters and AdamW moments are f32 under
+/// either; f16 is not offered, since without loss scaling its small gradients underflow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "training computes in f32 or bf16, not `{other}` (f16 would need loss scaling)"
+            )),
+        }
+    }
+}
 
 pub struct TrainableModel {
     pub config: ModelConfig,
@@ -18,6 +58,8 @@ pub struct TrainableModel {
     pub model: Box<dyn LanguageModel>,
     /// LoRA: the frozen base the factors adapt.
     pub adapter: Option<Adapter>,
+    /// The dtype the model computes in (the variables are f32 regardless).
+    precision: Precision,
 }
 
 impl TrainableModel {
@@ -41,6 +83,7 @@ impl TrainableModel {
             vars,
             model,
             adapter: None,
+            precision: Precision::F32,
         })
     }
 
@@ -99,21 +142,49 @@ impl TrainableModel {
             model: build(config, weights.var_builder(DType::F32, device))
                 .map_err(|e| Error::checkpoint(weights.source(), e))?,
             adapter: Some(adapter),
+            precision: Precision::F32,
         };
         model.rebuild(weights.source())?;
         Ok(model)
     }
 
-    /// With LoRA, rebuilds the model over W + (α/r)·B·A from the current factors; call after
-    /// every update. Without LoRA the model already reads the variables.
+    /// Computes in `precision` from now on (the model is rebuilt over casts of the variables).
+    pub fn set_precision(&mut self, precision: Precision, source: &std::path::Path) -> Result<()> {
+        self.precision = precision;
+        self.build_model(source)
+    }
+
+    /// Rebuilds the model from the current variables where it does not read them directly: with
+    /// LoRA over W + (α/r)·B·A, in bf16 over casts of the weights (each a copy, made stale by an
+    /// update). Call after every update; in plain f32 the model already reads the variables.
     pub fn rebuild(&mut self, source: &std::path::Path) -> Result<()> {
-        let Some(adapter) = &self.adapter else {
+        if self.adapter.is_none() && self.precision == Precision::F32 {
             return Ok(());
+        }
+        self.build_model(source)
+    }
+
+    /// Builds the model over the current effective weights, cast to the compute dtype.
+    fn build_model(&mut self, source: &std::path::Path) -> Result<()> {
+        let effective = match &self.adapter {
+            Some(adapter) => adapter.effective(&self.vars)?,
+            None => self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect(),
         };
-        let view = Weights::new(adapter.effective(&self.vars)?, source);
+        let dtype = self.precision.dtype();
+        // One cast per tensor here, so a tied matrix is cast once and its two uses share it.
+        // The cast of an f32 tensor to f32 is the tensor itself.
+        let cast = effective
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        let view = Weights::new(cast, source);
         let device = self.vars.values().next().map(|v| v.device().clone());
         let device = device.unwrap_or(Device::Cpu);
-        self.model = build(&self.config, view.var_builder(DType::F32, &device))
+        self.model = build(&self.config, view.var_builder(dtype, &device))
             .map_err(|e| Error::checkpoint(source, e))?;
         Ok(())
     }

@@ -23,7 +23,7 @@ use super::checkpoint::{self, TrainerState};
 use super::distributed::Optimizer;
 use super::lora::LoraConfig;
 use super::objective::Objective;
-use super::params::TrainableModel;
+use super::params::{Precision, TrainableModel};
 use super::schedule::Schedule;
 use super::step::forward_loss;
 use crate::data::loader::{Batch, ExampleSource, Loader};
@@ -63,6 +63,9 @@ pub struct RunConfig {
     /// Train LoRA factors on a frozen base instead of every weight.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// The dtype of forward and backward (parameters and moments are f32 regardless).
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 pub struct Session<'a, S: ExampleSource> {
@@ -200,7 +203,10 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         }
         s.comm.all_reduce_sum_f64(&mut losses)?;
         let [loss_sum, unweighted_sum] = losses;
-        let (grads, norm) = s.optimizer.reduce(s.comm, grads)?;
+        let lr = run.schedule.lr(step);
+        // An update that depends on no global quantity runs as the gradient sums arrive.
+        let apply_at = (run.max_grad_norm.is_none() && !run.skip_nonfinite).then_some(lr);
+        let (grads, norm) = s.optimizer.reduce(s.comm, &s.model.vars, grads, apply_at)?;
         if !loss_sum.is_finite() || !norm.is_finite() {
             if run.skip_nonfinite {
                 s.state.skipped_nonfinite += 1;
@@ -216,7 +222,6 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
                 last.map_or("none".into(), |p| p.display().to_string())
             )));
         }
-        let lr = run.schedule.lr(step);
         s.optimizer.step(
             s.comm,
             &s.model.vars,
