@@ -126,7 +126,11 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         a.runtime.device,
         a.runtime.dtype
     );
-    let pytorch_before = a.pytorch.as_ref().map(|py| pytorch_ms(py, &a)).transpose()?;
+    let pytorch_before = a
+        .pytorch
+        .as_ref()
+        .map(|py| pytorch_ms(py, &a))
+        .transpose()?;
     let mut base = None;
     let mut outputs: Vec<Vec<Canvas>> = Vec::new();
     let mut ms_per_step = Vec::new();
@@ -177,11 +181,20 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
 /// ms/step of `bench/pytorch_sample.py` on the same model, canvas and T.
 fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_sample.py");
-    let dtype = if a.runtime.dtype == "bf16" { "bf16" } else { "fp32" };
+    let dtype = if a.runtime.dtype == "bf16" {
+        "bf16"
+    } else {
+        "fp32"
+    };
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(&a.model)
-        .args(["--length", &a.length.to_string(), "--steps", &a.steps.to_string()])
+        .args([
+            "--length",
+            &a.length.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ])
         .args(["--dtype", dtype])
         .output()
         .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
@@ -190,7 +203,10 @@ fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f
         anyhow::bail!(
             "{script} failed ({}): {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     // "pytorch fp32 reference sampler: canvas 257, T = 64: 641.3 ms/step, 6.2 tokens/s"
