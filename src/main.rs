@@ -3,6 +3,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // candle runs its elementwise ops on a thread pool of its own, beside rayon's, which runs the
     // GEMMs and dlm's fused kernels: two pools on the same cores hand work back and forth and

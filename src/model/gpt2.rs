@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
 use crate::ops::{
     gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
-    LayerNorm, Linear, WeightLayout,
+    Greedy, LayerNorm, Linear, WeightLayout,
 };
 
 fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<LayerNorm> {
@@ -184,5 +184,9 @@ impl LanguageModel for Gpt2 {
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+
+    fn head_greedy(&self, hidden: &Tensor) -> Result<Vec<Greedy>> {
+        self.lm_head.greedy_rows(hidden)
     }
 }

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
 use crate::ops::{
-    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
+    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Greedy, Linear, RmsNorm, Rope,
     WeightLayout,
 };
 
@@ -187,5 +187,9 @@ impl LanguageModel for Llama {
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+
+    fn head_greedy(&self, hidden: &Tensor) -> Result<Vec<Greedy>> {
+        self.lm_head.greedy_rows(hidden)
     }
 }

@@ -17,7 +17,7 @@ pub use config::{Architecture, ModelConfig};
 pub use weights::Weights;
 
 use crate::error::{Error, Result};
-use crate::ops::{AttentionMask, Linear, WeightLayout};
+use crate::ops::{AttentionMask, Greedy, Linear, WeightLayout};
 
 /// Key/value states per layer. The caller owns it. By default the model appends each forward's
 /// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
@@ -95,6 +95,10 @@ pub trait LanguageModel: Send + Sync {
 
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
     fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The greedy choice (first maximum and its log-probability) of the head at each hidden row
+    /// [..., D], without keeping the logits when the head's kernel allows.
+    fn head_greedy(&self, hidden: &Tensor) -> candle_core::Result<Vec<Greedy>>;
 
     /// Logits at every position.
     fn forward(&self, ids: &Tensor, mask: &AttentionMask) -> candle_core::Result<Tensor> {

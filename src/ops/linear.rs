@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 
 use super::cpu;
 use super::linear_fused::FusedLinear;
+use super::packed_linear::{self, Greedy, PackedCache, PackedWeight};
 
 /// How a linear weight is laid out. HF `nn.Linear` stores `[out, in]` (y = x·Wᵀ); GPT-2's `Conv1D`
 /// stores `[in, out]` (y = x·W). The layout travels with the weight instead of transposing it at
@@ -15,11 +16,25 @@ pub enum WeightLayout {
     InOut,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub layout: WeightLayout,
+    /// The weight in the inference GEMM's layout, made on the first forward that needs no
+    /// gradient (packed_linear.rs).
+    packed: PackedCache,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("weight", &self.weight)
+            .field("bias", &self.bias)
+            .field("layout", &self.layout)
+            .field("packed", &self.packed.get().is_some())
+            .finish()
+    }
 }
 
 impl Linear {
@@ -28,12 +43,18 @@ impl Linear {
             weight,
             bias,
             layout,
+            packed: PackedCache::default(),
         }
     }
 
     /// x: [..., in] → [..., out]. Leading dimensions are flattened so one 2-D GEMM does the work;
     /// on f32 CPU tensors that GEMM, the bias and the backward pass are one node (linear_fused.rs).
+    /// A forward nothing will differentiate (neither x nor the weight is a variable or computed
+    /// from one), which is every forward of a model being run, uses the weight packed once.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.packable(x) {
+            return self.forward_packed(x);
+        }
         let mut ts = vec![x, &self.weight];
         ts.extend(self.bias.as_ref());
         if cpu::fusable(&ts) {
@@ -47,6 +68,86 @@ impl Linear {
             };
         }
         self.forward_composed(x)
+    }
+
+    /// The inference path: y = x·Wᵀ (+ b) with the packed weight, as an untracked tensor.
+    fn forward_packed(&self, x: &Tensor) -> Result<Tensor> {
+        let (packed, d_in, d_out) = self.packed()?;
+        let mut out_dims = x.dims().to_vec();
+        match out_dims.last_mut() {
+            Some(last) if *last == d_in => *last = d_out,
+            _ => candle_core::bail!(
+                "linear: input {:?}, weight {:?}",
+                x.dims(),
+                self.weight.dims()
+            ),
+        }
+        let rows = x.elem_count() / d_in.max(1);
+        let mut y = match &self.bias {
+            Some(b) => cpu::with_data(b, |b| Ok(b.repeat(rows)))?,
+            None => vec![0f32; rows * d_out],
+        };
+        cpu::with_data(x, |x| {
+            packed.matmul_acc(x, &mut y, rows);
+            Ok(())
+        })?;
+        Tensor::from_vec(y, out_dims, x.device())
+    }
+
+    /// The greedy choice (first maximum, its log-probability) of every row of x·Wᵀ + b, x of
+    /// shape [..., in]: what a greedy sampler needs from an LM head. On the packed path the
+    /// [rows, out] product is never written (for a 49k-token vocabulary that is 200 KB a row);
+    /// elsewhere it is the forward, reduced row by row.
+    pub fn greedy_rows(&self, x: &Tensor) -> Result<Vec<Greedy>> {
+        if self.packable(x) {
+            let (packed, d_in, _) = self.packed()?;
+            if x.dims().last() != Some(&d_in) {
+                candle_core::bail!(
+                    "linear: input {:?}, weight {:?}",
+                    x.dims(),
+                    self.weight.dims()
+                );
+            }
+            let rows = x.elem_count() / d_in.max(1);
+            return cpu::with_data(x, |x| match &self.bias {
+                Some(b) => cpu::with_data(b, |b| Ok(packed.greedy_rows(x, Some(b), rows))),
+                None => Ok(packed.greedy_rows(x, None, rows)),
+            });
+        }
+        let y = self.forward(x)?.to_dtype(candle_core::DType::F32)?;
+        let width = y.dims().last().copied().unwrap_or(0);
+        cpu::with_data(&y, |y| Ok(y.chunks(width.max(1)).map(Greedy::of).collect()))
+    }
+
+    /// Whether the packed kernel serves x: f32 on a CPU that has it, and nothing to differentiate.
+    fn packable(&self, x: &Tensor) -> bool {
+        let mut ts = vec![x, &self.weight];
+        ts.extend(self.bias.as_ref());
+        packed_linear::available() && cpu::fusable(&ts) && !ts.iter().any(|t| t.track_op())
+    }
+
+    /// The packed weight (made on first use), with (in, out).
+    fn packed(&self) -> Result<(&PackedWeight, usize, usize)> {
+        let (a, b) = self.weight.dims2()?;
+        let (d_in, d_out) = match self.layout {
+            WeightLayout::OutIn => (b, a),
+            WeightLayout::InOut => (a, b),
+        };
+        let packed = match self.packed.get() {
+            Some(p) => p,
+            None => {
+                let p = cpu::with_data(&self.weight, |w| {
+                    Ok(PackedWeight::new(
+                        w,
+                        d_out,
+                        d_in,
+                        self.layout == WeightLayout::InOut,
+                    ))
+                })?;
+                self.packed.get_or_init(|| p)
+            }
+        };
+        Ok((packed, d_in, d_out))
     }
 
     /// The composed reference.
@@ -138,6 +239,42 @@ mod tests {
                         "{layout:?} bias {with_bias} input {i}: differs by {d}"
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A forward nothing will differentiate takes the packed weight (when the CPU has the
+    /// kernel) and must agree with the composed form in both layouts, with and without a bias,
+    /// on its first call (which packs) and on a later one (which reuses the packing).
+    #[test]
+    fn packed_forward_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let (d_in, d_out) = (37, 45);
+        for layout in [WeightLayout::OutIn, WeightLayout::InOut] {
+            for with_bias in [false, true] {
+                let shape = match layout {
+                    WeightLayout::OutIn => (d_out, d_in),
+                    WeightLayout::InOut => (d_in, d_out),
+                };
+                let w = Tensor::randn(0f32, 1.0, shape, &dev)?;
+                let b = with_bias
+                    .then(|| Tensor::randn(0f32, 1.0, d_out, &dev))
+                    .transpose()?;
+                let lin = Linear::new(w, b, layout);
+                for rows in [7, 20] {
+                    let x = Tensor::randn(0f32, 1.0, (2, rows, d_in), &dev)?;
+                    let (y, want) = (lin.forward(&x)?, lin.forward_composed(&x)?);
+                    assert_eq!(y.dims(), [2, rows, d_out]);
+                    assert!(!y.track_op());
+                    let d = max_diff(&y, &want)?;
+                    assert!(d < 1e-4, "{layout:?} bias {with_bias}: differs by {d}");
+                }
+                assert_eq!(
+                    lin.packed.get().is_some(),
+                    packed_linear::available(),
+                    "the weight is packed once the kernel ran"
+                );
             }
         }
         Ok(())

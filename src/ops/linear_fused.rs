@@ -9,7 +9,6 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu;
-use super::few_rows;
 use super::linear::WeightLayout;
 
 use cpu::Mat;
@@ -95,11 +94,6 @@ impl FusedLinear {
             Some(b) => b.repeat(rows),
             None => vec![0f32; rows * d_out],
         };
-        if self.layout == WeightLayout::OutIn && rows <= few_rows::MAX_ROWS && few_rows::available()
-        {
-            few_rows::matmul_nt(x, w, &mut y, (rows, d_out, d_in));
-            return Ok((CpuStorage::F32(y), output_shape(xs, d_out)));
-        }
         let wm = self.w_as_in_out(w, d_in, d_out);
         matmul(
             (rows, d_out, d_in),

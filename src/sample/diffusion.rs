@@ -28,7 +28,7 @@ use super::unmask::{
 use super::{random_keep, topk_confidence};
 use crate::error::{Error, Result};
 use crate::model::LanguageModel;
-use crate::ops::AttentionMask;
+use crate::ops::{AttentionMask, Greedy};
 use crate::rng::Rng;
 
 /// Which commit rule runs after each forward.
@@ -139,15 +139,29 @@ struct Pick {
 
 fn pick(logits: &[f32], choice: TokenChoice, rule: Option<Rule>, rng: &mut Rng) -> Pick {
     let (token, logprob) = choose(logits, choice, rng);
+    match rule {
+        Some(r) if r.needs_distribution() => {
+            let rank = match choice {
+                TokenChoice::Sample { temperature, .. } => {
+                    let t: Vec<f32> = logits.iter().map(|x| x / temperature).collect();
+                    distribution_score(r, &t)
+                }
+                TokenChoice::Greedy => distribution_score(r, logits),
+            };
+            Pick {
+                token,
+                logprob,
+                rank,
+            }
+        }
+        _ => propose(token, logprob, rule, rng),
+    }
+}
+
+/// A proposal ranked by its log-probability, or at random under `Rule::Random`.
+fn propose(token: u32, logprob: f32, rule: Option<Rule>, rng: &mut Rng) -> Pick {
     let rank = match rule {
         Some(Rule::Random) => rng.uniform_f32(),
-        Some(r) if r.needs_distribution() => match choice {
-            TokenChoice::Sample { temperature, .. } => {
-                let t: Vec<f32> = logits.iter().map(|x| x / temperature).collect();
-                distribution_score(r, &t)
-            }
-            TokenChoice::Greedy => distribution_score(r, logits),
-        },
         _ => logprob,
     };
     Pick {
@@ -337,21 +351,38 @@ pub fn sample_until(
         let picks: Vec<Pick> = if tasks.is_empty() {
             vec![]
         } else {
-            let logits = head_rows(model, &hidden, &tasks, opts.head_rows)?;
-            let (rows, vocab) = logits.logits.dims2()?;
-            report.head_rows += rows;
-            // Borrowed in place on the CPU: the full-logits path would otherwise copy B·L·V floats.
-            crate::ops::cpu::with_data(&logits.logits, |data| {
-                Ok(tasks
-                    .par_iter()
+            // Greedy choice ranked by its own probability needs no logits beyond each row's
+            // maximum and normaliser, which the head computes without writing the logits.
+            let greedy =
+                opts.choice == TokenChoice::Greedy && !rule.is_some_and(|r| r.needs_distribution());
+            let head = head_rows(model, &hidden, &tasks, opts.head_rows, greedy)?;
+            report.head_rows += head.len()?;
+            match &head.values {
+                HeadValues::Greedy(rows) => tasks
+                    .iter()
                     .zip(&seeds)
                     .map(|(&(_, _, row), &seed)| {
-                        let start = logits.start(row, vocab);
-                        let row = &data[start..start + vocab];
-                        pick(row, opts.choice, rule, &mut Rng::seed(seed))
+                        let g = rows[head.index(row)];
+                        propose(g.token, g.logprob, rule, &mut Rng::seed(seed))
                     })
-                    .collect())
-            })?
+                    .collect(),
+                // Borrowed in place on the CPU: the full-logits path would otherwise copy B·L·V
+                // floats.
+                HeadValues::Logits(logits) => {
+                    let vocab = logits.dim(1)?;
+                    crate::ops::cpu::with_data(logits, |data| {
+                        Ok(tasks
+                            .par_iter()
+                            .zip(&seeds)
+                            .map(|(&(_, _, row), &seed)| {
+                                let start = head.index(row) * vocab;
+                                let row = &data[start..start + vocab];
+                                pick(row, opts.choice, rule, &mut Rng::seed(seed))
+                            })
+                            .collect())
+                    })?
+                }
+            }
         };
 
         let mut by_canvas: Vec<Vec<(usize, Pick)>> = active.iter().map(|_| vec![]).collect();
@@ -375,50 +406,66 @@ pub fn sample_until(
     }
 }
 
-/// Logits [R, V] (f32) of the rows a step needs; `rows` maps flat row indices to their row here
+/// The head's output on the rows a step needs; `rows` maps flat row indices to their row here
 /// (None: every row, in order).
-struct HeadLogits {
-    logits: Tensor,
+struct HeadOutput {
+    values: HeadValues,
     rows: Option<Vec<u32>>,
 }
 
-impl HeadLogits {
-    /// Where flat row `r` starts in the logits' data.
-    fn start(&self, r: usize, vocab: usize) -> usize {
-        let k = match &self.rows {
+enum HeadValues {
+    /// [R, V], f32.
+    Logits(Tensor),
+    /// Each row's greedy choice.
+    Greedy(Vec<Greedy>),
+}
+
+impl HeadOutput {
+    /// Where flat row `r` is in the output.
+    fn index(&self, r: usize) -> usize {
+        match &self.rows {
             // Every task's row was put in `rows`, so the search always succeeds.
             Some(rows) => rows.binary_search(&(r as u32)).unwrap_or(0),
             None => r,
-        };
-        k * vocab
+        }
+    }
+
+    /// Rows that went through the head.
+    fn len(&self) -> Result<usize> {
+        Ok(match &self.values {
+            HeadValues::Logits(t) => t.dim(0)?,
+            HeadValues::Greedy(g) => g.len(),
+        })
     }
 }
 
-/// Runs the head on the rows `tasks` need (all rows on the exact path).
+/// Runs the head on the rows `tasks` need (all rows on the exact path): their logits, or with
+/// `greedy` only each row's greedy choice.
 fn head_rows(
     model: &dyn LanguageModel,
     hidden: &Tensor,
     tasks: &[(usize, usize, usize)],
     mode: HeadRows,
-) -> Result<HeadLogits> {
+    greedy: bool,
+) -> Result<HeadOutput> {
     let (b, l, d) = hidden.dims3()?;
     let flat = hidden.reshape((b * l, d))?; // [B·L, D]
-    if mode == HeadRows::All {
-        // The reference's work: full logits [B·L, V], whichever rows are used.
-        let logits = model.head(&flat)?.to_dtype(DType::F32)?;
-        return Ok(HeadLogits { logits, rows: None });
-    }
-    let mut rows: Vec<u32> = tasks.iter().map(|t| t.2 as u32).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    let index = Tensor::new(rows.as_slice(), hidden.device())?;
-    let logits = model
-        .head(&flat.index_select(&index, 0)?)? // [R, V]
-        .to_dtype(DType::F32)?;
-    Ok(HeadLogits {
-        logits,
-        rows: Some(rows),
-    })
+    let (input, rows) = if mode == HeadRows::All {
+        // The reference's work: the head on every row [B·L], whichever rows are used.
+        (flat, None)
+    } else {
+        let mut rows: Vec<u32> = tasks.iter().map(|t| t.2 as u32).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let index = Tensor::new(rows.as_slice(), hidden.device())?;
+        (flat.index_select(&index, 0)?, Some(rows))
+    };
+    let values = if greedy {
+        HeadValues::Greedy(model.head_greedy(&input)?)
+    } else {
+        HeadValues::Logits(model.head(&input)?.to_dtype(DType::F32)?)
+    };
+    Ok(HeadOutput { values, rows })
 }
 
 /// Applies one step's proposals to one canvas: commit, advance the schedule, report.

@@ -1,7 +1,7 @@
 //! Choosing a token from one position's logits: greedy, or temperature / top-k / top-p sampling.
 //! `top_p_filter` follows the reference's `top_p_logits` (reference-semantics §2.2).
 
-use crate::ops::cpu;
+use crate::ops::Greedy;
 use crate::rng::Rng;
 
 /// How a token is picked from logits. Folded once from the command-line flags, before any loop.
@@ -87,12 +87,8 @@ pub fn top_p_filter(logits: &mut [f32], p: f32) {
 pub fn choose(logits: &[f32], choice: TokenChoice, rng: &mut Rng) -> (u32, f32) {
     match choice {
         TokenChoice::Greedy => {
-            // The first maximum and its log-probability, max − logsumexp = −ln Σ exp(x − max),
-            // without materialising the log-softmax: this runs on every row of every step.
-            let max = cpu::max(logits);
-            let i = logits.iter().position(|&x| x == max).unwrap_or(0);
-            let sum = cpu::sum_exp(logits, max);
-            (i as u32, -sum.ln() as f32)
+            let g = Greedy::of(logits);
+            (g.token, g.logprob)
         }
         TokenChoice::Sample {
             temperature,
