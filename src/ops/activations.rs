@@ -111,7 +111,7 @@ impl CustomOp1 for Fused {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| self.value(x, y));
+            .for_each(|(y, x)| cpu::simd(|| self.value(x, y)));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -121,7 +121,7 @@ impl CustomOp1 for Fused {
             cpu::with_data(dy, |dys| {
                 dx.par_chunks_mut(CHUNK)
                     .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-                    .for_each(|(dx, (x, dy))| self.grad(x, dy, dx));
+                    .for_each(|(dx, (x, dy))| cpu::simd(|| self.grad(x, dy, dx)));
                 Ok(())
             })
         })?;
@@ -148,9 +148,11 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(y, (g, u))| {
-                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(g) * u;
-                }
+                cpu::simd(|| {
+                    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                        *y = g * sigmoid(g) * u;
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
@@ -173,11 +175,13 @@ impl CustomOp2 for SwiGlu {
                         .for_each(|(c, (dg, du))| {
                             let at = c * CHUNK;
                             let (g, u, dy) = (&g[at..], &u[at..], &dy[at..]);
-                            for k in 0..dg.len() {
-                                let s = sigmoid(g[k]);
-                                du[k] = dy[k] * g[k] * s;
-                                dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
-                            }
+                            cpu::simd(|| {
+                                for k in 0..dg.len() {
+                                    let s = sigmoid(g[k]);
+                                    du[k] = dy[k] * g[k] * s;
+                                    dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+                                }
+                            })
                         });
                     Ok(())
                 })

@@ -182,19 +182,21 @@ impl FusedAttention {
                     let kt = (k.as_ptr().add(kh), 1, g.k.sl);
                     matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
                 }
-                for (i, row) in p.chunks_mut(lk).enumerate() {
-                    match &bias {
-                        Some(bias) => row
-                            .iter_mut()
-                            .zip(&bias[i])
-                            .for_each(|(s, b)| *s = *s * self.scale + b),
-                        None => row.iter_mut().for_each(|s| *s *= self.scale),
+                cpu::simd(|| {
+                    for (i, row) in p.chunks_mut(lk).enumerate() {
+                        match &bias {
+                            Some(bias) => row
+                                .iter_mut()
+                                .zip(&bias[i])
+                                .for_each(|(s, b)| *s = *s * self.scale + b),
+                            None => row.iter_mut().for_each(|s| *s *= self.scale),
+                        }
+                        let m = cpu::max(row);
+                        row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
+                        let inv = 1.0 / cpu::sum(row);
+                        row.iter_mut().for_each(|s| *s *= inv);
                     }
-                    let m = cpu::max(row);
-                    row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
-                    let inv = 1.0 / cpu::sum(row);
-                    row.iter_mut().for_each(|s| *s *= inv);
-                }
+                });
                 unsafe {
                     let y = (out.0.add(g.o.at(b, h)), g.o.sl, 1);
                     let vv = (v.as_ptr().add(vh), g.v.sl, 1);

@@ -62,15 +62,38 @@ pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
     out.par_chunks_mut(chunk * width)
         .enumerate()
         .for_each(|(c, block)| {
-            for (i, row) in block.chunks_mut(width).enumerate() {
-                f(c * chunk + i, row);
-            }
+            simd(|| {
+                for (i, row) in block.chunks_mut(width).enumerate() {
+                    f(c * chunk + i, row);
+                }
+            })
         });
 }
 
 /// Wraps a computed buffer as a tensor of `t`'s shape on the CPU.
 pub fn tensor_like(data: Vec<f32>, t: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(data, t.shape(), t.device())
+}
+
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them, so the elementwise loops inside it
+/// (inlined into the wrapper) vectorise eight lanes wide; the crate itself targets baseline
+/// x86-64 (SSE2, four lanes). No fast-math: the results are the same bits either way.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// e^x in f32, branch-free so loops over it vectorise (libm's `expf` is a call per element).
@@ -84,7 +107,9 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    // t = 1.5·2²³ + n holds the integer n in its low mantissa bits.
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -93,7 +118,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from those bits with integer arithmetic: `n as i32` would be a saturating scalar
+    // conversion per lane, which keeps the loops around this function from vectorising.
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     let v = y * scale;
     let v = if x > 88.0 { f32::INFINITY } else { v };
     let v = if x < -87.0 { 0.0 } else { v };
@@ -135,13 +162,21 @@ pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
 
 /// Σ e^(xᵢ − shift) in f64: exponentials in f32 (vectorised), partial sums of 1024 terms in f32
 /// (each term ≤ 1 when shift is the maximum), then f64 across them.
+#[inline]
 pub fn sum_exp(xs: &[f32], shift: f32) -> f64 {
-    let mut buf = [0f32; 1024];
     xs.chunks(1024)
         .map(|c| {
-            let e = &mut buf[..c.len()];
-            e.iter_mut().zip(c).for_each(|(e, &x)| *e = exp(x - shift));
-            sum(e) as f64
+            // `sum`'s eight accumulators, fed straight from the exponentials.
+            let mut acc = [0f32; 8];
+            let chunks = c.chunks_exact(8);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for k in 0..8 {
+                    acc[k] += exp(c[k] - shift);
+                }
+            }
+            let rest: f32 = rest.iter().map(|&x| exp(x - shift)).sum();
+            (acc.iter().sum::<f32>() + rest) as f64
         })
         .sum()
 }

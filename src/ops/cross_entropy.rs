@@ -75,14 +75,16 @@ impl CustomOp2 for FusedCrossEntropy {
             .into_par_iter()
             .map(|r| {
                 let x = &x[r * v..][..v];
-                let m = cpu::max(x);
-                let mut acc = [0f32; 8];
-                for c in x.chunks(8) {
-                    for (a, &x) in acc.iter_mut().zip(c) {
-                        *a += cpu::exp(x - m);
+                cpu::simd(|| {
+                    let m = cpu::max(x);
+                    let mut acc = [0f32; 8];
+                    for c in x.chunks(8) {
+                        for (a, &x) in acc.iter_mut().zip(c) {
+                            *a += cpu::exp(x - m);
+                        }
                     }
-                }
-                m + acc.iter().sum::<f32>().ln()
+                    m + acc.iter().sum::<f32>().ln()
+                })
             })
             .collect();
         let ce = lse

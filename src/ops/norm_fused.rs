@@ -50,32 +50,34 @@ impl FusedNorm {
             .zip(stats.par_chunks_mut(chunk))
             .enumerate()
             .for_each(|(c, (y, stats))| {
-                for (i, (y, st)) in y.chunks_mut(d).zip(stats.iter_mut()).enumerate() {
-                    let x = &x[(c * chunk + i) * d..][..d];
-                    let mean = if self.center {
-                        cpu::sum(x) / d as f32
-                    } else {
-                        0.0
-                    };
-                    // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x - mean;
-                    }
-                    let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + self.eps).sqrt();
-                    match b {
-                        Some(b) => {
-                            for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
-                                *y = *y * rstd * w + b;
+                cpu::simd(|| {
+                    for (i, (y, st)) in y.chunks_mut(d).zip(stats.iter_mut()).enumerate() {
+                        let x = &x[(c * chunk + i) * d..][..d];
+                        let mean = if self.center {
+                            cpu::sum(x) / d as f32
+                        } else {
+                            0.0
+                        };
+                        // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y = x - mean;
+                        }
+                        let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + self.eps).sqrt();
+                        match b {
+                            Some(b) => {
+                                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+                                    *y = *y * rstd * w + b;
+                                }
+                            }
+                            None => {
+                                for (y, &w) in y.iter_mut().zip(w) {
+                                    *y = *y * rstd * w;
+                                }
                             }
                         }
-                        None => {
-                            for (y, &w) in y.iter_mut().zip(w) {
-                                *y = *y * rstd * w;
-                            }
-                        }
+                        *st = (mean, rstd);
                     }
-                    *st = (mean, rstd);
-                }
+                })
             });
         let (mean, rstd) = stats.into_iter().unzip();
         *self

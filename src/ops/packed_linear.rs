@@ -121,9 +121,11 @@ impl PackedWeight {
                     }
                     // SAFETY: the tile holds i1 − i0 rows of 16.
                     unsafe { self.panel_into(x, p, i0..i1, tile.as_mut_ptr(), NR) }
-                    for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
-                        s.fold(&row[..cols], j0);
-                    }
+                    cpu::simd(|| {
+                        for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
+                            s.fold(&row[..cols], j0);
+                        }
+                    });
                 }
             }
             stats
@@ -198,9 +200,9 @@ pub struct Greedy {
 impl Greedy {
     /// From a whole row of logits: the first maximum, and max − logsumexp = −ln Σ exp(x − max).
     pub fn of(logits: &[f32]) -> Self {
-        let max = cpu::max(logits);
+        let max = cpu::simd(|| cpu::max(logits));
         let token = logits.iter().position(|&x| x == max).unwrap_or(0) as u32;
-        let sum = cpu::sum_exp(logits, max);
+        let sum = cpu::simd(|| cpu::sum_exp(logits, max));
         Self {
             token,
             logprob: -sum.ln() as f32,
