@@ -1,8 +1,9 @@
 //! `dlm bench sample MODEL_DIR --length 256 --steps 64`: diffusion sampling speed on the exact
-//! path (full logits every step, all T forwards: the reference's work) and on each acceleration
-//! (needed-rows head, confidence threshold, semi-autoregressive blocks, blocks with the prefix
-//! or dual key/value cache), each as a ratio to the exact path measured in the same run, and the share of tokens
-//! each agrees on with the run it approximates (the quality change).
+//! path (the head on every row over the whole vocabulary, every step, all T forwards: the
+//! reference's work) and on each acceleration (needed-rows head, confidence threshold,
+//! semi-autoregressive blocks, blocks with the prefix or dual key/value cache), each as a ratio
+//! to the exact path measured in the same run, and the share of tokens each agrees on with the
+//! run it approximates (the quality change).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -77,7 +78,7 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         ..ranked.clone()
     };
     let runs = [
-        ("exact (top-k confidence, full logits)", exact.clone(), 0),
+        ("exact (top-k confidence, full head)", exact.clone(), 0),
         (
             "needed-rows head (same output)",
             DiffusionOptions {
