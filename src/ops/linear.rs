@@ -16,6 +16,13 @@ pub enum WeightLayout {
     InOut,
 }
 
+/// Output elements above which a forward that writes its product takes candle's GEMM even when
+/// the packed kernel could serve it: a full-vocabulary head over a whole canvas writes more
+/// than it multiplies, and the GEMM stores its first k-block without reading the output back
+/// (257 × 49152 × 576: 78–108 GFLOP/s packed vs 100–142 for the GEMM; 33 rows: even). The
+/// greedy head never writes it and always takes the packed kernel.
+const PACKED_MAX_OUTPUT: usize = 1 << 22;
+
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
@@ -52,7 +59,7 @@ impl Linear {
     /// A forward nothing will differentiate (neither x nor the weight is a variable or computed
     /// from one), which is every forward of a model being run, uses the weight packed once.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.packable(x) {
+        if self.packable(x) && self.output_elems(x) <= PACKED_MAX_OUTPUT {
             return self.forward_packed(x);
         }
         let mut ts = vec![x, &self.weight];
@@ -124,6 +131,16 @@ impl Linear {
         let mut ts = vec![x, &self.weight];
         ts.extend(self.bias.as_ref());
         packed_linear::available() && cpu::fusable(&ts) && !ts.iter().any(|t| t.track_op())
+    }
+
+    /// Elements of the forward's output.
+    fn output_elems(&self, x: &Tensor) -> usize {
+        let d_in = x.dims().last().copied().unwrap_or(1).max(1);
+        let d_out = match self.layout {
+            WeightLayout::OutIn => self.weight.dims().first(),
+            WeightLayout::InOut => self.weight.dims().last(),
+        };
+        x.elem_count() / d_in * d_out.copied().unwrap_or(0)
     }
 
     /// The packed weight (made on first use), with (in, out).

@@ -25,6 +25,8 @@ const MR: usize = 6;
 /// Rows of x per L2 block, and the largest k-block: a 16 KiB k-block of a panel stays in L1.
 const MC: usize = 288;
 const KC: usize = 256;
+/// Panels a row tile meets in turn: 256 columns, whose k-blocks (256 KiB) stay in L2.
+const GROUP: usize = 16;
 
 /// Whether this CPU runs the kernel (AVX2 and FMA, checked once at run time).
 pub fn available() -> bool {
@@ -89,10 +91,11 @@ impl PackedWeight {
         self.per_task(m, |panels| {
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
-                for p in panels.clone() {
-                    // SAFETY: this task alone writes columns 16·p..16·p + 16 of y (the tasks'
+                for p0 in panels.clone().step_by(GROUP) {
+                    let group = p0..(p0 + GROUP).min(panels.end);
+                    // SAFETY: this task alone writes the columns of its panels (the tasks'
                     // panel ranges are disjoint); rows i0..i1 lie inside y.
-                    unsafe { self.panel_into(x, p, i0..i1, y.get().add(i0 * n + p * NR), n) }
+                    unsafe { self.panels_into(x, group, i0..i1, y.get().add(i0 * n + p0 * NR), n) }
                 }
             }
         });
@@ -120,7 +123,7 @@ impl PackedWeight {
                         }
                     }
                     // SAFETY: the tile holds i1 − i0 rows of 16.
-                    unsafe { self.panel_into(x, p, i0..i1, tile.as_mut_ptr(), NR) }
+                    unsafe { self.panels_into(x, p..p + 1, i0..i1, tile.as_mut_ptr(), NR) }
                     cpu::simd(|| {
                         for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
                             s.fold(&row[..cols], j0);
@@ -154,22 +157,25 @@ impl PackedWeight {
             .collect()
     }
 
-    /// out[rows × 16] += x[rows] · panel p, over every k-block, with `out` of row stride `ldc`.
+    /// out[rows × 16·|panels|] += x[rows] · panels, over every k-block, with `out` of row stride
+    /// `ldc`. Within a k-block each 6-row tile of x meets every panel of the group in turn, so
+    /// out is written in runs of up to 16·|panels| columns per row (a single 16-column strip
+    /// of a wide output would touch one cache line per row, each in another page).
     ///
     /// # Safety
     /// `available()` holds; `out` addresses rows.len() rows of `ldc` floats, the first
-    /// min(16, n − 16p) of each written by no one else during the call.
-    unsafe fn panel_into(
+    /// min(16·|panels|, n − 16·panels.start) of each written by no one else during the call.
+    unsafe fn panels_into(
         &self,
         x: &[f32],
-        p: usize,
+        panels: Range<usize>,
         rows: Range<usize>,
         out: *mut f32,
         ldc: usize,
     ) {
         let k = self.k;
-        let cols = (self.n - p * NR).min(NR);
-        let panel = &self.lines[p * k..(p + 1) * k];
+        let cols = (self.n - panels.start * NR).min(panels.len() * NR);
+        let lines = &self.lines[panels.start * k..panels.end * k];
         let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
         for q0 in (0..k).step_by(kc) {
             let q1 = (q0 + kc).min(k);
@@ -177,7 +183,7 @@ impl PackedWeight {
             avx2::strip(
                 x[rows.start * k + q0..].as_ptr(),
                 k,
-                panel[q0..q1].as_ptr() as *const f32,
+                (lines[q0..].as_ptr() as *const f32, k * NR),
                 q1 - q0,
                 out,
                 ldc,
@@ -185,7 +191,7 @@ impl PackedWeight {
                 cols,
             );
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (q1, panel, out, ldc, cols);
+            let _ = (q1, lines, out, ldc, cols);
         }
     }
 }
@@ -278,14 +284,15 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// y[rows × cols] += x[rows × kc] · panel, in 6-row tiles with a shorter last one. x has row
-    /// stride `lda`, y row stride `ldc`; the panel is kc lines of 16.
+    /// y[rows × cols] += x[rows × kc] · panels, in 6-row tiles (a shorter last one), each tile
+    /// against every panel before the next tile. x has row stride `lda`, y row stride `ldc`;
+    /// `panels` is the first panel's k-block (kc lines of 16) and the stride between panels.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn strip(
         x: *const f32,
         lda: usize,
-        panel: *const f32,
+        (panel, panel_stride): (*const f32, usize),
         kc: usize,
         y: *mut f32,
         ldc: usize,
@@ -294,14 +301,18 @@ mod avx2 {
     ) {
         let mut i = 0;
         while i < rows {
-            let (a, c) = (x.add(i * lda), y.add(i * ldc));
-            match rows - i {
-                1 => tile::<1>(a, lda, panel, kc, c, ldc, cols),
-                2 => tile::<2>(a, lda, panel, kc, c, ldc, cols),
-                3 => tile::<3>(a, lda, panel, kc, c, ldc, cols),
-                4 => tile::<4>(a, lda, panel, kc, c, ldc, cols),
-                5 => tile::<5>(a, lda, panel, kc, c, ldc, cols),
-                _ => tile::<MR>(a, lda, panel, kc, c, ldc, cols),
+            let a = x.add(i * lda);
+            for g in 0..cols.div_ceil(NR) {
+                let (b, c) = (panel.add(g * panel_stride), y.add(i * ldc + g * NR));
+                let cols = (cols - g * NR).min(NR);
+                match rows - i {
+                    1 => tile::<1>(a, lda, b, kc, c, ldc, cols),
+                    2 => tile::<2>(a, lda, b, kc, c, ldc, cols),
+                    3 => tile::<3>(a, lda, b, kc, c, ldc, cols),
+                    4 => tile::<4>(a, lda, b, kc, c, ldc, cols),
+                    5 => tile::<5>(a, lda, b, kc, c, ldc, cols),
+                    _ => tile::<MR>(a, lda, b, kc, c, ldc, cols),
+                }
             }
             i += MR;
         }
