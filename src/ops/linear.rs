@@ -79,17 +79,8 @@ impl Linear {
 
     /// The inference path: y = x·Wᵀ (+ b) with the packed weight, as an untracked tensor.
     fn forward_packed(&self, x: &Tensor) -> Result<Tensor> {
-        let (packed, d_in, d_out) = self.packed()?;
-        let mut out_dims = x.dims().to_vec();
-        match out_dims.last_mut() {
-            Some(last) if *last == d_in => *last = d_out,
-            _ => candle_core::bail!(
-                "linear: input {:?}, weight {:?}",
-                x.dims(),
-                self.weight.dims()
-            ),
-        }
-        let rows = x.elem_count() / d_in.max(1);
+        let (packed, rows) = self.packed_for(x)?;
+        let d_out = self.in_out()?.1;
         let mut y = match &self.bias {
             Some(b) => cpu::with_data(b, |b| Ok(b.repeat(rows)))?,
             None => vec![0f32; rows * d_out],
@@ -98,6 +89,10 @@ impl Linear {
             packed.matmul_acc(x, &mut y, rows);
             Ok(())
         })?;
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = d_out;
+        }
         Tensor::from_vec(y, out_dims, x.device())
     }
 
@@ -107,15 +102,7 @@ impl Linear {
     /// elsewhere it is the forward, reduced row by row.
     pub fn greedy_rows(&self, x: &Tensor) -> Result<Vec<Greedy>> {
         if self.packable(x) {
-            let (packed, d_in, _) = self.packed()?;
-            if x.dims().last() != Some(&d_in) {
-                candle_core::bail!(
-                    "linear: input {:?}, weight {:?}",
-                    x.dims(),
-                    self.weight.dims()
-                );
-            }
-            let rows = x.elem_count() / d_in.max(1);
+            let (packed, rows) = self.packed_for(x)?;
             return cpu::with_data(x, |x| match &self.bias {
                 Some(b) => cpu::with_data(b, |b| Ok(packed.greedy_rows(x, Some(b), rows))),
                 None => Ok(packed.greedy_rows(x, None, rows)),
@@ -133,23 +120,33 @@ impl Linear {
         packed_linear::available() && cpu::fusable(&ts) && !ts.iter().any(|t| t.track_op())
     }
 
-    /// Elements of the forward's output.
-    fn output_elems(&self, x: &Tensor) -> usize {
-        let d_in = x.dims().last().copied().unwrap_or(1).max(1);
-        let d_out = match self.layout {
-            WeightLayout::OutIn => self.weight.dims().first(),
-            WeightLayout::InOut => self.weight.dims().last(),
-        };
-        x.elem_count() / d_in * d_out.copied().unwrap_or(0)
-    }
-
-    /// The packed weight (made on first use), with (in, out).
-    fn packed(&self) -> Result<(&PackedWeight, usize, usize)> {
+    /// (in, out) of the weight in its layout.
+    fn in_out(&self) -> Result<(usize, usize)> {
         let (a, b) = self.weight.dims2()?;
-        let (d_in, d_out) = match self.layout {
+        Ok(match self.layout {
             WeightLayout::OutIn => (b, a),
             WeightLayout::InOut => (a, b),
-        };
+        })
+    }
+
+    /// Elements of the forward's output (0 when the weight is not a matrix: the forward says why).
+    fn output_elems(&self, x: &Tensor) -> usize {
+        let d_in = x.dims().last().copied().unwrap_or(1).max(1);
+        self.in_out()
+            .map_or(0, |(_, d_out)| x.elem_count() / d_in * d_out)
+    }
+
+    /// The packed weight (made on first use) and the number of rows of x, whose last dimension
+    /// must be the weight's input size.
+    fn packed_for(&self, x: &Tensor) -> Result<(&PackedWeight, usize)> {
+        let (d_in, d_out) = self.in_out()?;
+        if x.dims().last() != Some(&d_in) {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}",
+                x.dims(),
+                self.weight.dims()
+            );
+        }
         let packed = match self.packed.get() {
             Some(p) => p,
             None => {
@@ -164,7 +161,7 @@ impl Linear {
                 self.packed.get_or_init(|| p)
             }
         };
-        Ok((packed, d_in, d_out))
+        Ok((packed, x.elem_count() / d_in.max(1)))
     }
 
     /// The composed reference.
