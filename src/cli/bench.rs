@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
 
-use super::args::{load_model, parse_device, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
 use crate::model::{Architecture, ModelConfig};
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -47,7 +47,7 @@ pub struct TrainBenchArgs {
     pub dtype: crate::train::params::Precision,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: crate::model::runtime::DeviceSpec,
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +131,7 @@ fn matmul_gflops(m: usize, k: usize, n: usize, device: &Device) -> anyhow::Resul
 
 fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     let m = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let c = &m.config;
     let mask = match a.attention.as_str() {
         "causal" => AttentionMask::Causal,
@@ -176,7 +176,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
 
 fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
     let m = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| 100 + i).collect();
     let opts = ArOptions {
         max_new_tokens: a.tokens,
@@ -247,13 +247,9 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     use crate::train::params::TrainableModel;
     use crate::train::step::forward_loss;
 
-    let device = parse_device(&a.device)?;
-    let (layers, d, heads) = match a.config.as_str() {
-        "tiny" => (2, 64, 4),
-        "mini" => (6, 384, 6),
-        "small" => (12, 768, 12),
-        other => anyhow::bail!("unknown size `{other}` (tiny, mini, small)"),
-    };
+    let device = a.device.open()?;
+    let size: crate::model::preset::Size = a.config.parse().map_err(anyhow::Error::msg)?;
+    let (layers, d, heads) = size.dims();
     // GPT-2 small with an untied head, as the PyTorch reference step in bench/ measures.
     let value = serde_json::json!({
         "model_type": "gpt2", "vocab_size": a.vocab, "n_positions": a.seq.max(1024), "n_embd": d,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::args::{load_model, parse_device, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
 use crate::model::ids_tensor;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -56,7 +56,7 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pytorch compares batch 1 only (the PyTorch script runs one canvas)");
     }
     let m = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let cfg = &m.config;
     let mask = a
         .mask_id
@@ -192,7 +192,7 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
 /// ms/step of `bench/pytorch_sample.py` on the same model, canvas and T.
 fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_sample.py");
-    let dtype = if a.runtime.dtype == "bf16" {
+    let dtype = if a.runtime.dtype == crate::model::runtime::WeightDtype::Bf16 {
         "bf16"
     } else {
         "fp32"

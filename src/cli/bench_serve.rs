@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::args::{load_model, parse_device, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
 use crate::serve::client::{get, post_json, HttpResponse};
 use crate::serve::{Limits, Served, Server};
 
@@ -196,7 +196,7 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
         }
         (None, Some(dir)) => {
             let m = load_model(dir, &a.runtime)?;
-            let device = parse_device(&a.runtime.device)?;
+            let device = a.runtime.device.open()?;
             let limits = Limits {
                 queue_capacity: a.clients.max(64),
                 request_timeout: Duration::from_secs_f64(a.seconds * 2.0),

@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::args::parse_dtype;
 use crate::atomic::write_atomic;
 use crate::model::gguf::{import_llama_gguf, GgufLlamaParams};
+use crate::model::runtime::WeightDtype;
 use crate::model::{ModelConfig, Weights};
 
 #[derive(Debug, Args)]
@@ -29,7 +29,7 @@ pub struct ConvertArgs {
     pub out: PathBuf,
     /// Storage dtype of model.safetensors: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: WeightDtype,
 }
 
 /// The HF `LlamaConfig` a GGUF's hyper-parameters describe.
@@ -74,10 +74,10 @@ const TOKENIZER_FILES: [&str; 3] = [
     "generation_config.json",
 ];
 
-fn restore_dir(dir: &Path, out: &Path, dtype: &str) -> anyhow::Result<()> {
+fn restore_dir(dir: &Path, out: &Path, dtype: WeightDtype) -> anyhow::Result<()> {
     // Loading builds the model, so a directory whose tensors do not fit its config fails here.
     let m = crate::model::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    m.weights.save_dir(out, &m.config, parse_dtype(dtype)?)?;
+    m.weights.save_dir(out, &m.config, dtype.dtype())?;
     for f in TOKENIZER_FILES {
         if dir.join(f).exists() {
             std::fs::copy(dir.join(f), out.join(f))
@@ -94,10 +94,10 @@ fn restore_dir(dir: &Path, out: &Path, dtype: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
-    let dtype = parse_dtype(&a.dtype)?;
+    let dtype = a.dtype.dtype();
     let gguf = match (&a.gguf, &a.model) {
         (Some(g), _) => g,
-        (None, Some(dir)) => return restore_dir(dir, &a.out, &a.dtype),
+        (None, Some(dir)) => return restore_dir(dir, &a.out, a.dtype),
         (None, None) => anyhow::bail!("pass --gguf FILE or --model DIR"),
     };
     let imp = import_llama_gguf(gguf)?;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use super::args::{load_model, parse_device, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
@@ -163,7 +163,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let opts = d.options(choice)?;
     let m = load_model(model_dir, runtime)?;
-    let device = parse_device(&runtime.device)?;
+    let device = runtime.device.open()?;
     let mask_id = mask_id(&m.config, model_dir, d.mask_id)?;
     let tokenizer = if model_dir.join("tokenizer.json").exists() {
         Some(super::args::load_tokenizer(model_dir)?)

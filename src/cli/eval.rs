@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::args::{load_model, load_tokenizer, parse_device, RuntimeArgs};
+use super::args::{load_model, load_tokenizer, RuntimeArgs};
 use crate::eval::generation::GenSettings;
 use crate::eval::harness::{run_task, EvalModel, EvalSettings};
 use crate::eval::multiple_choice::{Estimator, PromptFormat};
@@ -123,11 +123,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
 
     let loaded = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let tokenizer = load_tokenizer(&a.model)?;
     // GSM8K prompts use the SFT layout [BOS] question [SEP] (§1.7, §3.6).
     let sft = if tasks.iter().any(|(s, _)| s.name == "gsm8k") {
-        Some(super::sft::format(&loaded.config, None, 256)?)
+        Some(crate::train::sources::sft_format(
+            &loaded.config,
+            None,
+            256,
+        )?)
     } else {
         None
     };

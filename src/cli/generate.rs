@@ -77,7 +77,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         user.clone()
     };
     let ids = tokenizer.encode(&prompt)?;
-    let device = super::args::parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let opts = ArOptions {
         max_new_tokens: a.max_new_tokens,
         choice: TokenChoice::from_flags(a.choice.temperature, a.choice.top_k, a.choice.top_p),

@@ -18,13 +18,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> anyhow::Result<()> {
-    let m = load_model(
-        &a.model,
-        &RuntimeArgs {
-            dtype: "f32".into(),
-            device: "cpu".into(),
-        },
-    )?;
+    let m = load_model(&a.model, &RuntimeArgs::default())?;
     let c = &m.config;
     let stored_dtype = c
         .raw

@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 
 use crate::dist;
 
-pub use args::{load_model, load_tokenizer, parse_device, parse_dtype};
+pub use args::{load_model, load_tokenizer};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::args::{load_model, load_tokenizer, parse_device, RuntimeArgs};
+use super::args::{load_model, load_tokenizer, RuntimeArgs};
 use crate::diffusion::anneal::annealed_mask;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -153,7 +153,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     if let (Some(raw), Some(path)) = (&raw, &a.request) {
         if raw.get("x0").is_some() {
             let m = load_model(&a.model, &a.runtime)?;
-            let device = parse_device(&a.runtime.device)?;
+            let device = a.runtime.device.open()?;
             let out = super::score_loss::run(raw.clone(), &m, &device, a.full, path)?;
             println!("{}", serde_json::to_string(&out)?);
             return Ok(());
@@ -179,7 +179,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     let full = a.full || req.full.unwrap_or(false);
 
     let m = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let tokenizer = load_tokenizer(&a.model).ok();
     let ids = match (&req.ids, &req.text) {
         (Some(ids), _) => ids.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{load_model, parse_device, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
 use crate::serve::{Limits, Served, Server};
 
 #[derive(Debug, Args)]
@@ -72,7 +72,7 @@ impl ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let limits = a.limits()?;
     let m = load_model(&a.model, &a.runtime)?;
-    let device = parse_device(&a.runtime.device)?;
+    let device = a.runtime.device.open()?;
     let served = Served::new(m, a.mask_id)?;
     if served.tokenizer.is_none() {
         eprintln!(

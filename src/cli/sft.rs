@@ -4,17 +4,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::Args;
 
-use super::adapt::load_base;
-use super::train::{resume, start, TrainArgs};
-use crate::data::corpus::{Corpus, CorpusOptions, Fields};
-use crate::data::sft::{SftFormat, SftSource};
+use super::adapt::{diffusion_run, NEED_BASE};
+use super::train::TrainArgs;
 use crate::data::tokenizer::Tokenizer;
-use crate::model::{Architecture, ModelConfig};
+use crate::model::ModelConfig;
 use crate::train::lora::LoraConfig;
-use crate::train::objective::Objective;
+use crate::train::sources::sft_sources;
 use crate::train::trainer::RunConfig;
 
 #[derive(Debug, Args)]
@@ -40,87 +37,21 @@ pub struct SftArgs {
     pub train: TrainArgs,
 }
 
-/// BOS/SEP/EOS/pad for prompts of the §1.7 layout, from the model's config (`--sep-token` wins).
-pub(crate) fn format(
-    config: &ModelConfig,
-    sep: Option<u32>,
-    cutoff_len: usize,
-) -> anyhow::Result<SftFormat> {
-    let eos = config
-        .eos_token_id
-        .context("the model has no eos_token_id; SFT needs one")?;
-    let sep = sep
-        .or_else(|| {
-            config
-                .raw
-                .get("sep_token_id")
-                .and_then(|v| v.as_u64())
-                .map(|v| v as u32)
-        })
-        .or_else(|| {
-            (config.arch == Architecture::Gpt2 && config.vocab_size >= 50257).then_some(50155)
-        })
-        .unwrap_or(eos);
-    Ok(SftFormat {
-        bos: config.bos_token_id.unwrap_or(eos),
-        sep,
-        eos,
-        pad: config.pad_token_id.unwrap_or(eos),
-        cutoff_len,
-    })
-}
-
-fn source(paths: &[PathBuf], tokenizer: &Tokenizer, f: SftFormat) -> anyhow::Result<SftSource> {
-    let corpus = Corpus::open(
-        paths,
-        CorpusOptions {
-            fields: Fields::pair(),
-            line_docs: false,
-        },
-    )?;
-    Ok(SftSource::new(corpus, tokenizer.clone(), f)?)
-}
-
 pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let t = &a.train;
+    // Held-out prompt/response pairs come from the shared `--val-data`.
     let sources = |run: &RunConfig, config: &ModelConfig, tok: &Tokenizer| {
-        let f = format(config, a.sep_token, run.seq_len)?;
-        // Held-out prompt/response pairs come from the shared `--val-data`.
-        let val = (!run.val_data.is_empty())
-            .then(|| source(&run.val_data, tok, f))
-            .transpose()?;
-        Ok((source(&run.data, tok, f)?, val))
+        sft_sources(run, config, tok, a.sep_token)
     };
-    if let Some(run_dir) = &t.resume {
-        return resume(t, run_dir, sources);
-    }
-    let base = a
-        .base
-        .as_ref()
-        .context("pass --base MODEL_DIR (or --resume RUN_DIR)")?;
-    let out = t.out.as_ref().context("pass --out RUN_DIR")?;
-    if t.data.is_empty() {
-        bail!("pass --data train.jsonl (prompt/response pairs)");
-    }
-    let (config, weights, tokenizer, mask_id) = load_base(base, a.mask_token.as_deref(), t.seed)?;
-    let objective = Objective::Diffusion {
-        mask_id,
-        shift: true,
-        anneal_steps: 1,
-    };
-    let mut run = t.run_config("sft", objective, Some(base.clone()))?;
-    run.lora = a.lora_rank.map(|rank| LoraConfig {
-        rank,
-        alpha: a.lora_alpha,
-    });
-    start(
-        t,
-        &run,
-        out,
-        config,
-        weights,
-        &tokenizer,
-        Some(base),
-        sources,
-    )
+    let base = (a.base.as_ref(), NEED_BASE);
+    let data = "train.jsonl (prompt/response pairs)";
+    t.resume_or_start(base, data, sources, |base| {
+        let mask = a.mask_token.as_deref();
+        let mut new = diffusion_run(t, "sft", base, mask, true, 1)?;
+        new.run.lora = a.lora_rank.map(|rank| LoraConfig {
+            rank,
+            alpha: a.lora_alpha,
+        });
+        Ok(new)
+    })
 }

@@ -1,27 +1,26 @@
-//! `dlm adapt`, `dlm pretrain`, `dlm sft`: the options they share and the driver that sets up a
-//! run (or resumes one) and hands it to `train::trainer`.
+//! `dlm adapt`, `dlm pretrain`, `dlm sft`: the options they share, turned into the library's
+//! run config and options, and the opening they share: resume a run, or start one in `train::run`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use anyhow::{anyhow, bail};
 use clap::Args;
 
-use super::args::parse_device;
-use crate::atomic::write_atomic;
 use crate::data::corpus::CorpusOptions;
-use crate::data::loader::{Batch, ExampleSource, Loader, LoaderConfig};
+use crate::data::loader::ExampleSource;
+use crate::data::packing::PackedSource;
 use crate::data::tokenizer::Tokenizer;
-use crate::dist::{connect, launcher_world_size, local_rank, Communicator};
-use crate::model::{ModelConfig, Weights};
-use crate::rng::Rng;
+use crate::dist::launcher_world_size;
+use crate::model::runtime::DeviceSpec;
+use crate::model::ModelConfig;
 use crate::train::adamw::AdamWConfig;
-use crate::train::checkpoint::{self, TrainerState};
-use crate::train::distributed::Optimizer;
 use crate::train::objective::Objective;
-use crate::train::params::{Precision, TrainableModel};
+use crate::train::params::Precision;
+use crate::train::run::{NewRun, ResumeChanges, Run, RunOptions};
+use crate::train::run_dir::RunFiles;
 use crate::train::schedule::{Decay, Schedule};
-use crate::train::trainer::{train, RunConfig, Session};
+use crate::train::sources::{packed_sources, Sources};
+use crate::train::trainer::RunConfig;
 
 /// Sequences per micro-batch and rank when `--micro-batch` is not given.
 const DEFAULT_MICRO_BATCH: usize = 8;
@@ -59,7 +58,7 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     /// cosine, constant or linear (after warmup).
     #[arg(long, default_value = "cosine")]
-    pub schedule: String,
+    pub schedule: Decay,
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
     /// Final learning rate as a fraction of the peak (cosine and linear).
@@ -109,7 +108,7 @@ pub struct TrainArgs {
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature. With several ranks, `cuda`
     /// means the GPU of the rank's index on its node.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Data-parallel ranks (processes). Outside an MPI launcher dlm relaunches itself under
     /// `mpirun -np N`; under one, the launcher's size is used. Needs the `mpi` feature.
     #[arg(long)]
@@ -134,12 +133,6 @@ impl TrainArgs {
             (None, Some(t)) => t.div_ceil(tokens_per_step.max(1)),
             (None, None) => bail!("pass --max-steps or --max-tokens"),
         };
-        let decay = match self.schedule.as_str() {
-            "cosine" => Decay::Cosine,
-            "constant" => Decay::Constant,
-            "linear" => Decay::Linear,
-            other => bail!("unknown schedule `{other}` (cosine, constant or linear)"),
-        };
         if micro_batch == 0 || self.grad_accum == 0 || self.seq_len < 2 {
             bail!("micro-batch and accumulation must be ≥ 1 and seq-len ≥ 2");
         }
@@ -160,7 +153,7 @@ impl TrainArgs {
                 peak_lr: self.lr,
                 warmup_steps: self.warmup,
                 total_steps: max_steps,
-                decay,
+                decay: self.schedule,
                 min_lr_ratio: self.min_lr_ratio,
             },
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
@@ -179,189 +172,94 @@ impl TrainArgs {
         })
     }
 
-    pub fn corpus_options(&self, options: CorpusOptions) -> CorpusOptions {
-        CorpusOptions {
-            line_docs: self.line_docs,
-            ..options
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            device: self.device,
+            world_size: self.world_size,
+            zero1: self.zero == 1,
+            shuffle_buffer: self.shuffle_buffer,
+            show_progress: !self.no_progress,
         }
     }
-}
 
-/// Files a run keeps beside its checkpoints: the run config and the tokenizer it trains with.
-pub struct RunFiles {
-    pub dir: PathBuf,
-}
-
-impl RunFiles {
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("run_config.json")
+    /// Packed blocks of `--data` (`--line-docs` read), validated on `--val-data` or a
+    /// `--val-fraction` of it: the sources of `adapt` and `pretrain`.
+    pub fn packed_sources(
+        &self,
+    ) -> impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> crate::Result<Sources<PackedSource>> + '_
+    {
+        move |run, config, tokenizer| {
+            let options = CorpusOptions {
+                line_docs: self.line_docs,
+                ..CorpusOptions::default()
+            };
+            packed_sources(run, config, tokenizer, options, self.val_fraction)
+        }
     }
 
-    pub fn tokenizer_dir(&self) -> PathBuf {
-        self.dir.join("tokenizer")
-    }
-
-    /// Creates a new run directory; refuses to overwrite one that already has checkpoints.
-    pub fn create(
-        dir: &Path,
-        run: &RunConfig,
-        tokenizer: &Tokenizer,
-        base: Option<&Path>,
-    ) -> anyhow::Result<Self> {
-        if checkpoint::latest(dir)?.is_some() {
+    /// The opening the training commands share: continue `--resume RUN_DIR`, or check that a new
+    /// run has what it starts from (`from`; `missing_from` says how to pass it), `--out` and
+    /// `--data` (`data_usage` names what it takes), prepare it with `new` and start it.
+    pub fn resume_or_start<S: ExampleSource>(
+        &self,
+        (from, missing_from): (Option<&PathBuf>, &str),
+        data_usage: &str,
+        sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> crate::Result<Sources<S>>,
+        new: impl FnOnce(&Path) -> anyhow::Result<NewRun>,
+    ) -> anyhow::Result<()> {
+        let options = self.run_options();
+        if let Some(run_dir) = &self.resume {
+            if self.micro_batch == Some(0) {
+                bail!("--micro-batch must be at least 1");
+            }
+            let changes = ResumeChanges {
+                max_steps: self.max_steps,
+                micro_batch: self.micro_batch,
+                dtype: self.dtype,
+            };
+            return drive(Run::resume(&options, run_dir, changes, sources)?);
+        }
+        let from = from.ok_or_else(|| anyhow!("{missing_from}"))?;
+        let out = self
+            .out
+            .as_ref()
+            .ok_or_else(|| anyhow!("pass --out RUN_DIR"))?;
+        if self.data.is_empty() {
+            bail!("pass --data {data_usage}");
+        }
+        if RunFiles::holds_run(out)? {
             bail!(
                 "{} already holds a run; pass --resume {} to continue it, or choose another --out",
-                dir.display(),
-                dir.display()
+                out.display(),
+                out.display()
             );
         }
-        let files = Self {
-            dir: dir.to_path_buf(),
-        };
-        std::fs::create_dir_all(files.tokenizer_dir())
-            .with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(
-            &files.config_path(),
-            serde_json::to_string_pretty(run)?.as_bytes(),
-        )?;
-        tokenizer.save(&files.tokenizer_dir().join("tokenizer.json"))?;
-        for f in ["tokenizer_config.json", "generation_config.json"] {
-            if let Some(src) = base.map(|b| b.join(f)).filter(|p| p.exists()) {
-                std::fs::copy(&src, files.tokenizer_dir().join(f))?;
-            }
-        }
-        Ok(files)
-    }
-
-    pub fn load_config(dir: &Path) -> anyhow::Result<RunConfig> {
-        let path = dir.join("run_config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (is this a dlm run directory?)", path.display())
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{}: bad run config", path.display()))
+        let run = new(from)?;
+        drive(Run::start(&options, out, run, sources)?)
     }
 }
 
-/// What a command sets up before the loop: the model, its config and where examples come from.
-pub struct Setup<S> {
-    pub config: ModelConfig,
-    pub weights: Weights,
-    pub train_source: S,
-    pub val_source: Option<S>,
-}
-
-/// Seeds the LoRA factors' initial draw apart from the run's own random stream.
-const LORA_INIT_STREAM: u64 = 0x4c6f_5241;
-
-/// Runs (or resumes) a training session and prints where the result is.
-pub fn drive<S: ExampleSource>(
-    run: &RunConfig,
-    run_dir: &Path,
-    setup: Setup<S>,
-    resume_from: Option<PathBuf>,
-    args: &TrainArgs,
-    comm: &dyn Communicator,
-) -> anyhow::Result<()> {
-    let (rank, world) = (comm.rank(), comm.world_size());
-    let device: Device = match args.device.as_str() {
-        "cuda" if world > 1 => parse_device(&format!("cuda:{}", local_rank()))?,
-        other => parse_device(other)?,
-    };
-    let files = RunFiles {
-        dir: run_dir.to_path_buf(),
-    };
-    let mut model = match run.lora {
-        None => TrainableModel::new(&setup.config, &setup.weights, &device)?,
-        Some(lora) => {
-            // The frozen base is kept once per run: a resumed run needs it unmerged.
-            let (base, factors) = match &resume_from {
-                Some(ckpt) => (
-                    checkpoint::load_lora_base(run_dir)?,
-                    Some(checkpoint::load_factors(ckpt)?),
-                ),
-                None => {
-                    if rank == 0 {
-                        checkpoint::save_lora_base(run_dir, &setup.weights)?;
-                    }
-                    (setup.weights, None)
-                }
-            };
-            let mut init = Rng::seed(run.seed ^ LORA_INIT_STREAM);
-            TrainableModel::with_lora(
-                &setup.config,
-                &base,
-                lora,
-                factors.as_ref(),
-                &device,
-                &mut init,
-            )?
-        }
-    };
-    model.set_precision(run.dtype, run_dir)?;
-    let mut optimizer = Optimizer::new(run.optimizer, args.zero == 1, &model.vars, comm);
-    // Every rank reads the global micro-batches and trains on its rows of each.
-    let loader_config = LoaderConfig {
-        batch_size: run.micro_batch * world,
-        shuffle_buffer: args.shuffle_buffer,
-        seed: run.seed,
-    };
-    let (mut state, mut loader) = match &resume_from {
-        Some(dir) => {
-            let (state, moments) = checkpoint::load_state(dir)?;
-            optimizer.load_state_tensors(state.step, &moments)?;
-            // The cursor counts examples, so the run may resume under another world size.
-            let mut cursor = state.loader.clone();
-            cursor.config.batch_size = loader_config.batch_size;
-            let loader = Loader::from_state(setup.train_source, cursor)?;
-            (state, loader)
-        }
-        None => {
-            let loader = Loader::new(setup.train_source, loader_config)?;
-            let state = TrainerState {
-                step: 0,
-                rng: Rng::seed(run.seed),
-                loader: loader.state().clone(),
-                tokens_seen: 0,
-                skipped_nonfinite: 0,
-            };
-            (state, loader)
-        }
-    };
-    let val_batches = match setup.val_source {
-        Some(src) => first_batches(src, run.micro_batch, run.val_batches)?,
-        None => Vec::new(),
-    };
-    if rank == 0 && val_batches.is_empty() && run.val_batches > 0 {
+/// Trains a set-up run and prints what it trains and where the result is.
+fn drive<S: ExampleSource>(run: Run<S>) -> anyhow::Result<()> {
+    let (rank, world) = (run.rank(), run.world_size());
+    let c = run.config();
+    if rank == 0 && run.val_batches().is_empty() && c.val_batches > 0 {
         eprintln!("warning: no validation documents (corpus too small for --val-fraction); validation is skipped");
     }
     if rank == 0 {
         eprintln!(
             "{} {}: {} parameters ({} compute), {} steps of {} tokens on {world} rank{}, from step {}",
-            run.command,
-            run_dir.display(),
-            model.num_parameters(),
-            run.dtype.dtype().as_str(),
-            run.max_steps,
-            world * run.micro_batch * run.grad_accum * run.seq_len,
+            c.command,
+            run.dir().display(),
+            run.num_parameters(),
+            c.dtype.dtype().as_str(),
+            c.max_steps,
+            world * c.micro_batch * c.grad_accum * c.seq_len,
             if world == 1 { "" } else { "s" },
-            state.step
+            run.step()
         );
     }
-    let tokenizer_dir = files.tokenizer_dir();
-    let summary = train(Session {
-        run,
-        run_dir,
-        model: &mut model,
-        model_config: &setup.config,
-        optimizer: &mut optimizer,
-        loader: &mut loader,
-        val_batches: &val_batches,
-        state: &mut state,
-        tokenizer_dir: Some(&tokenizer_dir),
-        device: &device,
-        show_progress: !args.no_progress,
-        comm,
-    })?;
+    let summary = run.train()?;
     if rank > 0 {
         return Ok(());
     }
@@ -377,134 +275,4 @@ pub fn drive<S: ExampleSource>(
             .map_or("(no checkpoint)".into(), |p| p.display().to_string())
     );
     Ok(())
-}
-
-/// The first `n` batches of a source, in order (validation uses no shuffling).
-fn first_batches<S: ExampleSource>(
-    source: S,
-    batch_size: usize,
-    n: usize,
-) -> anyhow::Result<Vec<Batch>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut loader = Loader::new(
-        source,
-        LoaderConfig {
-            batch_size,
-            shuffle_buffer: 1,
-            seed: 0,
-        },
-    )?;
-    let mut out = Vec::new();
-    while out.len() < n {
-        let batch = match loader.next_batch() {
-            Ok(b) => b,
-            Err(_) => break, // an empty validation split
-        };
-        if batch.epoch > 0 && !out.is_empty() {
-            break;
-        }
-        out.push(batch);
-    }
-    Ok(out)
-}
-
-/// A run's (train, validation) example sources, built from its run config, model config and
-/// tokenizer: the one thing that differs between adapt, pretrain and sft.
-pub type Sources<S> = (S, Option<S>);
-
-/// Continues the run in `run_dir` from its latest checkpoint (`--max-steps` may extend it).
-pub fn resume<S: ExampleSource>(
-    t: &TrainArgs,
-    run_dir: &Path,
-    sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
-) -> anyhow::Result<()> {
-    let mut run = RunFiles::load_config(run_dir)?;
-    if let Some(steps) = t.max_steps {
-        run.max_steps = steps;
-        run.schedule.total_steps = steps;
-    }
-    if let Some(b) = t.micro_batch {
-        if b == 0 {
-            bail!("--micro-batch must be at least 1");
-        }
-        run.micro_batch = b;
-    }
-    if let Some(dtype) = t.dtype {
-        run.dtype = dtype;
-    }
-    let (ckpt, config, weights) = resume_point(run_dir)?;
-    let files = RunFiles {
-        dir: run_dir.to_path_buf(),
-    };
-    let tokenizer = Tokenizer::from_file(&files.tokenizer_dir().join("tokenizer.json"))?;
-    let (train_source, val_source) = sources(&run, &config, &tokenizer)?;
-    let setup = Setup {
-        config,
-        weights,
-        train_source,
-        val_source,
-    };
-    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
-    on_every_rank(comm.as_ref(), || {
-        drive(&run, run_dir, setup, Some(ckpt), t, comm.as_ref())
-    })
-}
-
-/// Starts a new run in `out` from prepared weights.
-#[allow(clippy::too_many_arguments)]
-pub fn start<S: ExampleSource>(
-    t: &TrainArgs,
-    run: &RunConfig,
-    out: &Path,
-    config: ModelConfig,
-    weights: Weights,
-    tokenizer: &Tokenizer,
-    base: Option<&Path>,
-    sources: impl FnOnce(&RunConfig, &ModelConfig, &Tokenizer) -> anyhow::Result<Sources<S>>,
-) -> anyhow::Result<()> {
-    let comm = connect(t.world_size, t.device.starts_with("cuda"))?;
-    on_every_rank(comm.as_ref(), || {
-        if comm.rank() == 0 {
-            RunFiles::create(out, run, tokenizer, base)?;
-        }
-        let (train_source, val_source) = sources(run, &config, tokenizer)?;
-        let setup = Setup {
-            config,
-            weights,
-            train_source,
-            val_source,
-        };
-        drive(run, out, setup, None, t, comm.as_ref())
-    })
-}
-
-/// Runs one rank's part of a run. With several ranks an error ends them all (after printing it
-/// with the rank), since the others would otherwise wait forever at their next collective.
-fn on_every_rank(
-    comm: &dyn Communicator,
-    body: impl FnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let result = body();
-    if let Err(e) = &result {
-        if comm.world_size() > 1 {
-            eprintln!("error: rank {}: {e:#}", comm.rank());
-            comm.abort(1);
-        }
-    }
-    result
-}
-
-/// Where to resume from: the run's latest checkpoint, with its model weights and config.
-pub fn resume_point(run_dir: &Path) -> anyhow::Result<(PathBuf, ModelConfig, Weights)> {
-    let dir = checkpoint::latest(run_dir)?.with_context(|| {
-        format!(
-            "{} has no completed checkpoint to resume from",
-            run_dir.display()
-        )
-    })?;
-    let config = ModelConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::load_dir(&dir, config.arch, DType::F32, &Device::Cpu)?;
-    Ok((dir, config, weights))
 }

@@ -202,22 +202,33 @@ impl<S: ExampleSource> Loader<S> {
     }
 
     pub fn next_batch(&mut self) -> Result<Batch> {
+        self.try_next_batch()?.ok_or_else(|| {
+            Error::Input("the data yields no examples (corpus too small for one block?)".into())
+        })
+    }
+
+    /// The next batch, or `None` when the data yields no examples at all (an empty split);
+    /// a source that cannot be read is an error.
+    pub fn try_next_batch(&mut self) -> Result<Option<Batch>> {
         let b = self.state.config.batch_size;
         let mut ids = Vec::with_capacity(b);
         let mut src_mask = Vec::with_capacity(b);
         for _ in 0..b {
-            let ex = self.next_example()?;
+            let Some(ex) = self.next_example()? else {
+                return Ok(None);
+            };
             ids.push(ex.ids);
             src_mask.push(ex.src_mask);
         }
-        Ok(Batch {
+        Ok(Some(Batch {
             ids,
             src_mask,
             epoch: self.state.epoch,
-        })
+        }))
     }
 
-    fn next_example(&mut self) -> Result<Example> {
+    /// The next example, or `None` if a whole pass over the source yields none.
+    fn next_example(&mut self) -> Result<Option<Example>> {
         if self.state.pos_in_window >= self.window.len() {
             self.state.window_start += self.window.len() as u64;
             self.fill_window()?;
@@ -228,16 +239,14 @@ impl<S: ExampleSource> Loader<S> {
                 self.source.rewind()?;
                 self.fill_window()?;
                 if self.window.is_empty() {
-                    return Err(Error::Input(
-                        "the data yields no examples (corpus too small for one block?)".into(),
-                    ));
+                    return Ok(None);
                 }
             }
         }
         let ex = self.window[self.state.pos_in_window].clone();
         self.state.pos_in_window += 1;
         self.state.examples_seen += 1;
-        Ok(ex)
+        Ok(Some(ex))
     }
 
     /// Reads the window starting at `window_start` and permutes it; resets the position.
@@ -335,6 +344,7 @@ mod tests {
         assert!(Loader::new(source(), config(1, 0)).is_err());
         let mut empty = Loader::new(VecSource::new(vec![]), config(2, 2)).unwrap();
         assert!(empty.next_batch().is_err());
+        assert_eq!(empty.try_next_batch().unwrap(), None);
         // A cursor past the end of the data (the corpus shrank) is refused, not wrapped.
         let mut l = Loader::new(source(), config(3, 4)).unwrap();
         l.next_batch().unwrap();

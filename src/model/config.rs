@@ -22,6 +22,18 @@ impl Architecture {
     }
 }
 
+impl std::str::FromStr for Architecture {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gpt2" => Ok(Architecture::Gpt2),
+            "llama" => Ok(Architecture::Llama),
+            other => Err(format!("unknown architecture `{other}` (gpt2 or llama)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub arch: Architecture,

@@ -6,6 +6,8 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod mask_token;
+pub mod preset;
+pub mod runtime;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

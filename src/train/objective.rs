@@ -114,3 +114,23 @@ impl Objective {
         }
     }
 }
+
+/// The objective's family as a command names it (`ar` or `diffusion`), before the diffusion
+/// switches are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectiveKind {
+    Ar,
+    Diffusion,
+}
+
+impl std::str::FromStr for ObjectiveKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ar" => Ok(Self::Ar),
+            "diffusion" => Ok(Self::Diffusion),
+            other => Err(format!("unknown objective `{other}` (ar or diffusion)")),
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! Learning-rate schedules: linear warmup, then constant, cosine or linear decay.
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -9,6 +11,21 @@ pub enum Decay {
     /// Cosine from the peak down to `min_lr_ratio`·peak at the last step (DiffuGPT's schedule).
     Cosine,
     Linear,
+}
+
+impl FromStr for Decay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Self::Cosine),
+            "constant" => Ok(Self::Constant),
+            "linear" => Ok(Self::Linear),
+            other => Err(format!(
+                "unknown schedule `{other}` (cosine, constant or linear)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

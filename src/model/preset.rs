@@ -1,0 +1,66 @@
+//! Named model sizes for training from scratch, as HF `config.json` values.
+
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+
+use super::Architecture;
+
+/// A named size; `Small` is GPT-2 small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Tiny,
+    Mini,
+    Small,
+}
+
+impl Size {
+    /// (layers, width, heads).
+    pub fn dims(self) -> (usize, usize, usize) {
+        match self {
+            Self::Tiny => (2, 64, 4),
+            Self::Mini => (6, 384, 6),
+            Self::Small => (12, 768, 12),
+        }
+    }
+
+    /// The HF config of a model of this size: `context` positions, tied embeddings, `eos` as BOS
+    /// and EOS.
+    pub fn hf_config(
+        self,
+        arch: Architecture,
+        vocab: usize,
+        context: usize,
+        eos: Option<u32>,
+    ) -> Value {
+        let (layers, d, heads) = self.dims();
+        match arch {
+            Architecture::Gpt2 => json!({
+                "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab,
+                "n_positions": context, "n_embd": d, "n_layer": layers, "n_head": heads,
+                "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true,
+                "bos_token_id": eos, "eos_token_id": eos,
+            }),
+            Architecture::Llama => json!({
+                "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
+                "hidden_size": d, "intermediate_size": d * 8 / 3 / 64 * 64 + 64, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": context,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": true,
+                "bos_token_id": eos, "eos_token_id": eos,
+            }),
+        }
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tiny" => Ok(Self::Tiny),
+            "mini" => Ok(Self::Mini),
+            "small" => Ok(Self::Small),
+            other => Err(format!("unknown size `{other}` (tiny, mini, small)")),
+        }
+    }
+}
