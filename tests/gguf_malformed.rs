@@ -178,8 +178,8 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Imports `bytes` and returns the error message, asserting that it names the file and
-/// contains every one of `needles`.
+/// Imports `bytes` (the model, then its tokenizer) and returns the error message, asserting that
+/// it names the file and contains every one of `needles`.
 fn expect_err(bytes: &[u8], needles: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "model.gguf", bytes);

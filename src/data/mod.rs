@@ -1,4 +1,5 @@
-//! Text in, token ids out. Knows nothing of models.
+//! Text in, token ids out. Knows nothing of models; of GGUF files it reads only the metadata
+//! (`model::gguf`) that an embedded tokenizer is rebuilt from.
 //!
 //! `corpus` streams documents from files; `packing` (§1.6) and `sft` (§1.7) turn them into
 //! fixed-length examples; `loader` batches those with a resumable, deterministic cursor;

@@ -1,7 +1,8 @@
 //! From what a user asks for to canvases and back to text: sampler settings folded into
-//! `DiffusionOptions`, requests (text, token ids, `<|mask:N|>` templates, chat turns) turned into
-//! canvases, and finished canvases turned into text. `dlm generate`, `dlm infill` and `dlm serve`
-//! all go through here, so a flag and a request field mean the same thing.
+//! `DiffusionOptions`, requests (text, token ids, `<|mask:N|>` templates; chat turns are rendered
+//! by `data::chat`) turned into canvases, and finished canvases turned into text. `dlm generate`,
+//! `dlm infill` and `dlm serve` all go through here, so a flag and a request field mean the same
+//! thing.
 
 use std::path::Path;
 
