@@ -8,10 +8,22 @@
 //! dim, T denoising steps, t time in (0, 1].
 //!
 //! # Modules, in dependency order
-//! `error`, `rng` → `ops` (differentiable kernels) → `model` (architectures, checkpoints) →
-//! `data` (tokenizers) → `diffusion` (noise, shift, loss, annealing) → `sample` → `serve` → `cli`.
-//! The model knows nothing of training or sampling. `dist` (communication between the ranks of a
-//! data-parallel run) depends on `error` alone; `train` uses it.
+//!
+//! One line per layer, lowest first. A module uses modules of the layers below its own, never
+//! one beside it or above: the model knows nothing of data, training or sampling, and only `cli`
+//! knows the command line (clap). `tests/layering.rs` reads this block and checks every path in
+//! `src/` against it.
+//!
+//! ```text
+//! error, rng:                  the error type; seeded randomness
+//! atomic, dist, named, report: crash-safe writes; data-parallel ranks; option names; run logs
+//! ops:                         differentiable kernels
+//! model:                       architectures, checkpoints, GGUF files
+//! data, diffusion:             tokenizers, corpora, chat templates; noise, shift, loss, annealing
+//! sample, train:               denoising and AR sampling; the training loop
+//! eval, serve:                 the paper's benchmarks; the HTTP server
+//! cli:                         the `dlm` commands
+//! ```
 
 pub mod atomic;
 pub mod cli;
@@ -21,6 +33,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod named;
 pub mod ops;
 pub mod report;
 pub mod rng;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dlm::data::gguf_tokenizer::import_gguf_tokenizer;
 use dlm::model::gguf::import_llama_gguf;
 
 /// Metadata values the writer can emit (GGUF value type ids in comments).
@@ -177,12 +178,12 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Imports `bytes` and returns the error message, asserting that it names the file and
-/// contains every one of `needles`.
+/// Imports `bytes` (the model, then its tokenizer) and returns the error message, asserting that
+/// it names the file and contains every one of `needles`.
 fn expect_err(bytes: &[u8], needles: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "model.gguf", bytes);
-    let msg = match import_llama_gguf(&path) {
+    let msg = match import_llama_gguf(&path).and_then(|_| import_gguf_tokenizer(&path)) {
         Ok(_) => panic!("import succeeded; expected an error containing {needles:?}"),
         Err(e) => e.to_string(),
     };
@@ -254,7 +255,8 @@ fn tiny_model_imports_with_expected_values() {
         .to_vec2()
         .unwrap();
     assert!(v.iter().flatten().all(|&x| x == -2.0));
-    assert_eq!(imp.tokenizer.encode("ab<|endoftext|>").unwrap(), vec![3, 0]);
+    let tokenizer = import_gguf_tokenizer(&path).unwrap();
+    assert_eq!(tokenizer.encode("ab<|endoftext|>").unwrap(), vec![3, 0]);
 }
 
 #[test]
@@ -309,6 +311,7 @@ fn garbage_and_wrong_magic() {
         b[at] = rnd() as u8;
         let p = write_file(dir.path(), "fuzz.gguf", &b);
         let _ = import_llama_gguf(&p);
+        let _ = import_gguf_tokenizer(&p);
     }
 }
 

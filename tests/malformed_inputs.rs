@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use common::fixture;
+use common::{fixture, tiny_dlm_dir};
+use dlm::data::chat::ChatTemplate;
+use dlm::data::tokenizer::Tokenizer;
 use dlm::model::load_dir;
 
 /// A copy of a tiny fixture model (config + weights) in a temp dir, to be damaged.
@@ -158,4 +160,54 @@ fn binary_exits_nonzero_with_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("token id 500 is out of vocabulary"));
+}
+
+/// Runs `dlm ARGS` expecting exit code 1; returns stderr.
+fn dlm_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "dlm {args:?}: {stderr}");
+    stderr
+}
+
+fn assert_malformed(e: &str, file: &str) {
+    assert!(e.contains(file) && e.contains("is malformed"), "{e}");
+}
+
+#[test]
+fn malformed_tokenizer_config_is_reported_as_malformed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_dlm_dir(tmp.path());
+    let dir = model.to_str().unwrap();
+    let config = model.join("tokenizer_config.json");
+    for garbage in ["{\"chat_template\": ", "[\"chat_template\"]", "\u{0}\u{1}"] {
+        std::fs::write(&config, garbage).unwrap();
+        let e = ChatTemplate::load(&model).unwrap_err().to_string();
+        assert_malformed(&e, "tokenizer_config.json");
+        let e = dlm_fails(&["generate", dir, "--prompt", "hi", "--chat", "--length", "2"]);
+        assert_malformed(&e, "tokenizer_config.json");
+    }
+    // Absent, the file still means "this model cannot chat".
+    std::fs::remove_file(&config).unwrap();
+    let e = ChatTemplate::load(&model).unwrap_err().to_string();
+    assert!(e.contains("has no chat_template"), "{e}");
+}
+
+#[test]
+fn malformed_tokenizer_json_is_reported_as_malformed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_dlm_dir(tmp.path());
+    let dir = model.to_str().unwrap();
+    std::fs::write(model.join("tokenizer.json"), "{\"model\": [1, 2").unwrap();
+    let e = Tokenizer::from_model_dir(&model).unwrap_err().to_string();
+    assert_malformed(&e, "tokenizer.json");
+    // `info` used to describe such a model as one without a tokenizer.
+    assert_malformed(&dlm_fails(&["info", dir]), "tokenizer.json");
+    let e = dlm_fails(&["generate", dir, "--prompt", "hi", "--length", "2"]);
+    assert_malformed(&e, "tokenizer.json");
+    let e = dlm_fails(&["score", dir, "--text", "hi"]);
+    assert_malformed(&e, "tokenizer.json");
 }

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use dlm::data::gguf_tokenizer::import_gguf_tokenizer;
 use dlm::data::tokenizer::Tokenizer;
-use dlm::model::gguf::import_gguf_tokenizer;
 use dlm::Error;
 
 fn assets() -> PathBuf {

@@ -12,7 +12,8 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::atomic::write_atomic;
-use crate::model::gguf::{import_llama_gguf, GgufLlamaParams};
+use crate::data::gguf_tokenizer::gguf_tokenizer;
+use crate::model::gguf::{llama_params, llama_tensors, GgufFile, GgufLlamaParams};
 use crate::model::runtime::WeightDtype;
 use crate::model::{ModelConfig, Weights};
 
@@ -100,9 +101,15 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => return restore_dir(dir, &a.out, a.dtype),
         (None, None) => anyhow::bail!("pass --gguf FILE or --model DIR"),
     };
-    let imp = import_llama_gguf(gguf)?;
-    let config = ModelConfig::from_json(hf_config(&imp.params), gguf)?;
-    let tensors: BTreeMap<String, candle_core::Tensor> = imp.tensors.into_iter().collect();
+    let f = GgufFile::open(gguf)?;
+    let params = llama_params(&f)?;
+    // The tokenizer before the tensors: an unsupported one is refused before any dequantising.
+    let tokenizer = gguf_tokenizer(&f)?;
+    let tensors: BTreeMap<String, candle_core::Tensor> =
+        llama_tensors(&f, &params)?.into_iter().collect();
+    let chat_template = f.str_value("tokenizer.chat_template").map(str::to_owned);
+    drop(f); // unmap the file
+    let config = ModelConfig::from_json(hf_config(&params), gguf)?;
     let n_tensors = tensors.len();
     let weights = Weights::new(tensors, gguf);
     // Build the model once so a GGUF whose tensors do not fit its own header fails here.
@@ -112,27 +119,27 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("{}: tensors do not match the header", gguf.display()))?;
     weights.save_dir(&a.out, &config, dtype)?;
-    imp.tokenizer.save(&a.out.join("tokenizer.json"))?;
-    let token = |id: Option<u32>| id.and_then(|i| imp.tokenizer.id_to_token(i));
+    tokenizer.save(&a.out.join("tokenizer.json"))?;
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
     write_json(
         &a.out.join("tokenizer_config.json"),
         &json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "add_bos_token": false,
             "add_eos_token": false,
-            "bos_token": token(imp.params.bos_id),
-            "eos_token": token(imp.params.eos_id),
-            "pad_token": token(imp.params.pad_id),
-            "model_max_length": imp.params.context_length,
-            "chat_template": imp.chat_template,
+            "bos_token": token(params.bos_id),
+            "eos_token": token(params.eos_id),
+            "pad_token": token(params.pad_id),
+            "model_max_length": params.context_length,
+            "chat_template": chat_template,
         }),
     )?;
     write_json(
         &a.out.join("generation_config.json"),
         &json!({
-            "bos_token_id": imp.params.bos_id,
-            "eos_token_id": imp.params.eos_id,
-            "pad_token_id": imp.params.pad_id,
+            "bos_token_id": params.bos_id,
+            "eos_token_id": params.eos_id,
+            "pad_token_id": params.pad_id,
         }),
     )?;
     println!(

@@ -10,6 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::args::{load_model, RuntimeArgs};
+use super::named::named;
 use crate::data::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
@@ -45,7 +46,7 @@ pub struct DiffusionArgs {
     /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
     #[arg(long, default_value_t = 64)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = SamplerName::TopkConfidence)]
+    #[arg(long, value_parser = named::<SamplerName>(), default_value_t = SamplerName::TopkConfidence)]
     pub sampler: SamplerName,
     /// Parallel decoding: also commit every masked position whose token has probability > P.
     #[arg(long)]
@@ -59,7 +60,7 @@ pub struct DiffusionArgs {
     /// Reuse keys/values across the steps of a block (approximate, as Fast-dLLM; with
     /// --block-length): `prefix` recomputes the block and what follows it, `dual` the block
     /// only. `none`: exact attention.
-    #[arg(long, value_enum, default_value_t = CacheMode::None)]
+    #[arg(long, value_parser = named::<CacheMode>(), default_value_t = CacheMode::None)]
     pub cache: CacheMode,
     /// Mask token id, overriding the model config's `mask_token_id`.
     #[arg(long)]

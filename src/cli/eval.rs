@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::args::{load_model, load_tokenizer, RuntimeArgs};
+use super::named::named;
 use crate::eval::generation::GenSettings;
 use crate::eval::harness::{run_task, EvalModel, EvalSettings};
 use crate::eval::multiple_choice::{Estimator, PromptFormat};
@@ -65,7 +66,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value = "mean")]
     pub ar_score: ArReduction,
     /// Prompt format of the multiple-choice tasks.
-    #[arg(long, value_enum, default_value = "reference")]
+    #[arg(long, value_parser = named::<PromptFormat>(), default_value = "reference")]
     pub format: PromptFormat,
     /// T for rocstories and code-infill (default 32) and gsm8k (default 64).
     #[arg(long)]

@@ -15,10 +15,10 @@ use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
 /// Generated positions when neither `--length` nor a request says.
 const DEFAULT_LENGTH: usize = 64;
 use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
+use crate::data::chat::{ChatMessage, ChatTemplate};
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::filter::TokenChoice;
-use crate::sample::request::{ChatMessage, ChatTemplate};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {

@@ -26,7 +26,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         .or(c.raw.get("dtype"))
         .and_then(|v| v.as_str())
         .unwrap_or("unknown");
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json")).ok();
+    let tok = Tokenizer::from_model_dir(&a.model)?;
     let name = |id: Option<u32>| id.and_then(|i| tok.as_ref().and_then(|t| t.id_to_token(i)));
     let info = json!({
         "architecture": c.arch.name(),

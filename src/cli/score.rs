@@ -10,7 +10,8 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::args::{load_model, load_tokenizer, RuntimeArgs};
+use super::args::{load_model, RuntimeArgs};
+use crate::data::tokenizer::Tokenizer;
 use crate::diffusion::anneal::annealed_mask;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -180,7 +181,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 
     let m = load_model(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
-    let tokenizer = load_tokenizer(&a.model).ok();
+    let tokenizer = Tokenizer::from_model_dir(&a.model)?;
     let ids = match (&req.ids, &req.text) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => tokenizer

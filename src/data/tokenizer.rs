@@ -41,11 +41,23 @@ impl From<tokenizers::Tokenizer> for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads an HF `tokenizer.json`.
+    /// Loads an HF `tokenizer.json`; one that does not parse is reported as malformed.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let inner = text
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer(format!("{} is malformed: {e}", path.display())))?;
         Ok(Self { inner })
+    }
+
+    /// A model directory's `tokenizer.json`, or None when it has none (the model then takes
+    /// token ids); a malformed one is an error.
+    pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("tokenizer.json");
+        match path.exists() {
+            true => Self::from_file(&path).map(Some),
+            false => Ok(None),
+        }
     }
 
     /// Builds GPT-2's byte-level BPE from the original OpenAI files (`encoder.json` is HF's

@@ -152,8 +152,7 @@ pub fn run_task(
             (TaskKind::MultipleChoice(_), Estimator::Elbo { samples }, false) => Some(samples),
             _ => None,
         },
-        format: matches!(spec.kind, TaskKind::MultipleChoice(_))
-            .then(|| s.format.name().to_string()),
+        format: matches!(spec.kind, TaskKind::MultipleChoice(_)).then(|| s.format.to_string()),
         seed: s.seed,
         n,
         skipped,

@@ -22,6 +22,7 @@ use super::score::{
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
 use crate::model::LanguageModel;
+use crate::named::{display_and_from_str, Named};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +33,31 @@ pub enum McTask {
     Siqa,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptFormat {
     Reference,
     LmEval,
 }
 
-impl PromptFormat {
-    pub fn name(self) -> &'static str {
+impl Named for PromptFormat {
+    const WHAT: &'static str = "prompt format";
+    const ALL: &'static [Self] = &[Self::Reference, Self::LmEval];
+
+    fn name(self) -> &'static str {
         match self {
             PromptFormat::Reference => "reference",
             PromptFormat::LmEval => "lm-eval",
         }
     }
+
+    fn help(self) -> &'static str {
+        match self {
+            PromptFormat::Reference => "eval-diffugpt.py's strings, pieces encoded separately",
+            PromptFormat::LmEval => "lm-eval-harness 0-shot: context + answer, encoded whole",
+        }
+    }
 }
+display_and_from_str!(PromptFormat);
 
 /// One choice as text: context and the answer's pieces (the reference encodes each separately).
 #[derive(Debug, Clone, PartialEq)]
@@ -249,19 +261,8 @@ pub struct Outcome {
 }
 
 fn argmin(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::INFINITY),
-            |best, (i, &x)| {
-                if x < best.1 {
-                    (i, x)
-                } else {
-                    best
-                }
-            },
-        )
-        .0
+    let lower = |best: (usize, f64), (i, &x): (usize, &f64)| if x < best.1 { (i, x) } else { best };
+    v.iter().enumerate().fold((0, f64::INFINITY), lower).0
 }
 
 /// Scores every choice of `q` in as few forwards as the lengths allow.

@@ -1,19 +1,21 @@
 //! Import of llama-architecture GGUF files (e.g. SmolLM2) into HF `LlamaForCausalLM` tensors:
 //! hyper-parameters from `llama.*` metadata, every tensor dequantised to f32 in HF names and
-//! `[out, in]` layout with llama.cpp's Q/K row permutation undone, and the embedded BPE
-//! tokenizer rebuilt. Anything dlm cannot serve faithfully is refused by name rather than
-//! approximated.
+//! `[out, in]` layout with llama.cpp's Q/K row permutation undone. The embedded tokenizer is
+//! rebuilt from the same metadata by `data::gguf_tokenizer`. Anything dlm cannot serve faithfully
+//! is refused by name rather than approximated.
 
 mod dequant;
+mod metadata;
 mod reader;
+mod value;
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
-pub use reader::{GgufFile, GgufValue, TensorInfo};
+pub use reader::GgufFile;
+pub use value::{GgufValue, TensorInfo};
 
 /// Hyper-parameters of a llama-architecture model, as read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,34 +38,46 @@ pub struct GgufLlamaParams {
     pub name: Option<String>,
 }
 
-/// Everything a GGUF file provides for building a model.
+/// Everything a GGUF file provides for building a model (the tokenizer is
+/// `data::gguf_tokenizer`'s).
 #[derive(Debug)]
 pub struct GgufImport {
     pub params: GgufLlamaParams,
     /// HF names (`model.layers.0.self_attn.q_proj.weight`, ...), f32 on the CPU, `[out, in]`.
     pub tensors: Vec<(String, Tensor)>,
-    pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
 }
 
 /// Reads a llama-architecture GGUF file; see the module docs.
 pub fn import_llama_gguf(path: &Path) -> Result<GgufImport> {
     let f = GgufFile::open(path)?;
-    match f.get("general.architecture").map(|v| v.as_str()) {
-        Some(Some("llama")) => {}
-        Some(Some(arch)) => {
-            return Err(f.err(format!(
-                "architecture {arch:?} is not supported (only \"llama\")"
-            )))
-        }
-        _ => return Err(f.err("general.architecture is missing or not a string")),
-    }
-    let (tokenizer, vocab, [bos_id, eos_id, pad_id]) = read_tokenizer(&f)?;
-    let params = read_params(&f, vocab, [bos_id, eos_id, pad_id])?;
+    let params = llama_params(&f)?;
+    let tensors = llama_tensors(&f, &params)?;
+    Ok(GgufImport {
+        params,
+        tensors,
+        chat_template: f.str_value("tokenizer.chat_template").map(str::to_owned),
+    })
+}
 
+/// The hyper-parameters of a llama-architecture file, checked (cheap: no tensor is read).
+pub fn llama_params(f: &GgufFile) -> Result<GgufLlamaParams> {
+    let arch = f.required_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(f.err(format!(
+            "architecture {arch:?} is not supported (only \"llama\")"
+        )));
+    }
+    let (vocab, special) = vocab_and_special_ids(f)?;
+    read_params(f, vocab, special)
+}
+
+/// Every tensor, dequantised, in HF names, shapes and row order; all that `p` implies must be
+/// there.
+pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, Tensor)>> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
     for t in &f.tensors {
-        let (hf, expect) = hf_name(&f, &params, &t.name)?;
+        let (hf, expect) = hf_name(f, p, &t.name)?;
         // GGUF dims are [ne0 = in, ne1 = out]; HF wants [out, in].
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         if shape != expect {
@@ -74,14 +88,13 @@ pub fn import_llama_gguf(path: &Path) -> Result<GgufImport> {
         }
         let mut data = f.dequantize(t)?;
         if t.name.ends_with(".attn_q.weight") {
-            data = unpermute_rows(&data, params.n_head, params.head_dim, params.hidden);
+            data = unpermute_rows(&data, p.n_head, p.head_dim, p.hidden);
         } else if t.name.ends_with(".attn_k.weight") {
-            data = unpermute_rows(&data, params.n_kv_head, params.head_dim, params.hidden);
+            data = unpermute_rows(&data, p.n_kv_head, p.head_dim, p.hidden);
         }
         tensors.push((hf, Tensor::from_vec(data, shape, &Device::Cpu)?));
     }
-
-    let mut missing: Vec<String> = expected_names(&params)
+    let mut missing: Vec<String> = expected_names(p)
         .into_iter()
         .filter(|n| !tensors.iter().any(|(h, _)| h == n))
         .collect();
@@ -92,60 +105,40 @@ pub fn import_llama_gguf(path: &Path) -> Result<GgufImport> {
             missing.join(", ")
         )));
     }
-    let chat_template = f
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    Ok(GgufImport {
-        params,
-        tensors,
-        tokenizer,
-        chat_template,
-    })
+    Ok(tensors)
 }
 
-/// Only the embedded tokenizer (cheap: no tensor is dequantised). Any architecture is accepted.
-pub fn import_gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
-    let f = GgufFile::open(path)?;
-    Ok(read_tokenizer(&f)?.0)
-}
-
-fn req_usize(f: &GgufFile, key: &str) -> Result<usize> {
-    opt_usize(f, key)?.ok_or_else(|| f.err(format!("metadata {key} is missing")))
-}
-
-fn opt_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
-    match f.get(key) {
-        None => Ok(None),
-        Some(v) => match v.as_u64().and_then(|x| usize::try_from(x).ok()) {
-            Some(x) => Ok(Some(x)),
-            None => Err(f.err(format!(
-                "metadata {key} = {v:?} is not a non-negative integer"
-            ))),
-        },
+/// The vocabulary size and the bos/eos/padding ids, from the tokenizer metadata.
+fn vocab_and_special_ids(f: &GgufFile) -> Result<(usize, [Option<u32>; 3])> {
+    let vocab = f.array("tokenizer.ggml.tokens")?.len();
+    let mut ids = [None; 3];
+    for (slot, key) in ids.iter_mut().zip(["bos", "eos", "padding"]) {
+        let key = format!("tokenizer.ggml.{key}_token_id");
+        if let Some(id) = f.usize_value(&key)? {
+            if id >= vocab {
+                return Err(f.err(format!("{key} {id} is outside the vocabulary ({vocab})")));
+            }
+            *slot = Some(id as u32);
+        }
     }
-}
-
-fn opt_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
-    match f.get(key) {
-        None => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(x) if x.is_finite() => Ok(Some(x)),
-            _ => Err(f.err(format!("metadata {key} = {v:?} is not a finite float"))),
-        },
-    }
+    Ok((vocab, ids))
 }
 
 fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<GgufLlamaParams> {
     let p = "llama.";
-    let n_layer = req_usize(f, &format!("{p}block_count"))?;
-    let hidden = req_usize(f, &format!("{p}embedding_length"))?;
-    let n_head = req_usize(f, &format!("{p}attention.head_count"))?;
-    let n_kv_head = opt_usize(f, &format!("{p}attention.head_count_kv"))?.unwrap_or(n_head);
-    let ffn = req_usize(f, &format!("{p}feed_forward_length"))?;
-    let context_length = req_usize(f, &format!("{p}context_length"))?;
-    let rope_theta = opt_f64(f, &format!("{p}rope.freq_base"))?.unwrap_or(10000.0);
-    let rms_eps = opt_f64(f, &format!("{p}attention.layer_norm_rms_epsilon"))?
+    let n_layer = f.required_usize(&format!("{p}block_count"))?;
+    let hidden = f.required_usize(&format!("{p}embedding_length"))?;
+    let n_head = f.required_usize(&format!("{p}attention.head_count"))?;
+    let n_kv_head = f
+        .usize_value(&format!("{p}attention.head_count_kv"))?
+        .unwrap_or(n_head);
+    let ffn = f.required_usize(&format!("{p}feed_forward_length"))?;
+    let context_length = f.required_usize(&format!("{p}context_length"))?;
+    let rope_theta = f
+        .f64_value(&format!("{p}rope.freq_base"))?
+        .unwrap_or(10000.0);
+    let rms_eps = f
+        .f64_value(&format!("{p}attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| f.err("metadata llama.attention.layer_norm_rms_epsilon is missing"))?;
 
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
@@ -155,7 +148,7 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
     }
     let head_dim = hidden / n_head;
     // key_length is written when head_dim != hidden / n_head; dlm's llama assumes equality.
-    if let Some(k) = opt_usize(f, &format!("{p}attention.key_length"))? {
+    if let Some(k) = f.usize_value(&format!("{p}attention.key_length"))? {
         if k != head_dim {
             return Err(f.err(format!(
                 "attention.key_length {k} != hidden/heads {head_dim}; not supported"
@@ -163,7 +156,7 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
         }
     }
     // Partial rotary embeddings are not served: the rotary dimension must be the head dimension.
-    if let Some(r) = opt_usize(f, &format!("{p}rope.dimension_count"))? {
+    if let Some(r) = f.usize_value(&format!("{p}rope.dimension_count"))? {
         if r != head_dim {
             return Err(f.err(format!(
                 "rope.dimension_count {r} != head_dim {head_dim}; partial RoPE is not supported"
@@ -185,7 +178,7 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
             }
         }
     }
-    if let Some(fac) = opt_f64(f, &format!("{p}rope.scaling.factor"))? {
+    if let Some(fac) = f.f64_value(&format!("{p}rope.scaling.factor"))? {
         if fac != 1.0 && f.get(&format!("{p}rope.scaling.type")).is_none() {
             return Err(f.err(format!("RoPE scaling factor {fac} is not supported")));
         }
@@ -217,10 +210,7 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
         eos_id,
         pad_id,
         tied: f.tensor("output.weight").is_none(),
-        name: f
-            .get("general.name")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        name: f.str_value("general.name").map(str::to_owned),
     })
 }
 
@@ -305,74 +295,4 @@ fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<
         }
     }
     out
-}
-
-type Specials = [Option<u32>; 3];
-
-/// Rebuilds the embedded GPT-2 style BPE; returns it with the vocabulary size and the
-/// bos/eos/padding ids.
-fn read_tokenizer(f: &GgufFile) -> Result<(Tokenizer, usize, Specials)> {
-    match f.get("tokenizer.ggml.model").map(|v| v.as_str()) {
-        Some(Some("gpt2")) => {}
-        Some(Some(m)) => {
-            return Err(f.err(format!(
-                "tokenizer model {m:?} is not supported (only \"gpt2\" byte-level BPE)"
-            )))
-        }
-        _ => return Err(f.err("tokenizer.ggml.model is missing")),
-    }
-    // The pre-tokenizer decides how text is split before BPE; an unknown one would silently
-    // produce different ids, so only the schemes implemented here are accepted.
-    let split_digits = match f.get("tokenizer.ggml.pre").map(|v| v.as_str()) {
-        None | Some(Some("default" | "gpt2")) => false,
-        Some(Some("smollm")) => true,
-        Some(other) => {
-            return Err(f.err(format!(
-                "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm)"
-            )))
-        }
-    };
-    let strings = |key: &str| -> Result<Vec<String>> {
-        let arr = f.get(key).and_then(|v| v.as_array());
-        let arr = arr.ok_or_else(|| f.err(format!("{key} is missing or not an array")))?;
-        arr.iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| f.err(format!("{key} holds non-strings")))
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
-        None => Vec::new(),
-        Some(v) => v
-            .as_array()
-            .and_then(|a| a.iter().map(GgufValue::as_i64).collect::<Option<Vec<_>>>())
-            .filter(|t| t.len() == tokens.len())
-            .ok_or_else(|| f.err("tokenizer.ggml.token_type is not one integer per token"))?,
-    };
-    // Type 3 = CONTROL: special tokens matched whole (<|im_start|> and friends).
-    let special: Vec<(u32, String)> = types
-        .iter()
-        .zip(&tokens)
-        .enumerate()
-        .filter(|(_, (&t, _))| t == 3)
-        .map(|(i, (_, s))| (i as u32, s.clone()))
-        .collect();
-    let tokenizer = Tokenizer::from_bpe_parts(&tokens, &merges, &special, split_digits)
-        .map_err(|e| f.err(format!("embedded tokenizer: {e}")))?;
-
-    let mut ids = [None; 3];
-    for (slot, key) in ids.iter_mut().zip(["bos", "eos", "padding"]) {
-        let key = format!("tokenizer.ggml.{key}_token_id");
-        if let Some(id) = opt_usize(f, &key)? {
-            if id >= tokens.len() {
-                return Err(f.err(format!(
-                    "{key} {id} is outside the vocabulary ({})",
-                    tokens.len()
-                )));
-            }
-            *slot = Some(id as u32);
-        }
-    }
-    Ok((tokenizer, tokens.len(), ids))
 }

@@ -8,21 +8,47 @@ use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::model::{KvCache, LanguageModel};
+use crate::named::{display_and_from_str, Named};
 use crate::ops::AttentionMask;
 
 /// Which positions a denoising step recomputes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CacheMode {
-    /// Every position, every step (exact).
     #[default]
     None,
-    /// The current block and everything right of it; the decided prefix comes from the cache.
     Prefix,
-    /// The current block only; positions left and right of it come from the cache (Fast-dLLM's
-    /// dual cache). Right of the block everything is still masked, so its keys change least.
+    /// Right of the block everything is still masked, so its keys change least.
     Dual,
 }
+
+impl Named for CacheMode {
+    const WHAT: &'static str = "cache mode";
+    const ALL: &'static [Self] = &[Self::None, Self::Prefix, Self::Dual];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Prefix => "prefix",
+            Self::Dual => "dual",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Self::None => "Every position, every step (exact)",
+            Self::Prefix => {
+                "The current block and everything right of it; the decided prefix comes from the \
+                 cache"
+            }
+            Self::Dual => {
+                "The current block only; positions left and right of it come from the cache \
+                 (Fast-dLLM's dual cache)"
+            }
+        }
+    }
+}
+display_and_from_str!(CacheMode);
 
 /// The cached keys and values of one batch of canvases, from the full forward that began the
 /// current window.

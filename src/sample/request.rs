@@ -1,7 +1,8 @@
 //! From what a user asks for to canvases and back to text: sampler settings folded into
-//! `DiffusionOptions`, requests (text, token ids, `<|mask:N|>` templates, chat turns) turned into
-//! canvases, and finished canvases turned into text. `dlm generate`, `dlm infill` and `dlm serve`
-//! all go through here, so a flag and a request field mean the same thing.
+//! `DiffusionOptions`, requests (text, token ids, `<|mask:N|>` templates; chat turns are rendered
+//! by `data::chat`) turned into canvases, and finished canvases turned into text. `dlm generate`,
+//! `dlm infill` and `dlm serve` all go through here, so a flag and a request field mean the same
+//! thing.
 
 use std::path::Path;
 
@@ -15,24 +16,58 @@ use super::unmask::Rule;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
+use crate::named::{display_and_from_str, Named};
 
 /// The commit rules by the names users type (`--sampler`, a request's `sampler`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerName {
-    /// Reference (eval scripts): floor(N·t/T) lowest-confidence positions stay masked.
     TopkConfidence,
-    /// Reference (quick-start): each masked position commits with probability 1/(t+1).
     RandomKeep,
-    /// Commit the most confident masked positions, linear schedule.
     Confidence,
-    /// Commit by top-1 minus top-2 probability.
     Margin,
-    /// Commit the lowest-entropy positions.
     Entropy,
-    /// Commit in random order.
     Random,
 }
+
+impl Named for SamplerName {
+    const WHAT: &'static str = "sampler";
+    const ALL: &'static [Self] = &[
+        Self::TopkConfidence,
+        Self::RandomKeep,
+        Self::Confidence,
+        Self::Margin,
+        Self::Entropy,
+        Self::Random,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::TopkConfidence => "topk-confidence",
+            Self::RandomKeep => "random-keep",
+            Self::Confidence => "confidence",
+            Self::Margin => "margin",
+            Self::Entropy => "entropy",
+            Self::Random => "random",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Self::TopkConfidence => {
+                "Reference (eval scripts): floor(N·t/T) lowest-confidence positions stay masked"
+            }
+            Self::RandomKeep => {
+                "Reference (quick-start): each masked position commits with probability 1/(t+1)"
+            }
+            Self::Confidence => "Commit the most confident masked positions, linear schedule",
+            Self::Margin => "Commit by top-1 minus top-2 probability",
+            Self::Entropy => "Commit the lowest-entropy positions",
+            Self::Random => "Commit in random order",
+        }
+    }
+}
+display_and_from_str!(SamplerName);
 
 impl SamplerName {
     pub fn sampler(self) -> Sampler {
@@ -249,73 +284,6 @@ pub fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
     }
 }
 
-/// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-/// A model's ChatML chat template, read once from `tokenizer_config.json`. dlm does not run
-/// Jinja; templates that are not ChatML are refused by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatTemplate {
-    /// The template's default system message, used when a conversation brings none.
-    pub default_system: Option<String>,
-}
-
-impl ChatTemplate {
-    pub fn load(model_dir: &Path) -> Result<Self> {
-        let path = model_dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let Some(template) = config.get("chat_template").and_then(|t| t.as_str()) else {
-            return Err(Error::Input(format!(
-                "{} has no chat_template",
-                path.display()
-            )));
-        };
-        if !template.contains("<|im_start|>") {
-            return Err(Error::Input(format!(
-                "{}: only ChatML chat templates are supported",
-                path.display()
-            )));
-        }
-        // The default system message sits in a string literal, after a newline that the template
-        // may hold literally or as an escape.
-        let default_system = ["<|im_start|>system\n", "<|im_start|>system\\n"]
-            .iter()
-            .find_map(|marker| {
-                let start = template.find(marker)? + marker.len();
-                let rest = &template[start..];
-                rest.find("<|im_end|>").map(|end| rest[..end].to_string())
-            });
-        Ok(Self { default_system })
-    }
-
-    /// The ChatML rendering of a conversation, ending with the assistant's open turn.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
-        if messages.is_empty() {
-            return Err(Error::Input("the conversation has no messages".into()));
-        }
-        let mut out = String::new();
-        if let (Some(system), false) = (&self.default_system, messages[0].role == "system") {
-            out += &format!("<|im_start|>system\n{system}<|im_end|>\n");
-        }
-        for (k, m) in messages.iter().enumerate() {
-            if !["system", "user", "assistant"].contains(&m.role.as_str()) {
-                return Err(Error::Input(format!(
-                    "message {k} has role `{}`; expected system, user or assistant",
-                    m.role
-                )));
-            }
-            out += &format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
-        }
-        out += "<|im_start|>assistant\n";
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,23 +305,26 @@ mod tests {
     }
 
     #[test]
-    fn chat_turns_render_as_chatml() {
-        let t = ChatTemplate {
-            default_system: Some("Be brief.".into()),
-        };
-        let msg = |role: &str, content: &str| ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        };
-        assert_eq!(
-            t.render(&[msg("user", "hi")]).unwrap(),
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n\
-             <|im_start|>assistant\n"
+    fn option_names_are_the_same_for_flags_and_request_fields() {
+        for &s in SamplerName::ALL {
+            assert_eq!(s.to_string().parse::<SamplerName>().unwrap(), s);
+            assert_eq!(
+                serde_json::from_value::<SamplerName>(s.name().into()).unwrap(),
+                s
+            );
+        }
+        for &c in CacheMode::ALL {
+            assert_eq!(c.to_string().parse::<CacheMode>().unwrap(), c);
+            assert_eq!(
+                serde_json::from_value::<CacheMode>(c.name().into()).unwrap(),
+                c
+            );
+        }
+        let e = "topk".parse::<SamplerName>().unwrap_err().to_string();
+        assert!(
+            e.contains("\"topk\"") && e.contains("topk-confidence, random-keep"),
+            "{e}"
         );
-        let own = t.render(&[msg("system", "S"), msg("user", "u")]).unwrap();
-        assert!(own.starts_with("<|im_start|>system\nS<|im_end|>") && !own.contains("brief"));
-        assert!(t.render(&[msg("robot", "x")]).is_err());
-        assert!(t.render(&[]).is_err());
     }
 
     #[test]

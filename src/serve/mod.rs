@@ -24,10 +24,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use candle_core::Device;
 
+use crate::data::chat::ChatTemplate;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{LoadedModel, ModelConfig};
-use crate::sample::request::{mask_id, CanvasBuilder, ChatTemplate};
+use crate::sample::request::{mask_id, CanvasBuilder};
 use queue::Queue;
 
 /// What the server accepts and how much it takes on.
@@ -124,11 +125,7 @@ impl Served {
     /// give token ids), tokenizer_config.json's chat template (optional), the mask id.
     pub fn new(model: LoadedModel, mask_flag: Option<u32>) -> Result<Self> {
         let dir = model.dir.clone();
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = match tok_path.exists() {
-            true => Some(Tokenizer::from_file(&tok_path)?),
-            false => None,
-        };
+        let tokenizer = Tokenizer::from_model_dir(&dir)?;
         let mask_id = mask_id(&model.config, &dir, mask_flag)?;
         let chat = ChatTemplate::load(&dir).map_err(|e| e.to_string());
         Ok(Self {

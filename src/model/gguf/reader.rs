@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::dequant::{type_layout, type_name};
+use super::dequant::type_layout;
+use super::value::{GgufValue, TensorInfo};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -14,96 +15,6 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_NESTING: usize = 8;
 /// ggml tensors have at most 4 dimensions.
 const MAX_DIMS: u32 = 4;
-
-/// A metadata value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GgufValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Vec<GgufValue>),
-}
-
-impl GgufValue {
-    /// Any integer type that holds a non-negative value (writers differ in the width they use).
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            GgufValue::U8(v) => Some(v.into()),
-            GgufValue::U16(v) => Some(v.into()),
-            GgufValue::U32(v) => Some(v.into()),
-            GgufValue::U64(v) => Some(v),
-            GgufValue::I8(v) => u64::try_from(v).ok(),
-            GgufValue::I16(v) => u64::try_from(v).ok(),
-            GgufValue::I32(v) => u64::try_from(v).ok(),
-            GgufValue::I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            GgufValue::I8(v) => Some(v.into()),
-            GgufValue::I16(v) => Some(v.into()),
-            GgufValue::I32(v) => Some(v.into()),
-            GgufValue::I64(v) => Some(v),
-            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
-        }
-    }
-
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            GgufValue::F32(v) => Some(v.into()),
-            GgufValue::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            GgufValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[GgufValue]> {
-        match self {
-            GgufValue::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-}
-
-/// One tensor's directory entry.
-#[derive(Debug, Clone)]
-pub struct TensorInfo {
-    pub name: String,
-    /// GGUF order: `dims[0]` (ne0) varies fastest.
-    pub dims: Vec<u64>,
-    /// ggml type id (0 = F32, 1 = F16, 2 = Q4_0, 3 = Q4_1, 8 = Q8_0, 30 = BF16, ...).
-    pub dtype: u32,
-    /// Offset from the start of the data section.
-    pub offset: u64,
-}
-
-impl TensorInfo {
-    pub fn n_elements(&self) -> u64 {
-        // Overflow was ruled out when the file was opened.
-        self.dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))
-    }
-
-    pub fn type_name(&self) -> String {
-        type_name(self.dtype)
-    }
-}
 
 /// An open GGUF file: metadata, tensor directory and the mapped bytes.
 pub struct GgufFile {
