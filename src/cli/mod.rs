@@ -6,13 +6,14 @@ mod bench;
 mod bench_sample;
 mod bench_serve;
 mod convert;
-mod diffusion;
+mod error_text;
 mod eval;
 mod generate;
 mod infill;
 mod info;
 mod plot;
 mod pretrain;
+mod sampling;
 mod score;
 mod score_loss;
 mod serve;
@@ -25,6 +26,7 @@ use clap::{Parser, Subcommand};
 use crate::dist;
 
 pub use args::{load_model, load_tokenizer, parse_device, parse_dtype};
+pub use error_text::describe_error;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::ServerState;
 use crate::sample::canvas::{parse_template, Canvas, TemplatePart};
-use crate::sample::diffusion::DiffusionOptions;
 use crate::sample::kv_reuse::CacheMode;
+use crate::sample::options::DiffusionOptions;
 use crate::sample::request::{
     completion_ids, render, span_ids, visible_ids, ChatMessage, Request, SamplerName,
     SamplerSettings,
