@@ -10,10 +10,9 @@
 //! takes row 0's token: a variant that differs from `Next` only in `proposes`.
 
 /// How logits rows line up with token positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shift {
     /// Logits at i predict token i+1.
-    #[default]
     Next,
     /// Logits at i predict token i.
     Same,

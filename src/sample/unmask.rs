@@ -2,7 +2,7 @@
 //! reference-semantics §2.2): rank the still-masked positions by confidence, top-1 − top-2
 //! margin, negative entropy or a random draw, and commit as many as a linear schedule asks;
 //! optionally every position above a confidence threshold (parallel decoding); optionally
-//! within semi-autoregressive blocks, left to right.
+//! within semi-autoregressive blocks, left to right (`schedule`).
 //!
 //! Unlike the reference's top-k rule, committed positions do not compete here: only masked
 //! positions are ranked, so exactly the scheduled count commits (more under `--threshold`).
