@@ -38,6 +38,17 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A setting the library refuses: a sampler option, a training hyper-parameter. The message
+    /// names the settings as the library does (`steps`, `block_length`); the CLI and the server
+    /// each write them their own way (`--block-length`, `block_length`) through
+    /// `OptionMessage::render`.
+    #[error("{0}")]
+    InvalidOption(OptionMessage),
+
+    /// A broken invariant of dlm's own code: a bug, never the user's input.
+    #[error("internal error (a bug in dlm): {0}")]
+    Internal(String),
+
     /// A failed or misconfigured multi-process run (launcher, communicator, world size).
     #[error("distributed: {0}")]
     Distributed(String),
@@ -47,6 +58,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// A refused `setting`: `Error::option("steps", "must be at least 1")` reads
+    /// "steps must be at least 1".
+    pub fn option(setting: &'static str, rest: impl std::fmt::Display) -> Self {
+        Error::InvalidOption(
+            OptionMessage::default()
+                .setting(setting)
+                .text(format!(" {rest}")),
+        )
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -80,5 +101,46 @@ impl Error {
             path: path.into(),
             msg: msg.to_string(),
         }
+    }
+}
+
+/// A message about settings, their names marked so that each front end can write them its own
+/// way. Built in order: `OptionMessage::default().setting("threshold").text(" needs …")`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptionMessage(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Setting(&'static str),
+    Text(String),
+}
+
+impl OptionMessage {
+    pub fn setting(mut self, name: &'static str) -> Self {
+        self.0.push(Piece::Setting(name));
+        self
+    }
+
+    pub fn text(mut self, text: impl Into<String>) -> Self {
+        self.0.push(Piece::Text(text.into()));
+        self
+    }
+
+    /// The message with every setting written as `name` writes it.
+    pub fn render(&self, name: impl Fn(&'static str) -> String) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Setting(s) => name(s),
+                Piece::Text(t) => t.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The library's words: settings by their bare names.
+impl std::fmt::Display for OptionMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(str::to_string))
     }
 }

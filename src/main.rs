@@ -1,5 +1,6 @@
-//! The `dlm` binary: parse, dispatch, print the error chain once. Exit codes: 0 success,
-//! 1 error (bad input, unreadable files, failed checks), 2 usage error (from clap).
+//! The `dlm` binary: parse, dispatch, print the error chain once (settings named as flags).
+//! Exit codes: 0 success, 1 error (bad input, unreadable files, failed checks), 2 usage error
+//! (from clap).
 
 use clap::Parser;
 
@@ -36,7 +37,7 @@ fn main() {
     }
     let cli = dlm::cli::Cli::parse();
     if let Err(e) = dlm::cli::run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", dlm::cli::describe_error(&e));
         std::process::exit(1);
     }
 }

@@ -11,8 +11,10 @@ use common::*;
 use dlm::model::{load_dir, LoadedModel};
 use dlm::rng::Rng;
 use dlm::sample::canvas::Canvas;
-use dlm::sample::diffusion::{sample, DiffusionOptions, HeadRows, SampleReport};
+use dlm::sample::denoise::{Denoiser, SampleReport};
 use dlm::sample::events::StepEvent;
+use dlm::sample::head_rows::HeadRows;
+use dlm::sample::options::DiffusionOptions;
 
 const ATOL: f32 = 1e-5;
 const MASK: u32 = 7;
@@ -65,15 +67,12 @@ fn run(
         tr.commits.push(e.committed);
     };
     let mut rng = Rng::seed(0);
-    let report = sample(
-        m.model.as_ref(),
-        canvases,
+    let denoiser = Denoiser {
+        model: m.model.as_ref(),
+        device: &Device::Cpu,
         opts,
-        &mut rng,
-        &Device::Cpu,
-        &mut on_step,
-    )
-    .unwrap();
+    };
+    let report = denoiser.sample(canvases, &mut rng, &mut on_step).unwrap();
     (traces, report)
 }
 

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use dlm::diffusion::loss::LossTargets;
 use dlm::diffusion::noise::mask_tokens;
+use dlm::diffusion::shift::Shift;
 use dlm::model::load_dir;
 use dlm::ops::AttentionMask;
 use dlm::train::adamw::{clip_coefficient, global_grad_norm, AdamW, AdamWConfig};
@@ -75,13 +76,13 @@ fn forward_process_and_losses_match() {
         let dev = Device::Cpu;
         for (shift, wkey, ukey, nkey) in [
             (
-                true,
+                Shift::Next,
                 "loss_weighted",
                 "loss_unweighted",
                 "n_masked_targets_shift",
             ),
             (
-                false,
+                Shift::Same,
                 "loss_weighted_noshift",
                 "loss_unweighted_noshift",
                 "n_masked_targets_noshift",
@@ -98,7 +99,7 @@ fn forward_process_and_losses_match() {
             .unwrap();
             let (w, u) = (loss.weighted.to_scalar::<f32>().unwrap(), loss.unweighted);
             println!(
-                "{name} shift={shift}: weighted {w} (Δ {:.1e}), unweighted {u} (Δ {:.1e})",
+                "{name} {shift:?}: weighted {w} (Δ {:.1e}), unweighted {u} (Δ {:.1e})",
                 (w - scalar(&c.json, wkey)).abs(),
                 (u - scalar(&c.json, ukey)).abs()
             );
@@ -114,7 +115,7 @@ fn gradients_norm_and_adamw_step_match() {
     for name in TINY {
         let c = case(name);
         let dev = Device::Cpu;
-        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, true);
+        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, Shift::Next);
         let loss = forward_loss(
             c.model.model.as_ref(),
             &c.x_t,
@@ -326,7 +327,7 @@ fn bf16_compute_gives_every_parameter_an_f32_gradient() {
         c.model
             .set_precision(Precision::Bf16, &fixture(name))
             .unwrap();
-        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, true);
+        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, Shift::Next);
         let loss = forward_loss(
             c.model.model.as_ref(),
             &c.x_t,

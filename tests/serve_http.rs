@@ -544,6 +544,27 @@ fn bad_input_is_a_4xx_that_says_what_was_wrong() {
         );
         assert!(v["error"]["type"].is_string());
     }
+    // Refused settings are named as the request's fields, not as the command line's flags.
+    for (body, want) in [
+        (
+            json!({"prompt": "a", "steps": 0}),
+            "`steps` must be at least 1",
+        ),
+        (
+            json!({"prompt": "a", "sampler": "confidence", "block_length": 0}),
+            "`block_length` must be at least 1",
+        ),
+        (
+            json!({"prompt": "a", "exact": true, "cache": "dual"}),
+            "`exact` runs the reference's full work; it excludes `cache`",
+        ),
+    ] {
+        let r = s.post("/v1/completions", body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let v = r.json().unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want) && !msg.contains("--"), "{body}: {msg}");
+    }
     // Not even HTTP: the connection is answered or closed, never the server.
     let _ = send_raw(s.addr(), b"\x00\x01garbage\r\n\r\n", T);
     let ok = s.post(

@@ -15,8 +15,10 @@ use crate::model::ids_tensor;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
-use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
+use crate::sample::denoise::Denoiser;
+use crate::sample::head_rows::HeadRows;
 use crate::sample::kv_reuse::CacheMode;
+use crate::sample::options::{DiffusionOptions, Sampler};
 use crate::sample::unmask::Rule;
 
 #[derive(Debug, Args)]
@@ -149,14 +151,12 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         let mut batch = vec![canvas.clone(); a.batch];
         let mut rng = Rng::seed(0);
         let t = Instant::now();
-        let report = sample(
-            m.model.as_ref(),
-            &mut batch,
-            &opts,
-            &mut rng,
-            &device,
-            &mut |_| {},
-        )?;
+        let denoiser = Denoiser {
+            model: m.model.as_ref(),
+            device: &device,
+            opts: &opts,
+        };
+        let report = denoiser.sample(&mut batch, &mut rng, &mut |_| {})?;
         device.synchronize()?;
         let secs = t.elapsed().as_secs_f64();
         let base_secs = *base.get_or_insert(secs);

@@ -1,6 +1,6 @@
 //! `dlm generate MODEL_DIR [--prompt TEXT] --length N --steps T`: diffusion sampling
 //! (Algorithm 2, reference-semantics §2), prefix-conditioned or unconditional; the work is in
-//! `cli::diffusion`. `--ar`: autoregressive decoding with a KV cache, the baseline that every DLM
+//! `cli::sampling`. `--ar`: autoregressive decoding with a KV cache, the baseline that every DLM
 //! is compared with; its tokens stream to stdout as they are chosen.
 
 use std::io::Write;
@@ -14,7 +14,7 @@ use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
 
 /// Generated positions when neither `--length` nor a request says.
 const DEFAULT_LENGTH: usize = 64;
-use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
+use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::data::chat::{ChatMessage, ChatTemplate};
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
@@ -136,7 +136,7 @@ fn run_diffusion(a: GenerateArgs) -> anyhow::Result<()> {
             }]
         }
     };
-    super::diffusion::run(
+    super::sampling::run(
         &a.model,
         &a.runtime,
         &a.diffusion,

@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::args::{builtin_model, RuntimeArgs};
-use super::diffusion::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
+use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 
 #[derive(Debug, Args)]
 pub struct InfillArgs {
@@ -68,7 +68,7 @@ pub fn run(a: InfillArgs) -> anyhow::Result<()> {
             vec![flags]
         }
     };
-    super::diffusion::run(
+    super::sampling::run(
         &a.model,
         &a.runtime,
         &a.diffusion,

@@ -6,7 +6,7 @@ mod bench;
 mod bench_sample;
 mod bench_serve;
 mod convert;
-mod diffusion;
+mod error_text;
 mod eval;
 mod generate;
 mod infill;
@@ -14,6 +14,7 @@ mod info;
 mod named;
 mod plot;
 mod pretrain;
+mod sampling;
 mod score;
 mod score_loss;
 mod serve;
@@ -26,6 +27,7 @@ use clap::{Parser, Subcommand};
 use crate::dist;
 
 pub use args::{load_model, load_tokenizer};
+pub use error_text::describe_error;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::args::{load_model, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
 use crate::diffusion::anneal::annealed_mask;
+use crate::diffusion::shift::Shift;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
 use crate::sample::filter::log_softmax;
@@ -214,8 +215,10 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
             .iter()
             .map(|&t| json!({"id": t, "logit": row[t], "logprob": lp[t]}))
             .collect();
-        // Shift: logits at i predict token i+1 (reference-semantics §1.3).
-        let next = ids.get(i + 1).map(|&n| (n, lp[n as usize]));
+        // The AR reading: logits at i predict token i+1.
+        let next = ids
+            .get(Shift::Next.target_of(i))
+            .map(|&n| (n, lp[n as usize]));
         if let Some((_, p)) = next {
             log_likelihood += p as f64;
         }

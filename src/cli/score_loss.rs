@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::diffusion::loss::LossTargets;
 use crate::diffusion::noise::mask_tokens;
+use crate::diffusion::shift::Shift;
 use crate::model::LoadedModel;
 use crate::ops::AttentionMask;
 use crate::train::adamw::global_grad_norm;
@@ -78,7 +79,7 @@ pub fn run(
             mask_tokens(&req.x0[i], &req.mask_draws[i], req.t[i], &s, mask_id).x_t
         })
         .collect();
-    let targets = LossTargets::diffusion(&req.x0, &x_t, &req.t, mask_id, shift);
+    let targets = LossTargets::diffusion(&req.x0, &x_t, &req.t, mask_id, Shift::from_flag(shift));
     let trainable = TrainableModel::new(&model.config, &model.weights, device)?;
     let loss = forward_loss(trainable.model.as_ref(), &x_t, &attention, &targets, device)?;
     let grads = trainable.gradients(&loss.weighted.backward()?)?;

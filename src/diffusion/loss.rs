@@ -1,6 +1,6 @@
-//! The training objective (reference-semantics §1.3–1.4). With the shift, logits at position j
-//! predict token j+1: targets are x0[:, 1:] where x_t[:, 1:] is masked, position 0 is never a
-//! target and the last position's logits are never used. The loss is
+//! The training objective (reference-semantics §1.3–1.4). With the shift (`Shift::Next`), logits
+//! at position j predict token j+1: targets are x0[:, 1:] where x_t[:, 1:] is masked, position 0
+//! is never a target and the last position's logits are never used. The loss is
 //! Σ (1/t_b)·CE over masked targets ÷ the number of masked targets in the whole micro-batch.
 //!
 //! Only the rows that carry a target are scored, so callers apply the LM head to those rows alone
@@ -8,6 +8,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
+use super::shift::Shift;
 use crate::ops::cross_entropy;
 
 /// The scored positions of a micro-batch of B sequences of length L.
@@ -30,27 +31,23 @@ impl LossTargets {
         self.rows.is_empty()
     }
 
-    /// Diffusion targets. The loss mask is `x_t == mask_id`, as in the reference: a genuine
-    /// occurrence of a reused mask id in the data also counts as masked (a reference quirk,
-    /// kept on purpose).
+    /// Diffusion targets: each masked position that `shift` gives a row. The loss mask is
+    /// `x_t == mask_id`, as in the reference: a genuine occurrence of a reused mask id in the
+    /// data also counts as masked (a reference quirk, kept on purpose).
     pub fn diffusion(
         x0: &[Vec<u32>],
         x_t: &[Vec<u32>],
         t: &[f32],
         mask_id: u32,
-        shift: bool,
+        shift: Shift,
     ) -> Self {
         let mut out = Self::default();
         for (b, (x0, x_t)) in x0.iter().zip(x_t).enumerate() {
-            let l = x0.len();
-            let offset = usize::from(shift);
-            for j in 0..l - offset.min(l) {
-                if x_t[j + offset] == mask_id {
-                    out.rows.push((b * l + j) as u32);
-                    out.targets.push(x0[j + offset]);
-                    out.weights.push(1.0 / t[b]);
-                }
-            }
+            out.push(
+                b * x0.len(),
+                shift.targets(x0, |j| x_t[j] == mask_id),
+                1.0 / t[b],
+            );
         }
         out
     }
@@ -59,14 +56,18 @@ impl LossTargets {
     pub fn autoregressive(x0: &[Vec<u32>]) -> Self {
         let mut out = Self::default();
         for (b, x0) in x0.iter().enumerate() {
-            let l = x0.len();
-            for j in 0..l.saturating_sub(1) {
-                out.rows.push((b * l + j) as u32);
-                out.targets.push(x0[j + 1]);
-                out.weights.push(1.0);
-            }
+            out.push(b * x0.len(), Shift::Next.targets(x0, |_| true), 1.0);
         }
         out
+    }
+
+    /// Appends one sequence's (row, token) pairs, its rows starting at flat row `first_row`.
+    fn push(&mut self, first_row: usize, targets: impl Iterator<Item = (usize, u32)>, weight: f32) {
+        for (row, target) in targets {
+            self.rows.push((first_row + row) as u32);
+            self.targets.push(target);
+            self.weights.push(weight);
+        }
     }
 
     pub fn rows_tensor(&self, device: &Device) -> Result<Tensor> {
@@ -117,12 +118,12 @@ mod tests {
     fn shift_alignment() {
         let x0 = vec![vec![10, 11, 12, 13]];
         let x_t = vec![vec![7, 11, 7, 7]];
-        let s = LossTargets::diffusion(&x0, &x_t, &[0.5], 7, true);
+        let s = LossTargets::diffusion(&x0, &x_t, &[0.5], 7, Shift::Next);
         // position 0 is masked but is never a target; 2 and 3 are predicted by rows 1 and 2
         assert_eq!(s.rows, vec![1, 2]);
         assert_eq!(s.targets, vec![12, 13]);
         assert_eq!(s.weights, vec![2.0, 2.0]);
-        let n = LossTargets::diffusion(&x0, &x_t, &[0.5], 7, false);
+        let n = LossTargets::diffusion(&x0, &x_t, &[0.5], 7, Shift::Same);
         assert_eq!(n.rows, vec![0, 2, 3]);
         assert_eq!(n.targets, vec![10, 12, 13]);
         let ar = LossTargets::autoregressive(&x0);

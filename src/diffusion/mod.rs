@@ -3,3 +3,4 @@
 pub mod anneal;
 pub mod loss;
 pub mod noise;
+pub mod shift;

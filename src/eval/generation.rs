@@ -23,9 +23,10 @@ use crate::model::LanguageModel;
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::canvas::Canvas;
-use crate::sample::diffusion::{sample, DiffusionOptions, HeadRows, Sampler};
+use crate::sample::denoise::Denoiser;
 use crate::sample::filter::TokenChoice;
-use crate::sample::kv_reuse::CacheMode;
+use crate::sample::head_rows::HeadRows;
+use crate::sample::options::DiffusionOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenTask {
@@ -271,16 +272,17 @@ pub fn fill(
         _ => TokenChoice::Greedy,
     };
     let opts = DiffusionOptions {
-        steps: item.steps,
-        sampler: Sampler::TopkConfidence,
         choice,
-        threshold: None,
-        block_length: None,
         // Same canvases as the all-rows path for argmax, and an equally distributed sample.
         head_rows: HeadRows::Needed,
-        cache: CacheMode::None,
+        ..DiffusionOptions::reference(item.steps)
     };
-    sample(model, &mut canvas, &opts, rng, device, &mut |_| {})?;
+    let denoiser = Denoiser {
+        model,
+        device,
+        opts: &opts,
+    };
+    denoiser.sample(&mut canvas, rng, &mut |_| {})?;
     let start = item.prefix.len();
     Ok(canvas[0].ids[start..start + item.length].to_vec())
 }

@@ -15,6 +15,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::diffusion::noise::{mask_tokens, time_from_uniform};
+use crate::diffusion::shift::Shift;
 use crate::error::Result;
 use crate::model::{ids_tensor, LanguageModel};
 use crate::ops::{cross_entropy, AttentionMask};
@@ -28,19 +29,16 @@ pub struct ScoreRow {
 }
 
 impl ScoreRow {
-    /// Diffusion targets with the shift (§1.3): where `x_t[j+1]` is the mask, row j predicts
-    /// `x0[j+1]`. As in the reference the test is `x_t == mask_id`.
-    pub fn diffusion(x0: &[u32], x_t: Vec<u32>, mask_id: u32) -> Self {
-        let targets = (1..x0.len())
-            .filter(|&i| x_t[i] == mask_id)
-            .map(|i| (i - 1, x0[i]))
-            .collect();
+    /// Diffusion targets: the tokens of `x0` hidden in `x_t`, each scored by the row `shift`
+    /// gives it (§1.3). As in the reference the test is `x_t == mask_id`.
+    pub fn diffusion(x0: &[u32], x_t: Vec<u32>, mask_id: u32, shift: Shift) -> Self {
+        let targets = shift.targets(x0, |j| x_t[j] == mask_id).collect();
         Self { ids: x_t, targets }
     }
 
     /// Next-token targets for positions `from..L`: row i−1 predicts token i.
     pub fn autoregressive(ids: Vec<u32>, from: usize) -> Self {
-        let targets = (from.max(1)..ids.len()).map(|i| (i - 1, ids[i])).collect();
+        let targets = Shift::Next.targets(&ids, |j| j >= from).collect();
         Self { ids, targets }
     }
 }
@@ -53,6 +51,10 @@ pub enum Attention {
     /// Causal: rows are right-padded within a batch (later tokens cannot change earlier rows).
     Autoregressive,
 }
+
+/// The alignment of the models the scorers serve: the released DiffuGPT/DiffuLLaMA checkpoints
+/// are trained with the shift.
+const SCORER_SHIFT: Shift = Shift::Next;
 
 /// At most this many tokens (rows × length) per forward.
 pub const TOKENS_PER_FORWARD: usize = 8192;
@@ -131,7 +133,7 @@ pub fn mc_rows(ids: &[u32], src: &[bool], mask_id: u32, draws: &[Vec<f32>]) -> V
         .map(|(k, draw)| {
             let rate = (steps - k) as f32 / steps as f32;
             let x_t = mask_tokens(ids, draw, rate, src, mask_id).x_t;
-            ScoreRow::diffusion(ids, x_t, mask_id)
+            ScoreRow::diffusion(ids, x_t, mask_id, SCORER_SHIFT)
         })
         .collect()
 }
@@ -187,7 +189,7 @@ pub fn elbo_rows(
             let t = time_from_uniform(rng.uniform_f32());
             let draw: Vec<f32> = ids.iter().map(|_| rng.uniform_f32()).collect();
             let x_t = mask_tokens(ids, &draw, t, src, mask_id).x_t;
-            (t, ScoreRow::diffusion(ids, x_t, mask_id))
+            (t, ScoreRow::diffusion(ids, x_t, mask_id, SCORER_SHIFT))
         })
         .collect()
 }
@@ -208,7 +210,7 @@ mod tests {
 
     #[test]
     fn rows_follow_the_shift() {
-        let r = ScoreRow::diffusion(&[10, 11, 12, 13], vec![7, 11, 7, 7], 7);
+        let r = ScoreRow::diffusion(&[10, 11, 12, 13], vec![7, 11, 7, 7], 7, Shift::Next);
         // position 0 is masked but never a target
         assert_eq!(r.targets, vec![(1, 12), (2, 13)]);
         let a = ScoreRow::autoregressive(vec![1, 2, 3, 4], 2);

@@ -75,7 +75,7 @@ impl Canvas {
     /// Prefix conditioning: `prompt` then `length` masked positions (unconditional if empty).
     pub fn prefix(prompt: &[u32], length: usize, mask_id: u32) -> Result<Self> {
         if length == 0 {
-            return Err(Error::Input("--length must be at least 1".into()));
+            return Err(Error::option("length", "must be at least 1"));
         }
         let mut segs = vec![];
         if !prompt.is_empty() {

@@ -3,11 +3,15 @@
 
 pub mod autoregressive;
 pub mod canvas;
-pub mod diffusion;
+pub mod denoise;
 pub mod events;
 pub mod filter;
+pub mod head_rows;
 pub mod kv_reuse;
+pub mod options;
+pub mod proposal;
 pub mod random_keep;
 pub mod request;
+pub mod schedule;
 pub mod topk_confidence;
 pub mod unmask;

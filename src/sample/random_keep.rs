@@ -2,6 +2,14 @@
 //! reference-semantics §2.2): at loop step t each still-masked position commits independently
 //! with probability 1/(t+1), the exact absorbing reverse step (α_s − α_t)/(1 − α_t) for s = t − 1.
 
+use crate::rng::Rng;
+
+/// One step of the rule at loop step `t` (> 0): one draw per still-`masked` position, in order.
+pub fn step_commits(masked: &[usize], t: usize, rng: &mut Rng) -> Vec<usize> {
+    let draws: Vec<f64> = masked.iter().map(|_| rng.uniform_f64()).collect();
+    commits(masked, &draws, t)
+}
+
 /// The positions of `candidates` that commit, given one uniform draw in [0, 1) per candidate.
 /// Draws are taken by the caller (style §6.6) so tests can inject them.
 pub fn commits(candidates: &[usize], draws: &[f64], t: usize) -> Vec<usize> {

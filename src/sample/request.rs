@@ -9,12 +9,14 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
-use super::diffusion::{DiffusionOptions, HeadRows, Sampler};
 use super::filter::TokenChoice;
+use super::head_rows::HeadRows;
 use super::kv_reuse::CacheMode;
+use super::options::{DiffusionOptions, Sampler};
 use super::unmask::Rule;
 use crate::data::tokenizer::Tokenizer;
-use crate::error::{Error, Result};
+use crate::diffusion::shift::Shift;
+use crate::error::{Error, OptionMessage, Result};
 use crate::model::ModelConfig;
 use crate::named::{display_and_from_str, Named};
 
@@ -101,39 +103,39 @@ pub struct SamplerSettings {
 
 impl SamplerSettings {
     /// Folds the settings into sampler options, once, before any loop; every inconsistency is an
-    /// `Error::Input` naming the setting.
+    /// `Error::InvalidOption` naming the setting.
     pub fn options(&self) -> Result<DiffusionOptions> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Input(format!(
-                "temperature {} must be a finite number ≥ 0 (0 is greedy)",
-                self.temperature
-            )));
+            let t = self.temperature;
+            let rest = format!("{t} must be a finite number ≥ 0 (0 is greedy)");
+            return Err(Error::option("temperature", rest));
         }
         if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-            return Err(Error::Input(format!("top_p {p} is not in (0, 1]")));
+            return Err(Error::option("top_p", format!("{p} is not in (0, 1]")));
         }
         if self.top_k == Some(0) {
-            return Err(Error::Input("top_k must be at least 1".into()));
+            return Err(Error::option("top_k", "must be at least 1"));
         }
         let sampler = self.sampler.sampler();
         if sampler == Sampler::TopkConfidence && (self.top_p.is_some() || self.top_k.is_some()) {
-            return Err(Error::Input(
-                "sampler topk-confidence samples from the tempered softmax without top-p/top-k \
-                 (reference-semantics §2.2); drop them or pick another sampler"
-                    .into(),
+            return Err(Error::InvalidOption(
+                OptionMessage::default()
+                    .setting("sampler")
+                    .text(" topk-confidence samples from the tempered softmax without ")
+                    .setting("top_p")
+                    .text("/")
+                    .setting("top_k")
+                    .text(" (reference-semantics §2.2); drop them or pick another sampler"),
             ));
         }
         let opts = DiffusionOptions {
             steps: self.steps,
             sampler,
             choice: TokenChoice::from_flags(self.temperature, self.top_k, self.top_p),
+            shift: Shift::Next,
             threshold: self.threshold,
             block_length: self.block_length,
-            head_rows: if self.exact {
-                HeadRows::All
-            } else {
-                HeadRows::Needed
-            },
+            head_rows: HeadRows::exact_if(self.exact),
             cache: self.cache,
         };
         opts.validate()?;

@@ -3,6 +3,22 @@
 //! step t of T, the `floor(N·t/T)` lowest-scoring originally-maskable positions stay masked and
 //! every other still-masked position commits.
 
+use super::schedule::Phase;
+
+/// One step of the rule on `phase` at loop step `t` (> 0): how many of its positions stay
+/// masked, and the positions that commit.
+pub fn step_commits(
+    phase: &Phase,
+    t: usize,
+    scores: &[f32],
+    masked: &[bool],
+) -> (usize, Vec<usize>) {
+    let keep = cutoff_len(phase.positions.len(), t, phase.steps);
+    let mut maskable = vec![false; masked.len()];
+    phase.positions.iter().for_each(|&i| maskable[i] = true);
+    (keep, commits(scores, &maskable, masked, keep))
+}
+
 /// `cutoff_len`: how many originally-maskable positions stay masked at loop step `t` of `total`.
 ///
 /// Computed as the reference does, `(N * (t/T)).long()` with `N` a tensor: `t/T` is a Python

@@ -2,13 +2,13 @@
 //! reference-semantics §2.2): rank the still-masked positions by confidence, top-1 − top-2
 //! margin, negative entropy or a random draw, and commit as many as a linear schedule asks;
 //! optionally every position above a confidence threshold (parallel decoding); optionally
-//! within semi-autoregressive blocks, left to right.
+//! within semi-autoregressive blocks, left to right (`schedule`).
 //!
 //! Unlike the reference's top-k rule, committed positions do not compete here: only masked
 //! positions are ranked, so exactly the scheduled count commits (more under `--threshold`).
 
 use super::filter::log_softmax;
-use crate::error::{Error, Result};
+use super::schedule::Phase;
 
 /// What ranks the masked positions; higher commits first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,39 +86,28 @@ pub fn ranked_commits(cands: &[Candidate], count: usize, threshold: Option<f32>)
     out
 }
 
-/// A stretch of the schedule: these positions unmask over `steps` forwards.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Phase {
-    pub positions: Vec<usize>,
-    pub steps: usize,
-}
-
-/// Splits the generated positions into semi-autoregressive blocks of `block_length` (one phase
-/// without blocks) and shares `steps` among them, earlier blocks taking the remainder. Each
-/// phase gets at least one step and at most one per position, because every step commits at
-/// least one token: steps beyond the masked count are clamped (the CLI warns).
-pub fn plan(generated: &[usize], steps: usize, block_length: Option<usize>) -> Result<Vec<Phase>> {
-    if steps == 0 {
-        return Err(Error::Input("--steps must be at least 1".into()));
-    }
-    if generated.is_empty() {
-        return Ok(vec![]);
-    }
-    let block = match block_length {
-        Some(0) => return Err(Error::Input("--block-length must be at least 1".into())),
-        Some(b) => b,
-        None => generated.len(),
-    };
-    let blocks: Vec<&[usize]> = generated.chunks(block).collect();
-    let (base, extra) = (steps / blocks.len(), steps % blocks.len());
-    Ok(blocks
+/// One step of a ranking rule on `phase` at loop step `t` (> 0): of the still-`masked`
+/// positions, as many as the linear schedule asks (at least one) by `ranks`, plus with a
+/// threshold every one whose token has probability above it (`logprobs`: the chosen tokens').
+pub fn step_commits(
+    phase: &Phase,
+    t: usize,
+    masked: &[usize],
+    ranks: &[f32],
+    logprobs: &[f32],
+    threshold: Option<f32>,
+) -> Vec<usize> {
+    let remaining = linear_remaining(phase.positions.len(), t, phase.steps);
+    let count = masked.len().saturating_sub(remaining).max(1);
+    let cands: Vec<Candidate> = masked
         .iter()
-        .enumerate()
-        .map(|(k, b)| Phase {
-            positions: b.to_vec(),
-            steps: (base + usize::from(k < extra)).clamp(1, b.len()),
+        .map(|&i| Candidate {
+            pos: i,
+            rank: ranks[i],
+            prob: logprobs[i].exp(),
         })
-        .collect())
+        .collect();
+    ranked_commits(&cands, count, threshold)
 }
 
 #[cfg(test)]
@@ -144,18 +133,5 @@ mod tests {
         let peaked = distribution_score(Rule::Entropy, &[10.0, -10.0, -10.0]);
         let flat = distribution_score(Rule::Entropy, &[0.0, 0.0, 0.0]);
         assert!(peaked > flat && (flat + 3f32.ln()).abs() < 1e-5);
-    }
-
-    #[test]
-    fn blocks_share_the_steps() {
-        let g: Vec<usize> = (4..14).collect();
-        let p = plan(&g, 5, Some(4)).unwrap();
-        let steps: Vec<usize> = p.iter().map(|p| p.steps).collect();
-        assert_eq!(steps, vec![2, 2, 1]);
-        assert_eq!(p[2].positions, vec![12, 13]);
-        // More steps than positions are clamped; zero steps are refused.
-        assert_eq!(plan(&g, 50, None).unwrap()[0].steps, 10);
-        assert!(plan(&g, 0, None).is_err());
-        assert!(plan(&g, 3, Some(0)).is_err());
     }
 }

@@ -10,7 +10,7 @@ mod response;
 use super::error::ApiError;
 use super::ServerState;
 use crate::sample::canvas::{parse_template, Canvas, TemplatePart};
-use crate::sample::diffusion::DiffusionOptions;
+use crate::sample::options::DiffusionOptions;
 use crate::sample::request::{Request, SamplerName, SamplerSettings};
 pub use request::{parse, ApiRequest, Prompt, Stop};
 pub use response::{choice, chunk, response, Usage};

@@ -46,10 +46,21 @@ impl ApiError {
     }
 }
 
-/// Library errors: bad input is the client's (400), anything else the server's (500).
+/// A library setting as the request field that sets it.
+fn request_field(setting: &str) -> String {
+    match setting {
+        // A completion's length is `max_tokens`, an infill's `length`.
+        "length" => "`max_tokens` (or `length`)".into(),
+        field => format!("`{field}`"),
+    }
+}
+
+/// Library errors: bad input is the client's (400), anything else the server's (500). Refused
+/// settings are named as request fields.
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> Self {
         match e {
+            crate::Error::InvalidOption(msg) => Self::bad_request(msg.render(request_field)),
             crate::Error::Input(_) | crate::Error::Tokenizer(_) => Self::bad_request(e.to_string()),
             other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }

@@ -22,9 +22,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::LanguageModel;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
-use crate::sample::diffusion::{sample_until, DiffusionOptions, Sampler};
+use crate::sample::denoise::Denoiser;
 use crate::sample::events::StepEvent;
 use crate::sample::filter::TokenChoice;
+use crate::sample::options::{DiffusionOptions, Sampler};
 use crate::sample::unmask::Rule;
 
 /// The canvas after one denoising step.
@@ -284,15 +285,12 @@ impl Queue {
         let mut rng = Rng::seed(jobs[0].seed);
         // A bug in sampling must cost this batch, not the server.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sample_until(
+            let denoiser = Denoiser {
                 model,
-                &mut canvases,
-                &jobs[0].opts,
-                &mut rng,
                 device,
-                &mut on_step,
-                &stop,
-            )
+                opts: &jobs[0].opts,
+            };
+            denoiser.sample_until(&mut canvases, &mut rng, &mut on_step, &stop)
         }));
         let report = match result {
             Ok(Ok(r)) => r,
@@ -335,7 +333,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::diffusion::HeadRows;
+    use crate::sample::head_rows::HeadRows;
 
     fn job(len: usize, opts: DiffusionOptions) -> Job {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

@@ -26,13 +26,13 @@ impl LoraConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
-            return Err(Error::Input("--lora-rank must be at least 1".into()));
+            return Err(Error::option("lora_rank", "must be at least 1"));
         }
         if !self.alpha.is_finite() || self.alpha <= 0.0 {
-            return Err(Error::Input(format!(
-                "--lora-alpha must be positive, not {}",
-                self.alpha
-            )));
+            return Err(Error::option(
+                "lora_alpha",
+                format!("must be positive, not {}", self.alpha),
+            ));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use crate::data::loader::Batch;
 use crate::diffusion::anneal::{anneal_ratio, annealed_mask};
 use crate::diffusion::loss::LossTargets;
 use crate::diffusion::noise::{mask_tokens, sample_mask_draws, sample_times};
+use crate::diffusion::shift::Shift;
 use crate::error::{Error, Result};
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -22,7 +23,7 @@ pub enum Objective {
     /// Algorithm 1: masked diffusion with the 1/t-weighted loss.
     Diffusion {
         mask_id: u32,
-        /// Logits at i predict token i+1 (off: the "without shift" ablation).
+        /// Logits at i predict token i+1 (off: the "without shift" ablation); `Shift::from_flag`.
         shift: bool,
         /// Steps of causal → bidirectional annealing; 0 = bidirectional from the start.
         anneal_steps: u64,
@@ -92,13 +93,14 @@ impl Objective {
                         mask_tokens(&batch.ids[i], &draws[i], t[i], &src, mask_id).x_t
                     })
                     .collect();
+                let shift = Shift::from_flag(shift);
                 let targets = LossTargets::diffusion(x0, &x_t, &t[rows.clone()], mask_id, shift);
                 let ratio = anneal_ratio(step, anneal_steps);
                 let candidates: usize = batch.src_mask[rows]
                     .iter()
                     .map(|m| {
                         m.iter()
-                            .skip(usize::from(shift))
+                            .skip(shift.first_target())
                             .filter(|&&s| s == 0)
                             .count()
                     })

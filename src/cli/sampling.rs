@@ -14,9 +14,10 @@ use super::named::named;
 use crate::data::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
-use crate::sample::diffusion::{sample, DiffusionOptions};
+use crate::sample::denoise::Denoiser;
 use crate::sample::events::StepEvent;
 use crate::sample::kv_reuse::CacheMode;
+use crate::sample::options::DiffusionOptions;
 pub use crate::sample::request::Request;
 use crate::sample::request::{
     completion_ids, mask_id, render, visible_ids, CanvasBuilder, SamplerName, SamplerSettings,
@@ -189,6 +190,11 @@ pub fn run(
     // Group by length: one batched forward needs one canvas length.
     let mut order: Vec<usize> = (0..canvases.len()).collect();
     order.sort_by_key(|&k| canvases[k].len());
+    let denoiser = Denoiser {
+        model: m.model.as_ref(),
+        device: &device,
+        opts: &opts,
+    };
     let mut rng = Rng::seed(choice.seed);
     let mut traces: Vec<Vec<serde_json::Value>> = vec![vec![]; canvases.len()];
     let mut steps = vec![0; canvases.len()];
@@ -218,14 +224,7 @@ pub fn run(
                     let _ = std::io::stderr().flush();
                 }
             };
-            let report = sample(
-                m.model.as_ref(),
-                &mut batch,
-                &opts,
-                &mut rng,
-                &device,
-                &mut on_step,
-            )?;
+            let report = denoiser.sample(&mut batch, &mut rng, &mut on_step)?;
             for (j, &k) in chunk.iter().enumerate() {
                 steps[k] = report.steps[j];
                 canvases[k] = batch[j].clone();
