@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use super::{Communicator, SingleProcess};
-use crate::error::{Error, Result};
+use crate::error::{Error, OptionMessage, Result};
 
 /// Environment variables in which launchers publish the world size and the rank within a node:
 /// OpenMPI's mpirun, MPICH's Hydra (and PMI-2), `srun` (set only inside a job step) and, for
@@ -46,19 +46,29 @@ pub fn local_rank() -> usize {
 /// that train on GPUs (`gpu`) use NCCL in a build with the `nccl` feature, any others MPI.
 pub fn connect(requested: Option<usize>, gpu: bool) -> Result<Box<dyn Communicator>> {
     if requested == Some(0) {
-        return Err(Error::Input("--world-size must be at least 1".into()));
+        return Err(Error::option("world_size", "must be at least 1"));
     }
     let world = match (launcher_world_size(), requested) {
         (Some(n), Some(r)) if n != r => {
-            return Err(Error::Distributed(format!(
-                "--world-size {r} but the launcher started {n} ranks; drop --world-size under a launcher"
-            )))
+            return Err(Error::InvalidOption(
+                OptionMessage::default()
+                    .text("distributed: ")
+                    .setting("world_size")
+                    .text(format!(" {r} but the launcher started {n} ranks; drop "))
+                    .setting("world_size")
+                    .text(" under a launcher"),
+            ))
         }
         (Some(n), _) => n,
         (None, Some(r)) if r > 1 => {
-            return Err(Error::Distributed(format!(
-                "--world-size {r} needs a launcher (dlm relaunches itself under mpirun from the command line)"
-            )))
+            return Err(Error::InvalidOption(
+                OptionMessage::default()
+                    .text("distributed: ")
+                    .setting("world_size")
+                    .text(format!(
+                        " {r} needs a launcher (dlm relaunches itself under mpirun from the command line)"
+                    )),
+            ))
         }
         (None, _) => 1,
     };

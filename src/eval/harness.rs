@@ -15,7 +15,7 @@ use super::multiple_choice::{
 use super::results::{MetricValues, TaskResult};
 use super::tasks::{TaskKind, TaskSpec};
 use crate::data::tokenizer::Tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, OptionMessage, Result};
 use crate::model::LanguageModel;
 use crate::rng::Rng;
 
@@ -75,10 +75,13 @@ pub fn run_task(
         (true, _) => 0,
         (false, Some(id)) => id,
         (false, None) => {
-            return Err(Error::Input(
-                "the model has no mask_token_id in its config.json: pass --ar to evaluate it \
-                 as an AR model, or --mask-id ID for a diffusion model"
-                    .into(),
+            return Err(Error::InvalidOption(
+                OptionMessage::default()
+                    .text("the model has no mask_token_id in its config.json: set ")
+                    .setting("ar")
+                    .text(" to evaluate it as an AR model, or ")
+                    .setting("mask_id")
+                    .text(" for a diffusion model"),
             ))
         }
     };

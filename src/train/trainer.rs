@@ -28,7 +28,7 @@ use super::schedule::Schedule;
 use super::step::forward_loss;
 use crate::data::loader::{Batch, ExampleSource, Loader};
 use crate::dist::{shard_rows, Communicator};
-use crate::error::{Error, Result};
+use crate::error::{Error, OptionMessage, Result};
 use crate::model::ModelConfig;
 use crate::report::jsonl::JsonlLog;
 use crate::rng::Rng;
@@ -217,10 +217,15 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
                 continue;
             }
             let last = checkpoint::latest(s.run_dir)?;
-            return Err(Error::Input(format!(
-                "non-finite loss ({loss_sum}) or gradient norm ({norm}) at step {step}; stopping. Last good checkpoint: {}. Lower the learning rate, or pass --skip-nonfinite.",
-                last.map_or("none".into(), |p| p.display().to_string())
-            )));
+            return Err(Error::InvalidOption(
+                OptionMessage::default()
+                    .text(format!(
+                        "non-finite loss ({loss_sum}) or gradient norm ({norm}) at step {step}; stopping. Last good checkpoint: {}. Lower the learning rate, or turn on ",
+                        last.map_or("none".into(), |p| p.display().to_string())
+                    ))
+                    .setting("skip_nonfinite")
+                    .text("."),
+            ));
         }
         s.optimizer.step(
             s.comm,
