@@ -30,7 +30,7 @@ pub struct KvCache {
 }
 
 /// One layer's view of a cache during a forward.
-pub struct LayerCache<'a> {
+struct LayerCache<'a> {
     kv: &'a mut Option<(Tensor, Tensor)>,
     splice: Option<usize>,
 }
@@ -93,12 +93,19 @@ pub trait LanguageModel: Send + Sync {
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor>;
 
+    /// The LM head, [V, D].
+    fn lm_head(&self) -> &Linear;
+
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
-    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head().forward(hidden)
+    }
 
     /// The greedy choice (first maximum and its log-probability) of the head at each hidden row
     /// [..., D], without keeping the logits when the head's kernel allows.
-    fn head_greedy(&self, hidden: &Tensor) -> candle_core::Result<Vec<Greedy>>;
+    fn head_greedy(&self, hidden: &Tensor) -> candle_core::Result<Vec<Greedy>> {
+        self.lm_head().greedy_rows(hidden)
+    }
 
     /// Logits at every position.
     fn forward(&self, ids: &Tensor, mask: &AttentionMask) -> candle_core::Result<Tensor> {
@@ -129,26 +136,96 @@ pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(flat, (rows.len(), l), device)
 }
 
-/// Records this forward's keys and values [B, K, L, Dh] in a layer's cache (when there is one) and
-/// returns the keys and values attention should see: appended to the cached ones, or spliced
-/// into them at the cache's splice position.
-fn append_kv(
-    cache: Option<LayerCache<'_>>,
-    k: Tensor,
-    v: Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let Some(cache) = cache else {
-        return Ok((k, v));
-    };
-    let (k, v) = match (cache.kv.as_ref(), cache.splice) {
-        (Some((ck, cv)), Some(start)) => {
-            return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
+/// One forward pass through a stack of blocks: its attention mask, the absolute position of its
+/// first id, and the cache it reads and extends.
+struct Pass<'a> {
+    mask: &'a AttentionMask,
+    offset: usize,
+    cache: Option<&'a mut KvCache>,
+}
+
+impl<'a> Pass<'a> {
+    /// Refuses out-of-vocabulary ids (they would index past the embedding table) and places the
+    /// ids after the cached positions.
+    fn start(
+        ids: &Tensor,
+        vocab: usize,
+        mask: &'a AttentionMask,
+        cache: Option<&'a mut KvCache>,
+    ) -> candle_core::Result<Self> {
+        let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max as usize >= vocab {
+            candle_core::bail!("token id {max} is out of vocabulary (size {vocab})");
         }
-        (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
-        (None, _) => (k, v),
-    };
-    *cache.kv = Some((k.clone(), v.clone()));
-    Ok((k, v))
+        let offset = cache.as_ref().map_or(0, |c| c.offset());
+        Ok(Self {
+            mask,
+            offset,
+            cache,
+        })
+    }
+
+    /// x [B, L, D] through `blocks` in order, each given its layer of the pass; the cache then
+    /// moves past these L positions.
+    fn through<B>(
+        mut self,
+        blocks: &[B],
+        mut x: Tensor,
+        forward: impl Fn(&B, &Tensor, LayerPass<'_>) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let l = x.dim(1)?;
+        for (i, block) in blocks.iter().enumerate() {
+            let layer = LayerPass {
+                mask: self.mask,
+                offset: self.offset,
+                cache: self.cache.as_mut().map(|c| c.layer(i)),
+            };
+            x = forward(block, &x, layer)?;
+        }
+        if let Some(c) = self.cache {
+            c.advance(l);
+        }
+        Ok(x)
+    }
+}
+
+/// One block's view of a forward pass: the mask, the absolute position of the first id, and the
+/// block's keys and values in the cache, when there is one.
+struct LayerPass<'a> {
+    mask: &'a AttentionMask,
+    offset: usize,
+    cache: Option<LayerCache<'a>>,
+}
+
+impl LayerPass<'_> {
+    fn is_cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The additive bias between `lq` queries and `lk` keys, in `like`'s dtype and device; None
+    /// when the mask blocks nothing.
+    fn bias(&self, lq: usize, lk: usize, like: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        self.mask
+            .bias(lq, lk, self.offset, like.dtype(), like.device())
+    }
+
+    /// Records this forward's keys and values [B, K, L, Dh] in the cache (when there is one) and
+    /// returns the keys and values attention should see: appended to the cached ones, or spliced
+    /// into them at the cache's splice position.
+    fn append_kv(&mut self, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok((k, v));
+        };
+        let (k, v) = match (cache.kv.as_ref(), cache.splice) {
+            (Some((ck, cv)), Some(start)) => {
+                return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
+            }
+            (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+            (None, _) => (k, v),
+        };
+        *cache.kv = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
 }
 
 /// `cached` [B, K, L, Dh] with positions `start..start + n` replaced by `fresh` [B, K, n, Dh].
@@ -166,15 +243,6 @@ fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> candle_core::Result<
     Tensor::cat(&parts, 2)
 }
 
-/// Out-of-vocabulary ids would index past the embedding table; refuse them with the culprit named.
-fn check_ids(ids: &Tensor, vocab: usize) -> candle_core::Result<()> {
-    let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
-    if max as usize >= vocab {
-        candle_core::bail!("token id {max} is out of vocabulary (size {vocab})");
-    }
-    Ok(())
-}
-
 fn linear(
     vb: VarBuilder,
     d_in: usize,
@@ -182,16 +250,22 @@ fn linear(
     bias: bool,
     layout: WeightLayout,
 ) -> candle_core::Result<Linear> {
-    let weight = match layout {
-        WeightLayout::OutIn => vb.get((d_out, d_in), "weight")?,
-        WeightLayout::InOut => vb.get((d_in, d_out), "weight")?,
-    };
+    let weight = vb.get(layout.shape(d_in, d_out), "weight")?;
     let bias = if bias {
         Some(vb.get(d_out, "bias")?)
     } else {
         None
     };
     Ok(Linear::new(weight, bias, layout))
+}
+
+/// The LM head: the token embedding when the two are tied, else `lm_head.weight`.
+fn lm_head(vb: &VarBuilder, cfg: &ModelConfig, embedding: &Tensor) -> candle_core::Result<Linear> {
+    let weight = match cfg.tie_word_embeddings {
+        true => embedding.clone(),
+        false => vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?,
+    };
+    Ok(Linear::new(weight, None, WeightLayout::OutIn))
 }
 
 /// Builds the architecture the config names from a VarBuilder (checkpoint or fresh variables).
