@@ -6,17 +6,20 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{linear, lm_head, KvCache, LanguageModel, LayerPass, ModelConfig, Pass};
+use super::pass::{LayerPass, Pass};
+use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
     gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
     LayerNorm, Linear, WeightLayout,
 };
 
-fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<LayerNorm> {
+/// A LayerNorm over the hidden features.
+fn layer_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<LayerNorm> {
+    let d = cfg.hidden_size;
     Ok(LayerNorm::new(
         vb.get(d, "weight")?,
         vb.get(d, "bias")?,
-        eps,
+        cfg.norm_eps,
     ))
 }
 
@@ -88,11 +91,10 @@ struct Block {
 
 impl Block {
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.norm_eps);
         Ok(Self {
-            ln_1: layer_norm(vb.pp("ln_1"), d, eps)?,
+            ln_1: layer_norm(vb.pp("ln_1"), cfg)?,
             attn: Attention::load(vb.pp("attn"), cfg)?,
-            ln_2: layer_norm(vb.pp("ln_2"), d, eps)?,
+            ln_2: layer_norm(vb.pp("ln_2"), cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
@@ -115,17 +117,14 @@ pub struct Gpt2 {
 impl Gpt2 {
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let t = vb.pp("transformer");
-        let d = cfg.hidden_size;
-        let wte = t.get((cfg.vocab_size, d), "wte.weight")?;
-        let lm_head = lm_head(&vb, cfg, &wte)?;
+        let (wte, lm_head) = embedding_and_head(t.pp("wte"), &vb, cfg)?;
+        let wpe = t.get((cfg.max_position_embeddings, cfg.hidden_size), "wpe.weight")?;
         Ok(Self {
             config: cfg.clone(),
-            wte: Embedding::new(wte),
-            wpe: Embedding::new(t.get((cfg.max_position_embeddings, d), "wpe.weight")?),
-            h: (0..cfg.num_layers)
-                .map(|i| Block::load(t.pp(format!("h.{i}")), cfg))
-                .collect::<Result<_>>()?,
-            ln_f: layer_norm(t.pp("ln_f"), d, cfg.norm_eps)?,
+            wte,
+            wpe: Embedding::new(wpe),
+            h: blocks(t.pp("h"), cfg, Block::load)?,
+            ln_f: layer_norm(t.pp("ln_f"), cfg)?,
             lm_head,
         })
     }
@@ -144,7 +143,7 @@ impl LanguageModel for Gpt2 {
     ) -> Result<Tensor> {
         let pass = Pass::start(ids, self.config.vocab_size, mask, cache)?;
         let (_b, l) = ids.dims2()?;
-        let offset = pass.offset;
+        let offset = pass.offset();
         if offset + l > self.config.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {} positions exceeds GPT-2's {} learned positions",

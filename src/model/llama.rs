@@ -4,14 +4,19 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{linear, lm_head, KvCache, LanguageModel, LayerPass, ModelConfig, Pass};
+use super::pass::{LayerPass, Pass};
+use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
     scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
     WeightLayout,
 };
 
-fn rms_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(vb.get(d, "weight")?, eps))
+/// An RMSNorm over the hidden features.
+fn rms_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(
+        vb.get(cfg.hidden_size, "weight")?,
+        cfg.norm_eps,
+    ))
 }
 
 struct Attention {
@@ -43,8 +48,8 @@ impl Attention {
         let (b, l, _d) = x.dims3()?;
         let dh = self.head_dim;
         // [B, n, L, Dh] each.
-        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, pass.offset)?;
-        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, pass.offset)?;
+        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, pass.offset())?;
+        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, pass.offset())?;
         let v = self
             .v_proj
             .forward(x)?
@@ -91,11 +96,10 @@ struct Block {
 
 impl Block {
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.norm_eps);
         Ok(Self {
-            input_layernorm: rms_norm(vb.pp("input_layernorm"), d, eps)?,
+            input_layernorm: rms_norm(vb.pp("input_layernorm"), cfg)?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), d, eps)?,
+            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
@@ -121,16 +125,12 @@ pub struct Llama {
 impl Llama {
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let m = vb.pp("model");
-        let d = cfg.hidden_size;
-        let embed = m.get((cfg.vocab_size, d), "embed_tokens.weight")?;
-        let lm_head = lm_head(&vb, cfg, &embed)?;
+        let (embed_tokens, lm_head) = embedding_and_head(m.pp("embed_tokens"), &vb, cfg)?;
         Ok(Self {
             config: cfg.clone(),
-            embed_tokens: Embedding::new(embed),
-            layers: (0..cfg.num_layers)
-                .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
-                .collect::<Result<_>>()?,
-            norm: rms_norm(m.pp("norm"), d, cfg.norm_eps)?,
+            embed_tokens,
+            layers: blocks(m.pp("layers"), cfg, Block::load)?,
+            norm: rms_norm(m.pp("norm"), cfg)?,
             lm_head,
             rope: Rope::new(
                 cfg.rope_theta,
