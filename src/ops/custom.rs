@@ -66,7 +66,7 @@ impl<'a> Inputs<'a> {
     /// The u32 data of input `i`.
     pub fn u32(&self, i: usize) -> Result<&'a [u32]> {
         let (s, l) = self.at(i)?;
-        cpu::slice_u32(s, l)
+        cpu::slice(s, l)
     }
 
     pub fn shape(&self, i: usize) -> Result<&'a Shape> {
@@ -134,7 +134,7 @@ impl<K: Kernel> Op<K> {
         }
         let mut out = [(); N].map(|_| None);
         for ((slot, grad), input) in out.iter_mut().zip(grads).zip(inputs) {
-            *slot = Some(cpu::tensor_like(grad, input)?);
+            *slot = Some(Tensor::from_vec(grad, input.shape(), input.device())?);
         }
         Ok(out)
     }
