@@ -140,74 +140,42 @@ impl<K: Kernel> Op<K> {
     }
 }
 
-impl<K: Kernel> CustomOp1 for Op<K> {
-    fn name(&self) -> &'static str {
-        self.0.name(1)
-    }
+/// candle's `CustomOpN` for a kernel of N inputs: the same three methods at every arity, input i
+/// arriving as storage `si` with layout `li` in the forward pass and as tensor `xi`, with
+/// gradient `di`, in the backward pass.
+macro_rules! custom_op {
+    ($trait:ident, $arity:literal, $grads:ty, $(($s:ident, $l:ident, $x:ident, $d:ident)),+) => {
+        impl<K: Kernel> $trait for Op<K> {
+            fn name(&self) -> &'static str {
+                self.0.name($arity)
+            }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.forward(&[(s, l)])
-    }
+            fn cpu_fwd(&self, $($s: &CpuStorage, $l: &Layout),+) -> Result<(CpuStorage, Shape)> {
+                self.forward(&[$(($s, $l)),+])
+            }
 
-    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let [dx] = self.backward([x], y, dy)?;
-        Ok(dx)
-    }
+            #[allow(unused_parens)]
+            fn bwd(&self, $($x: &Tensor,)+ y: &Tensor, dy: &Tensor) -> Result<$grads> {
+                let [$($d),+] = self.backward([$($x),+], y, dy)?;
+                Ok(($($d),+))
+            }
+        }
+    };
 }
 
-impl<K: Kernel> CustomOp2 for Op<K> {
-    fn name(&self) -> &'static str {
-        self.0.name(2)
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward(&[(s1, l1), (s2, l2)])
-    }
-
-    fn bwd(
-        &self,
-        x1: &Tensor,
-        x2: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let [d1, d2] = self.backward([x1, x2], y, dy)?;
-        Ok((d1, d2))
-    }
-}
-
-impl<K: Kernel> CustomOp3 for Op<K> {
-    fn name(&self) -> &'static str {
-        self.0.name(3)
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward(&[(s1, l1), (s2, l2), (s3, l3)])
-    }
-
-    fn bwd(
-        &self,
-        x1: &Tensor,
-        x2: &Tensor,
-        x3: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [d1, d2, d3] = self.backward([x1, x2, x3], y, dy)?;
-        Ok((d1, d2, d3))
-    }
-}
+custom_op!(CustomOp1, 1, Option<Tensor>, (s1, l1, x1, d1));
+custom_op!(
+    CustomOp2,
+    2,
+    (Option<Tensor>, Option<Tensor>),
+    (s1, l1, x1, d1),
+    (s2, l2, x2, d2)
+);
+custom_op!(
+    CustomOp3,
+    3,
+    (Option<Tensor>, Option<Tensor>, Option<Tensor>),
+    (s1, l1, x1, d1),
+    (s2, l2, x2, d2),
+    (s3, l3, x3, d3)
+);
