@@ -70,6 +70,10 @@ fn get_f64(raw: &Map<String, Value>, key: &str) -> Option<f64> {
     raw.get(key).and_then(Value::as_f64)
 }
 
+fn get_bool(raw: &Map<String, Value>, key: &str) -> Option<bool> {
+    raw.get(key).and_then(Value::as_bool)
+}
+
 /// A token id, or the first of a list (HF allows `eos_token_id: [2, 3]`).
 fn get_id(raw: &Map<String, Value>, key: &str) -> Option<u32> {
     match raw.get(key)? {
@@ -129,10 +133,7 @@ impl ModelConfig {
                     max_position_embeddings: need("n_positions")?,
                     norm_eps: get_f64(&raw, "layer_norm_epsilon").unwrap_or(1e-5),
                     rope_theta: 0.0,
-                    tie_word_embeddings: raw
-                        .get("tie_word_embeddings")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
+                    tie_word_embeddings: get_bool(&raw, "tie_word_embeddings").unwrap_or(true),
                     attention_bias: true,
                     mlp_bias: true,
                     bos_token_id: get_id(&raw, "bos_token_id"),
@@ -200,18 +201,9 @@ impl ModelConfig {
                         .unwrap_or(2048),
                     norm_eps: get_f64(&raw, "rms_norm_eps").unwrap_or(1e-6),
                     rope_theta,
-                    tie_word_embeddings: raw
-                        .get("tie_word_embeddings")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    attention_bias: raw
-                        .get("attention_bias")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    mlp_bias: raw
-                        .get("mlp_bias")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
+                    tie_word_embeddings: get_bool(&raw, "tie_word_embeddings").unwrap_or(false),
+                    attention_bias: get_bool(&raw, "attention_bias").unwrap_or(false),
+                    mlp_bias: get_bool(&raw, "mlp_bias").unwrap_or(false),
                     bos_token_id: get_id(&raw, "bos_token_id"),
                     eos_token_id: get_id(&raw, "eos_token_id"),
                     pad_token_id: get_id(&raw, "pad_token_id"),

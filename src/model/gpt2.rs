@@ -6,17 +6,20 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
+use super::pass::{LayerPass, Pass};
+use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
     gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
-    Greedy, LayerNorm, Linear, WeightLayout,
+    LayerNorm, Linear, WeightLayout,
 };
 
-fn layer_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<LayerNorm> {
+/// A LayerNorm over the hidden features.
+fn layer_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<LayerNorm> {
+    let d = cfg.hidden_size;
     Ok(LayerNorm::new(
         vb.get(d, "weight")?,
         vb.get(d, "bias")?,
-        eps,
+        cfg.norm_eps,
     ))
 }
 
@@ -36,19 +39,13 @@ impl Attention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
-        offset: usize,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mut pass: LayerPass<'_>) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
         let dh = d / self.n_head;
         let qkv = self.c_attn.forward(x)?; // [B, L, 3D], split q | k | v
-        if cache.is_none() {
+        if !pass.is_cached() {
             // No cache: one op reads the heads in place (fused on CPU).
-            let bias = mask.bias(l, l, offset, qkv.dtype(), qkv.device())?;
+            let bias = pass.bias(l, l, &qkv)?;
             let y = packed_self_attention(&qkv, self.n_head, bias.as_ref())?; // [B, L, D]
             return self.c_proj.forward(&y);
         }
@@ -59,8 +56,8 @@ impl Attention {
                 .contiguous() // [B, H, L, Dh]
         };
         let q = heads(0)?;
-        let (k, v) = append_kv(cache, heads(1)?, heads(2)?)?;
-        let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
+        let (k, v) = pass.append_kv(heads(1)?, heads(2)?)?;
+        let bias = pass.bias(l, k.dim(2)?, &q)?;
         let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?;
         self.c_proj.forward(&y.transpose(1, 2)?.reshape((b, l, d))?)
     }
@@ -94,25 +91,16 @@ struct Block {
 
 impl Block {
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.norm_eps);
         Ok(Self {
-            ln_1: layer_norm(vb.pp("ln_1"), d, eps)?,
+            ln_1: layer_norm(vb.pp("ln_1"), cfg)?,
             attn: Attention::load(vb.pp("attn"), cfg)?,
-            ln_2: layer_norm(vb.pp("ln_2"), d, eps)?,
+            ln_2: layer_norm(vb.pp("ln_2"), cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
-        offset: usize,
-    ) -> Result<Tensor> {
-        let x = (x + self
-            .attn
-            .forward(&self.ln_1.forward(x)?, mask, cache, offset)?)?;
+    fn forward(&self, x: &Tensor, pass: LayerPass<'_>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, pass)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
     }
 }
@@ -129,22 +117,15 @@ pub struct Gpt2 {
 impl Gpt2 {
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let t = vb.pp("transformer");
-        let d = cfg.hidden_size;
-        let wte = t.get((cfg.vocab_size, d), "wte.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            wte.clone()
-        } else {
-            vb.get((cfg.vocab_size, d), "lm_head.weight")?
-        };
+        let (wte, lm_head) = embedding_and_head(t.pp("wte"), &vb, cfg)?;
+        let wpe = t.get((cfg.max_position_embeddings, cfg.hidden_size), "wpe.weight")?;
         Ok(Self {
             config: cfg.clone(),
-            wte: Embedding::new(wte),
-            wpe: Embedding::new(t.get((cfg.max_position_embeddings, d), "wpe.weight")?),
-            h: (0..cfg.num_layers)
-                .map(|i| Block::load(t.pp(format!("h.{i}")), cfg))
-                .collect::<Result<_>>()?,
-            ln_f: layer_norm(t.pp("ln_f"), d, cfg.norm_eps)?,
-            lm_head: Linear::new(lm_head, None, WeightLayout::OutIn),
+            wte,
+            wpe: Embedding::new(wpe),
+            h: blocks(t.pp("h"), cfg, Block::load)?,
+            ln_f: layer_norm(t.pp("ln_f"), cfg)?,
+            lm_head,
         })
     }
 }
@@ -158,11 +139,11 @@ impl LanguageModel for Gpt2 {
         &self,
         ids: &Tensor,
         mask: &AttentionMask,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        check_ids(ids, self.config.vocab_size)?;
+        let pass = Pass::start(ids, self.config.vocab_size, mask, cache)?;
         let (_b, l) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.offset());
+        let offset = pass.offset();
         if offset + l > self.config.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {} positions exceeds GPT-2's {} learned positions",
@@ -171,22 +152,12 @@ impl LanguageModel for Gpt2 {
             );
         }
         let positions = self.wpe.weight.narrow(0, offset, l)?; // [L, D]
-        let mut x = self.wte.forward(ids)?.broadcast_add(&positions)?;
-        for (i, block) in self.h.iter().enumerate() {
-            let layer_cache = cache.as_mut().map(|c| c.layer(i));
-            x = block.forward(&x, mask, layer_cache, offset)?;
-        }
-        if let Some(c) = cache {
-            c.advance(l);
-        }
+        let x = self.wte.forward(ids)?.broadcast_add(&positions)?;
+        let x = pass.through(&self.h, x, |block, x, layer| block.forward(x, layer))?;
         self.ln_f.forward(&x)
     }
 
-    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
-    }
-
-    fn head_greedy(&self, hidden: &Tensor) -> Result<Vec<Greedy>> {
-        self.lm_head.greedy_rows(hidden)
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
     }
 }

@@ -4,14 +4,19 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{append_kv, check_ids, linear, KvCache, LanguageModel, LayerCache, ModelConfig};
+use super::pass::{LayerPass, Pass};
+use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
-    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Greedy, Linear, RmsNorm, Rope,
+    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
     WeightLayout,
 };
 
-fn rms_norm(vb: VarBuilder, d: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(vb.get(d, "weight")?, eps))
+/// An RMSNorm over the hidden features.
+fn rms_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(
+        vb.get(cfg.hidden_size, "weight")?,
+        cfg.norm_eps,
+    ))
 }
 
 struct Attention {
@@ -39,27 +44,20 @@ impl Attention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
-        offset: usize,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Rope, mut pass: LayerPass<'_>) -> Result<Tensor> {
         let (b, l, _d) = x.dims3()?;
         let dh = self.head_dim;
         // [B, n, L, Dh] each.
-        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, offset)?;
-        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, offset)?;
+        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, pass.offset())?;
+        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, pass.offset())?;
         let v = self
             .v_proj
             .forward(x)?
             .reshape((b, l, self.n_kv_head, dh))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (k, v) = append_kv(cache, k, v)?;
-        let bias = mask.bias(l, k.dim(2)?, offset, q.dtype(), q.device())?;
+        let (k, v) = pass.append_kv(k, v)?;
+        let bias = pass.bias(l, k.dim(2)?, &q)?;
         let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?; // [B, H, L, Dh]
         self.o_proj
             .forward(&y.transpose(1, 2)?.reshape((b, l, self.n_head * dh))?)
@@ -98,25 +96,17 @@ struct Block {
 
 impl Block {
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.norm_eps);
         Ok(Self {
-            input_layernorm: rms_norm(vb.pp("input_layernorm"), d, eps)?,
+            input_layernorm: rms_norm(vb.pp("input_layernorm"), cfg)?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), d, eps)?,
+            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
-        offset: usize,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Rope, pass: LayerPass<'_>) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = (x + self.self_attn.forward(&h, rope, mask, cache, offset)?)?;
+        let x = (x + self.self_attn.forward(&h, rope, pass)?)?;
         &x + self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x)?)?
@@ -135,21 +125,13 @@ pub struct Llama {
 impl Llama {
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let m = vb.pp("model");
-        let d = cfg.hidden_size;
-        let embed = m.get((cfg.vocab_size, d), "embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            vb.get((cfg.vocab_size, d), "lm_head.weight")?
-        };
+        let (embed_tokens, lm_head) = embedding_and_head(m.pp("embed_tokens"), &vb, cfg)?;
         Ok(Self {
             config: cfg.clone(),
-            embed_tokens: Embedding::new(embed),
-            layers: (0..cfg.num_layers)
-                .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
-                .collect::<Result<_>>()?,
-            norm: rms_norm(m.pp("norm"), d, cfg.norm_eps)?,
-            lm_head: Linear::new(lm_head, None, WeightLayout::OutIn),
+            embed_tokens,
+            layers: blocks(m.pp("layers"), cfg, Block::load)?,
+            norm: rms_norm(m.pp("norm"), cfg)?,
+            lm_head,
             rope: Rope::new(
                 cfg.rope_theta,
                 cfg.head_dim,
@@ -169,27 +151,17 @@ impl LanguageModel for Llama {
         &self,
         ids: &Tensor,
         mask: &AttentionMask,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        check_ids(ids, self.config.vocab_size)?;
-        let (_b, l) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.offset());
-        let mut x = self.embed_tokens.forward(ids)?;
-        for (i, block) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_mut().map(|c| c.layer(i));
-            x = block.forward(&x, &self.rope, mask, layer_cache, offset)?;
-        }
-        if let Some(c) = cache {
-            c.advance(l);
-        }
+        let pass = Pass::start(ids, self.config.vocab_size, mask, cache)?;
+        let x = self.embed_tokens.forward(ids)?;
+        let x = pass.through(&self.layers, x, |block, x, layer| {
+            block.forward(x, &self.rope, layer)
+        })?;
         self.norm.forward(&x)
     }
 
-    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
-    }
-
-    fn head_greedy(&self, hidden: &Tensor) -> Result<Vec<Greedy>> {
-        self.lm_head.greedy_rows(hidden)
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
     }
 }

@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod mask_token;
+mod pass;
 pub mod preset;
 pub mod runtime;
 pub mod weights;
@@ -16,71 +17,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{Architecture, ModelConfig};
+pub use pass::KvCache;
 pub use weights::Weights;
 
 use crate::error::{Error, Result};
-use crate::ops::{AttentionMask, Greedy, Linear, WeightLayout};
-
-/// Key/value states per layer. The caller owns it. By default the model appends each forward's
-/// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
-/// a forward over a window of the cached sequence attend to the whole of it.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-    splice: Option<usize>,
-}
-
-/// One layer's view of a cache during a forward.
-pub struct LayerCache<'a> {
-    kv: &'a mut Option<(Tensor, Tensor)>,
-    splice: Option<usize>,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-            len: 0,
-            splice: None,
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Later forwards take ids for positions `start..start + n` of the cached sequence: their
-    /// fresh keys and values stand in for the cached ones at those positions, every other
-    /// position is served from the cache, and the cache is not changed (Fast-dLLM's reuse of
-    /// keys and values across denoising steps). Bidirectional attention only.
-    pub fn splice_at(&mut self, start: usize) {
-        self.splice = Some(start);
-    }
-
-    /// The position of the first id of the next forward.
-    fn offset(&self) -> usize {
-        self.splice.unwrap_or(self.len)
-    }
-
-    fn layer(&mut self, i: usize) -> LayerCache<'_> {
-        LayerCache {
-            kv: &mut self.layers[i],
-            splice: self.splice,
-        }
-    }
-
-    fn advance(&mut self, n: usize) {
-        if self.splice.is_none() {
-            self.len += n;
-        }
-    }
-}
+use crate::ops::{AttentionMask, Embedding, Greedy, Linear, WeightLayout};
 
 /// A transformer language model: ids [B, L] → hidden [B, L, D] → logits [B, L, V].
 pub trait LanguageModel: Send + Sync {
@@ -95,12 +36,19 @@ pub trait LanguageModel: Send + Sync {
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor>;
 
+    /// The LM head, [V, D].
+    fn lm_head(&self) -> &Linear;
+
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
-    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+    fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.lm_head().forward(hidden)
+    }
 
     /// The greedy choice (first maximum and its log-probability) of the head at each hidden row
     /// [..., D], without keeping the logits when the head's kernel allows.
-    fn head_greedy(&self, hidden: &Tensor) -> candle_core::Result<Vec<Greedy>>;
+    fn head_greedy(&self, hidden: &Tensor) -> candle_core::Result<Vec<Greedy>> {
+        self.lm_head().greedy_rows(hidden)
+    }
 
     /// Logits at every position.
     fn forward(&self, ids: &Tensor, mask: &AttentionMask) -> candle_core::Result<Tensor> {
@@ -131,52 +79,6 @@ pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(flat, (rows.len(), l), device)
 }
 
-/// Records this forward's keys and values [B, K, L, Dh] in a layer's cache (when there is one) and
-/// returns the keys and values attention should see: appended to the cached ones, or spliced
-/// into them at the cache's splice position.
-fn append_kv(
-    cache: Option<LayerCache<'_>>,
-    k: Tensor,
-    v: Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let Some(cache) = cache else {
-        return Ok((k, v));
-    };
-    let (k, v) = match (cache.kv.as_ref(), cache.splice) {
-        (Some((ck, cv)), Some(start)) => {
-            return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
-        }
-        (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
-        (None, _) => (k, v),
-    };
-    *cache.kv = Some((k.clone(), v.clone()));
-    Ok((k, v))
-}
-
-/// `cached` [B, K, L, Dh] with positions `start..start + n` replaced by `fresh` [B, K, n, Dh].
-fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> candle_core::Result<Tensor> {
-    let (l, n) = (cached.dim(2)?, fresh.dim(2)?);
-    if start + n > l {
-        candle_core::bail!("a window of {n} positions at {start} runs past the {l} cached ones");
-    }
-    let before = cached.narrow(2, 0, start)?;
-    let after = cached.narrow(2, start + n, l - start - n)?;
-    let parts: Vec<&Tensor> = [&before, fresh, &after]
-        .into_iter()
-        .filter(|t| t.dim(2).is_ok_and(|d| d > 0))
-        .collect();
-    Tensor::cat(&parts, 2)
-}
-
-/// Out-of-vocabulary ids would index past the embedding table; refuse them with the culprit named.
-fn check_ids(ids: &Tensor, vocab: usize) -> candle_core::Result<()> {
-    let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
-    if max as usize >= vocab {
-        candle_core::bail!("token id {max} is out of vocabulary (size {vocab})");
-    }
-    Ok(())
-}
-
 fn linear(
     vb: VarBuilder,
     d_in: usize,
@@ -184,16 +86,41 @@ fn linear(
     bias: bool,
     layout: WeightLayout,
 ) -> candle_core::Result<Linear> {
-    let weight = match layout {
-        WeightLayout::OutIn => vb.get((d_out, d_in), "weight")?,
-        WeightLayout::InOut => vb.get((d_in, d_out), "weight")?,
-    };
+    let weight = vb.get(layout.shape(d_in, d_out), "weight")?;
     let bias = if bias {
         Some(vb.get(d_out, "bias")?)
     } else {
         None
     };
     Ok(Linear::new(weight, bias, layout))
+}
+
+/// The token embedding [V, D] under `vb` and the LM head: the same matrix when the two are tied,
+/// else `lm_head.weight` under the model's root.
+fn embedding_and_head(
+    vb: VarBuilder,
+    root: &VarBuilder,
+    cfg: &ModelConfig,
+) -> candle_core::Result<(Embedding, Linear)> {
+    let shape = (cfg.vocab_size, cfg.hidden_size);
+    let embedding = vb.get(shape, "weight")?;
+    let head = match cfg.tie_word_embeddings {
+        true => embedding.clone(),
+        false => root.get(shape, "lm_head.weight")?,
+    };
+    Ok((
+        Embedding::new(embedding),
+        Linear::new(head, None, WeightLayout::OutIn),
+    ))
+}
+
+/// One block per layer, block i under `vb`'s `i`.
+fn blocks<B>(
+    vb: VarBuilder,
+    cfg: &ModelConfig,
+    load: impl Fn(VarBuilder, &ModelConfig) -> candle_core::Result<B>,
+) -> candle_core::Result<Vec<B>> {
+    (0..cfg.num_layers).map(|i| load(vb.pp(i), cfg)).collect()
 }
 
 /// Builds the architecture the config names from a VarBuilder (checkpoint or fresh variables).

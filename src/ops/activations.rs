@@ -8,15 +8,16 @@
 //!   silu      y = x·σ(x),  y' = σ(x)(1 + x(1 − σ(x)))
 //!   swiglu    y = silu(g)·u,  dg = dy·u·silu'(g),  du = dy·silu(g)   (LLaMA's MLP, one pass)
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
+use super::custom::{self, Inputs, Kernel};
 
 /// GPT-2's `gelu_new`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), which is candle's `gelu`.
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
     if cpu::fusable(&[x]) {
-        return x.contiguous()?.apply_op1(Fused::GeluNew);
+        return custom::apply(Fused::GeluNew, &[x]);
     }
     x.gelu()
 }
@@ -24,7 +25,7 @@ pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
 /// LLaMA's SiLU, x·σ(x).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     if cpu::fusable(&[x]) {
-        return x.contiguous()?.apply_op1(Fused::Silu);
+        return custom::apply(Fused::Silu, &[x]);
     }
     x.silu()
 }
@@ -32,7 +33,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 /// LLaMA's gated MLP activation silu(gate)·up, elementwise over two same-shape tensors.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if cpu::fusable(&[gate, up]) && gate.shape() == up.shape() {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+        return custom::apply(SwiGlu, &[gate, up]);
     }
     silu(gate)? * up
 }
@@ -98,24 +99,25 @@ impl Fused {
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 15;
 
-impl CustomOp1 for Fused {
-    fn name(&self) -> &'static str {
+impl Kernel for Fused {
+    fn name(&self, _arity: usize) -> &'static str {
         match self {
             Fused::GeluNew => "fused-gelu-new",
             Fused::Silu => "fused-silu",
         }
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = cpu::slice(s, l)?;
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let x = inputs.f32(0)?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| cpu::simd(|| self.value(x, y)));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, inputs.shape(0)?.clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn backward(&self, inputs: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let x = inputs[0];
         let mut dx = vec![0f32; x.elem_count()];
         cpu::with_data(x, |xs| {
             cpu::with_data(dy, |dys| {
@@ -125,25 +127,19 @@ impl CustomOp1 for Fused {
                 Ok(())
             })
         })?;
-        Ok(Some(cpu::tensor_like(dx, x)?))
+        Ok(vec![dx])
     }
 }
 
 struct SwiGlu;
 
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
+impl Kernel for SwiGlu {
+    fn name(&self, _arity: usize) -> &'static str {
         "fused-swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (cpu::slice(gs, gl)?, cpu::slice(us, ul)?);
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let (g, u) = (inputs.f32(0)?, inputs.f32(1)?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -154,16 +150,12 @@ impl CustomOp2 for SwiGlu {
                     }
                 })
             });
-        Ok((CpuStorage::F32(y), gl.shape().clone()))
+        Ok((y, inputs.shape(0)?.clone()))
     }
 
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// (dgate, dup).
+    fn backward(&self, inputs: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let (gate, up) = (inputs[0], inputs[1]);
         let n = gate.elem_count();
         let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
         cpu::with_data(gate, |g| {
@@ -187,17 +179,15 @@ impl CustomOp2 for SwiGlu {
                 })
             })
         })?;
-        Ok((
-            Some(cpu::tensor_like(dg, gate)?),
-            Some(cpu::tensor_like(du, up)?),
-        ))
+        Ok(vec![dg, du])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
+    use candle_core::{Device, Var};
 
     #[test]
     fn gelu_new_matches_formula() -> Result<()> {
@@ -215,21 +205,15 @@ mod tests {
     /// Fused value and gradient against candle's composed `gelu` / `silu`.
     #[test]
     fn fused_matches_composed() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (5, 301), &dev)?)?;
-        let up = Tensor::randn(0f32, 1.0, (5, 301), &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (5, 301), &Device::Cpu)?)?;
         type Op = fn(&Tensor) -> Result<Tensor>;
-        let cases: [(Op, Op); 2] = [(gelu_new, |x| x.gelu()), (silu, |x| x.silu())];
-        for (fused, composed) in cases {
-            let (f, c) = (fused(x.as_tensor())?, composed(x.as_tensor())?);
-            let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-                (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-            };
-            assert!(diff(&f, &c)? < 1e-5);
-            let gf = (&f * &up)?.sum_all()?.backward()?;
-            let gc = (&c * &up)?.sum_all()?.backward()?;
-            let d = diff(gf.get(&x).expect("grad"), gc.get(&x).expect("grad"))?;
-            assert!(d < 1e-5, "gradient differs by {d}");
+        let cases: [(&str, Op, Op); 2] = [
+            ("gelu_new", gelu_new, |x| x.gelu()),
+            ("silu", silu, |x| x.silu()),
+        ];
+        for (what, fused, composed) in cases {
+            let (f, c) = (fused(&x)?, composed(&x)?);
+            assert_fused_matches(what, &[&x], &f, &c, Tolerance::new(1e-5, 1e-5))?;
         }
         Ok(())
     }
@@ -238,21 +222,9 @@ mod tests {
     #[test]
     fn fused_swiglu_matches_composed() -> Result<()> {
         let dev = Device::Cpu;
-        let g = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (3, 40_000), &dev)?)?;
-        let u = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 40_000), &dev)?)?;
-        let (gt, ut) = (g.as_tensor(), u.as_tensor());
-        let (f, c) = (swiglu(gt, ut)?, (gt.silu()? * ut)?);
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-        };
-        assert!(diff(&f, &c)? < 1e-5);
-        let up = Tensor::randn(0f32, 1.0, f.shape(), &dev)?;
-        let gf = (&f * &up)?.sum_all()?.backward()?;
-        let gc = (&c * &up)?.sum_all()?.backward()?;
-        for v in [&g, &u] {
-            let d = diff(gf.get(v).expect("grad"), gc.get(v).expect("grad"))?;
-            assert!(d < 1e-4, "gradient differs by {d}");
-        }
-        Ok(())
+        let g = Var::from_tensor(&Tensor::randn(0f32, 3.0, (3, 40_000), &dev)?)?;
+        let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 40_000), &dev)?)?;
+        let (f, c) = (swiglu(&g, &u)?, (g.silu()? * u.as_tensor())?);
+        assert_fused_matches("swiglu", &[&g, &u], &f, &c, Tolerance::new(1e-5, 1e-4))
     }
 }

@@ -6,6 +6,7 @@ use candle_core::{Result, Tensor};
 
 use super::attention_fused::FusedAttention;
 use super::cpu;
+use super::custom;
 use super::softmax::scaled_softmax;
 
 /// The fused kernel applies: f32 CPU operands and a constant f32 [L, Lk] mask.
@@ -25,9 +26,7 @@ pub fn scaled_dot_product_attention(
     if fusable(&[q, k, v], bias) {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let op = FusedAttention::new(scale, bias.cloned(), None);
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        return custom::apply(op, &[q, k, v]);
     }
     scaled_dot_product_attention_composed(q, k, v, bias)
 }
@@ -58,7 +57,7 @@ pub fn packed_self_attention(qkv: &Tensor, n_head: usize, bias: Option<&Tensor>)
     let (d, dh) = (d3 / 3, d3 / 3 / n_head.max(1));
     if fusable(&[qkv], bias) {
         let op = FusedAttention::new(1.0 / (dh as f64).sqrt(), bias.cloned(), Some(n_head));
-        return qkv.contiguous()?.apply_op1(op);
+        return custom::apply(op, &[qkv]);
     }
     let heads = |i: usize| -> Result<Tensor> {
         qkv.narrow(2, i * d, d)?
@@ -73,37 +72,18 @@ pub fn packed_self_attention(qkv: &Tensor, n_head: usize, bias: Option<&Tensor>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-    }
-
-    fn causal(l: usize) -> Result<Tensor> {
-        let bias: Vec<f32> = (0..l * l)
-            .map(|k| {
-                if k % l <= k / l {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        Tensor::from_vec(bias, (l, l), &Device::Cpu)
-    }
+    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
+    use crate::ops::AttentionMask;
+    use candle_core::{DType, Device, Var};
 
     /// Fused against composed, value and every input gradient, with and without a mask.
     fn check(vars: &[&Var], f: impl Fn(bool, Option<&Tensor>) -> Result<Tensor>) -> Result<()> {
-        for bias in [None, Some(causal(vars[0].dim(vars[0].rank() - 2)?)?)] {
+        let l = vars[0].dim(vars[0].rank() - 2)?;
+        let causal = AttentionMask::Causal.bias(l, l, 0, DType::F32, &Device::Cpu)?;
+        for bias in [None, causal] {
             let (fused, composed) = (f(true, bias.as_ref())?, f(false, bias.as_ref())?);
-            assert!(max_diff(&fused, &composed)? < 1e-5);
-            let up = Tensor::randn(0f32, 1.0, fused.shape(), &Device::Cpu)?;
-            let gf = (&fused * &up)?.sum_all()?.backward()?;
-            let gc = (&composed * &up)?.sum_all()?.backward()?;
-            for (i, v) in vars.iter().enumerate() {
-                let d = max_diff(gf.get(v).expect("grad"), gc.get(v).expect("grad"))?;
-                assert!(d < 1e-5, "input {i}: gradient differs by {d}");
-            }
+            let what = format!("mask {}", bias.is_some());
+            assert_fused_matches(&what, vars, &fused, &composed, Tolerance::new(1e-5, 1e-5))?;
         }
         Ok(())
     }
@@ -132,12 +112,10 @@ mod tests {
             match fused {
                 true => packed_self_attention(x, 3, bias),
                 // The composed path, reached through a non-CPU-f32 check: run it on f64.
-                false => packed_self_attention(&x.to_dtype(candle_core::DType::F64)?, 3, {
-                    bias.map(|b| b.to_dtype(candle_core::DType::F64))
-                        .transpose()?
-                        .as_ref()
+                false => packed_self_attention(&x.to_dtype(DType::F64)?, 3, {
+                    bias.map(|b| b.to_dtype(DType::F64)).transpose()?.as_ref()
                 })?
-                .to_dtype(candle_core::DType::F32),
+                .to_dtype(DType::F32),
             }
         })
     }

@@ -10,12 +10,11 @@
 //!
 //! The composed reference is `scaled_dot_product_attention_composed` in attention.rs.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
+use super::custom::{Inputs, Kernel, Saved};
 
 /// Where one operand's heads live: element (b, h, i, d) sits at off + b·sb + h·sh + i·sl + d.
 #[derive(Clone, Copy, Debug)]
@@ -72,11 +71,7 @@ pub struct FusedAttention {
     /// Some(H): one packed [B, L, 3·H·Dh] q|k|v input and a [B, L, H·Dh] output (GPT-2's c_attn
     /// layout). None: q [B, H, L, Dh], k and v [B, K, Lk, Dh], output [B, H, L, Dh].
     packed_heads: Option<usize>,
-    saved_probs: Mutex<Option<Vec<f32>>>,
-}
-
-fn poisoned<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("attention state lock poisoned".into())
+    saved_probs: Saved<Vec<f32>>,
 }
 
 impl FusedAttention {
@@ -85,7 +80,7 @@ impl FusedAttention {
             scale: scale as f32,
             bias,
             packed_heads,
-            saved_probs: Mutex::new(None),
+            saved_probs: Saved::new("attention"),
         }
     }
 
@@ -123,6 +118,15 @@ impl FusedAttention {
         })
     }
 
+    /// The geometry of a call on one packed qkv or on q, k and v.
+    fn geometry(&self, shapes: &[&Shape]) -> Result<Geometry> {
+        match (self.packed_heads, shapes) {
+            (Some(h), [qkv]) => self.packed_geometry(h, qkv),
+            (None, [q, k, _v]) => self.split_geometry(q, k),
+            _ => candle_core::bail!("attention over {} inputs", shapes.len()),
+        }
+    }
+
     fn split_geometry(&self, q: &Shape, k: &Shape) -> Result<Geometry> {
         let (b, h, l, dh) = q.dims4()?;
         let (_, kh, lk, _) = k.dims4()?;
@@ -155,8 +159,8 @@ impl FusedAttention {
         })
     }
 
-    /// Y and P. q, k and v may be the same (packed) slice.
-    fn forward(&self, g: &Geometry, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+    /// Y, saving P. q, k and v may be the same (packed) slice.
+    fn attend(&self, g: &Geometry, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         let bias = self.bias.as_ref().map(|b| b.to_vec2::<f32>()).transpose()?;
         if let Some(bias) = &bias {
             if bias.len() != g.l || bias.iter().any(|r| r.len() != g.lk) {
@@ -203,26 +207,23 @@ impl FusedAttention {
                     matmul((l, dh, lk), y, false, (p.as_ptr(), lk, 1), vv);
                 }
             });
-        *self.saved_probs.lock().map_err(poisoned)? = Some(probs);
+        self.saved_probs.put(probs)?;
         Ok(out)
     }
 
     /// Writes dQ, dK, dV through `dq`, `dk`, `dv` (laid out as q, k, v; for the packed form all
-    /// three point into one dqkv buffer).
+    /// three point into one dqkv buffer), from the probabilities P the forward pass saved.
     #[allow(clippy::too_many_arguments)]
-    fn backward(
+    fn attend_backward(
         &self,
         g: &Geometry,
+        probs: &[f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
         dy: &[f32],
         (dq, dk, dv): (Shared, Shared, Shared),
-    ) -> Result<()> {
-        let guard = self.saved_probs.lock().map_err(poisoned)?;
-        let Some(probs) = guard.as_ref() else {
-            candle_core::bail!("attention backward before its forward");
-        };
+    ) {
         let (l, lk, dh) = (g.l, g.lk, g.dh);
         let group = g.h / g.kh;
         // One task per (batch, key/value head): it owns dK and dV of that head and the dQ of
@@ -267,89 +268,61 @@ impl FusedAttention {
                 }
             }
         });
-        Ok(())
     }
 }
 
-/// Packed GPT-2 form: qkv [B, L, 3D] → [B, L, D].
-impl CustomOp1 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention-packed"
+/// Packed GPT-2 form: qkv [B, L, 3D] → [B, L, D]. Split form: q [B, H, L, Dh], k and v
+/// [B, K, Lk, Dh] → [B, H, L, Dh].
+impl Kernel for FusedAttention {
+    fn name(&self, arity: usize) -> &'static str {
+        match arity {
+            1 => "fused-attention-packed",
+            _ => "fused-attention",
+        }
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.packed_geometry(self.packed_heads.unwrap_or(0), l.shape())?;
-        let qkv = cpu::slice(s, l)?;
-        let out = self.forward(&g, qkv, qkv, qkv)?;
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.l, g.h * g.dh))))
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let shapes = (0..inputs.arity())
+            .map(|i| inputs.shape(i))
+            .collect::<Result<Vec<_>>>()?;
+        let g = self.geometry(&shapes)?;
+        let (q, k, v) = match inputs.arity() {
+            1 => (inputs.f32(0)?, inputs.f32(0)?, inputs.f32(0)?),
+            _ => (inputs.f32(0)?, inputs.f32(1)?, inputs.f32(2)?),
+        };
+        let out = self.attend(&g, q, k, v)?;
+        let shape = match self.packed_heads {
+            Some(_) => Shape::from((g.b, g.l, g.h * g.dh)),
+            None => Shape::from((g.b, g.h, g.l, g.dh)),
+        };
+        Ok((out, shape))
     }
 
-    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let g = self.packed_geometry(self.packed_heads.unwrap_or(0), qkv.shape())?;
-        let mut dqkv = vec![0f32; qkv.elem_count()];
-        let d = Shared(dqkv.as_mut_ptr());
-        cpu::with_data(qkv, |x| {
-            cpu::with_data(dy, |dy| self.backward(&g, x, x, x, dy, (d, d, d)))
-        })?;
-        Ok(Some(cpu::tensor_like(dqkv, qkv)?))
-    }
-}
-
-/// Split form: q [B, H, L, Dh], k and v [B, K, Lk, Dh] → [B, H, L, Dh].
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.split_geometry(l1.shape(), l2.shape())?;
-        let (q, k, v) = (
-            cpu::slice(s1, l1)?,
-            cpu::slice(s2, l2)?,
-            cpu::slice(s3, l3)?,
-        );
-        Ok((
-            CpuStorage::F32(self.forward(&g, q, k, v)?),
-            l1.shape().clone(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.split_geometry(q.shape(), k.shape())?;
-        let mut dq = vec![0f32; q.elem_count()];
-        let mut dk = vec![0f32; k.elem_count()];
-        let mut dv = vec![0f32; v.elem_count()];
-        let ptrs = (
-            Shared(dq.as_mut_ptr()),
-            Shared(dk.as_mut_ptr()),
-            Shared(dv.as_mut_ptr()),
-        );
-        cpu::with_data(q, |qs| {
-            cpu::with_data(k, |ks| {
-                cpu::with_data(v, |vs| {
-                    cpu::with_data(dy, |dy| self.backward(&g, qs, ks, vs, dy, ptrs))
+    /// (dqkv) for the packed form, (dq, dk, dv) for the split form.
+    fn backward(&self, inputs: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let g = self.geometry(&shapes)?;
+        let mut grads: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0f32; t.elem_count()]).collect();
+        let ptrs: Vec<Shared> = grads.iter_mut().map(|d| Shared(d.as_mut_ptr())).collect();
+        self.saved_probs.with(|probs| match (inputs, &ptrs[..]) {
+            (&[qkv], &[d]) => cpu::with_data(qkv, |x| {
+                cpu::with_data(dy, |dy| {
+                    self.attend_backward(&g, probs, x, x, x, dy, (d, d, d));
+                    Ok(())
                 })
-            })
+            }),
+            (&[q, k, v], &[dq, dk, dv]) => cpu::with_data(q, |qs| {
+                cpu::with_data(k, |ks| {
+                    cpu::with_data(v, |vs| {
+                        cpu::with_data(dy, |dy| {
+                            self.attend_backward(&g, probs, qs, ks, vs, dy, (dq, dk, dv));
+                            Ok(())
+                        })
+                    })
+                })
+            }),
+            _ => candle_core::bail!("attention over {} inputs", inputs.len()),
         })?;
-        Ok((
-            Some(cpu::tensor_like(dq, q)?),
-            Some(cpu::tensor_like(dk, k)?),
-            Some(cpu::tensor_like(dv, v)?),
-        ))
+        Ok(grads)
     }
 }

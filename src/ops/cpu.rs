@@ -2,11 +2,11 @@
 //! f32 data, and how to split rows across threads. The kernels themselves live beside their
 //! composed references (softmax.rs, norm.rs, cross_entropy.rs, activations.rs).
 //!
-//! Every fused op is a candle `CustomOp*` whose `bwd` returns explicit gradients, so autograd
-//! sees one node where the composed version builds five to fifteen, each with its own
-//! full-size intermediate and its own zeros-plus-add when its gradient is accumulated.
+//! Every fused op is a candle `CustomOp*` (through custom.rs) whose `bwd` returns explicit
+//! gradients, so autograd sees one node where the composed version builds five to fifteen, each
+//! with its own full-size intermediate and its own zeros-plus-add when its gradient is accumulated.
 
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// The fused kernels run on f32 CPU tensors only; everything else takes the composed path.
@@ -15,18 +15,10 @@ pub fn fusable(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
-/// The f32 elements of a contiguous CPU storage, as its layout addresses them.
-pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The elements of a contiguous CPU storage, as its layout addresses them.
+pub fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("fused kernel needs a contiguous input, got {:?}", l),
-    }
-}
-
-/// The u32 elements of a contiguous CPU storage.
-pub fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<u32>()?[start..end]),
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
         None => candle_core::bail!("fused kernel needs a contiguous input, got {:?}", l),
     }
 }
@@ -68,11 +60,6 @@ pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
                 }
             })
         });
-}
-
-/// Wraps a computed buffer as a tensor of `t`'s shape on the CPU.
-pub fn tensor_like(data: Vec<f32>, t: &Tensor) -> Result<Tensor> {
-    Tensor::from_vec(data, t.shape(), t.device())
 }
 
 /// Runs `f` compiled for AVX2 and FMA when the CPU has them, so the elementwise loops inside it

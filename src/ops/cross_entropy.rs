@@ -7,13 +7,12 @@
 //!
 //! `cross_entropy_composed` is the reference and serves every other device and dtype.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{DType, Result, Shape, Tensor, D};
 
 use rayon::prelude::*;
 
 use super::cpu;
+use super::custom::{self, Inputs, Kernel, Saved};
 
 /// logits: [N, V], targets: [N] (u32) → CE per row, [N] f32.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -26,9 +25,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             );
         }
         let op = FusedCrossEntropy {
-            saved_lse: Mutex::new(None),
+            saved_lse: Saved::new("cross-entropy"),
         };
-        return logits.contiguous()?.apply_op2(&targets.contiguous()?, op);
+        return custom::apply(op, &[logits, targets]);
     }
     cross_entropy_composed(logits, targets)
 }
@@ -46,27 +45,18 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
 
 struct FusedCrossEntropy {
     /// log Σ exp(logits) of every row, from the forward pass.
-    saved_lse: Mutex<Option<Vec<f32>>>,
+    saved_lse: Saved<Vec<f32>>,
 }
 
-fn poisoned<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("cross-entropy state lock poisoned".into())
-}
-
-impl CustomOp2 for FusedCrossEntropy {
-    fn name(&self) -> &'static str {
+/// (logits, targets).
+impl Kernel for FusedCrossEntropy {
+    fn name(&self, _arity: usize) -> &'static str {
         "fused-cross-entropy"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, t) = (cpu::slice(s1, l1)?, cpu::slice_u32(s2, l2)?);
-        let (n, v) = l1.shape().dims2()?;
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let (x, t) = (inputs.f32(0)?, inputs.u32(1)?);
+        let (n, v) = inputs.shape(0)?.dims2()?;
         if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("target id {bad} is outside the vocabulary of {v}");
         }
@@ -93,43 +83,37 @@ impl CustomOp2 for FusedCrossEntropy {
             .enumerate()
             .map(|(r, (&l, &t))| l - x[r * v + t as usize]);
         let ce: Vec<f32> = ce.collect();
-        *self.saved_lse.lock().map_err(poisoned)? = Some(lse);
-        Ok((CpuStorage::F32(ce), Shape::from(n)))
+        self.saved_lse.put(lse)?;
+        Ok((ce, Shape::from(n)))
     }
 
     /// dx = (softmax(x) − onehot(t)) · dce; targets get no gradient.
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        targets: &Tensor,
-        _ce: &Tensor,
-        dce: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved_lse.lock().map_err(poisoned)?;
-        let Some(lse) = guard.as_ref() else {
-            candle_core::bail!("cross-entropy backward before its forward");
-        };
+    fn backward(&self, inputs: &[&Tensor], _ce: &Tensor, dce: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let (logits, targets) = (inputs[0], inputs[1]);
         let (n, v) = logits.dims2()?;
         let t = targets.to_vec1::<u32>()?;
         let dce = dce.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut dx = vec![0f32; n * v];
-        cpu::with_data(logits, |xs| {
-            cpu::par_rows(&mut dx, v, |r, dx| {
-                let (x, l, g) = (&xs[r * v..][..v], lse[r], dce[r]);
-                for (dx, &x) in dx.iter_mut().zip(x) {
-                    *dx = cpu::exp(x - l) * g;
-                }
-                dx[t[r] as usize] -= g;
-            });
-            Ok(())
+        self.saved_lse.with(|lse| {
+            cpu::with_data(logits, |xs| {
+                cpu::par_rows(&mut dx, v, |r, dx| {
+                    let (x, l, g) = (&xs[r * v..][..v], lse[r], dce[r]);
+                    for (dx, &x) in dx.iter_mut().zip(x) {
+                        *dx = cpu::exp(x - l) * g;
+                    }
+                    dx[t[r] as usize] -= g;
+                });
+                Ok(())
+            })
         })?;
-        Ok((Some(cpu::tensor_like(dx, logits)?), None))
+        Ok(vec![dx])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
     use candle_core::{Device, Var};
 
     #[test]
@@ -155,16 +139,10 @@ mod tests {
         let (n, v) = (7, 1000);
         let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (n, v), &dev)?)?;
         let t = Tensor::new(&[0u32, 999, 5, 5, 123, 456, 789], &dev)?;
-        let up = Tensor::randn(0f32, 1.0, n, &dev)?;
-        let fused = cross_entropy(x.as_tensor(), &t)?;
-        let composed = cross_entropy_composed(x.as_tensor(), &t)?;
-        let d = (&fused - &composed)?.abs()?.max(0)?.to_scalar::<f32>()?;
-        assert!(d < 1e-5, "values differ by {d}");
-        let gf = (&fused * &up)?.sum_all()?.backward()?;
-        let gc = (&composed * &up)?.sum_all()?.backward()?;
-        let (a, b) = (gf.get(&x).expect("grad"), gc.get(&x).expect("grad"));
-        let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(d < 1e-6, "gradients differ by {d}");
+        let fused = cross_entropy(&x, &t)?;
+        let composed = cross_entropy_composed(&x, &t)?;
+        let tol = Tolerance::new(1e-5, 1e-6);
+        assert_fused_matches("cross-entropy", &[&x], &fused, &composed, tol)?;
         assert!(cross_entropy(
             x.as_tensor(),
             &Tensor::new(&[0u32, 0, 0, 0, 0, 0, 1000], &dev)?

@@ -1,9 +1,10 @@
 //! Linear and embedding layers that keep weights exactly as the HF checkpoint stores them, so that
 //! saving, gradients and parameter names need no translation.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Shape, Tensor};
 
 use super::cpu;
+use super::custom;
 use super::linear_fused::FusedLinear;
 use super::packed_linear::{self, Greedy, PackedCache, PackedWeight};
 
@@ -14,6 +15,34 @@ use super::packed_linear::{self, Greedy, PackedCache, PackedWeight};
 pub enum WeightLayout {
     OutIn,
     InOut,
+}
+
+impl WeightLayout {
+    /// The stored shape of a weight from `d_in` inputs to `d_out` outputs.
+    pub fn shape(self, d_in: usize, d_out: usize) -> (usize, usize) {
+        match self {
+            WeightLayout::OutIn => (d_out, d_in),
+            WeightLayout::InOut => (d_in, d_out),
+        }
+    }
+
+    /// (in, out) of a weight stored in this layout with shape `w`.
+    pub fn in_out(self, w: &Shape) -> Result<(usize, usize)> {
+        let (a, b) = w.dims2()?;
+        Ok(match self {
+            WeightLayout::OutIn => (b, a),
+            WeightLayout::InOut => (a, b),
+        })
+    }
+}
+
+/// The dimensions of x with the last one, the features, replaced by `d_out`.
+pub(super) fn output_dims(x: &[usize], d_out: usize) -> Vec<usize> {
+    let mut dims = x.to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = d_out;
+    }
+    dims
 }
 
 /// Output elements above which a forward that writes its product takes candle's GEMM even when
@@ -68,11 +97,7 @@ impl Linear {
             let op = FusedLinear {
                 layout: self.layout,
             };
-            let (x, w) = (x.contiguous()?, self.weight.contiguous()?);
-            return match &self.bias {
-                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
-                None => x.apply_op2(&w, op),
-            };
+            return custom::apply(op, &ts);
         }
         self.forward_composed(x)
     }
@@ -89,11 +114,7 @@ impl Linear {
             packed.matmul_acc(x, &mut y, rows);
             Ok(())
         })?;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = d_out;
-        }
-        Tensor::from_vec(y, out_dims, x.device())
+        Tensor::from_vec(y, output_dims(x.dims(), d_out), x.device())
     }
 
     /// The greedy choice (first maximum, its log-probability) of every row of x·Wᵀ + b, x of
@@ -122,11 +143,7 @@ impl Linear {
 
     /// (in, out) of the weight in its layout.
     fn in_out(&self) -> Result<(usize, usize)> {
-        let (a, b) = self.weight.dims2()?;
-        Ok(match self.layout {
-            WeightLayout::OutIn => (b, a),
-            WeightLayout::InOut => (a, b),
-        })
+        self.layout.in_out(self.weight.shape())
     }
 
     /// Elements of the forward's output (0 when the weight is not a matrix: the forward says why).
@@ -180,12 +197,7 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims;
-        let d_out = y.dim(1)?;
-        if let Some(last) = out_dims.last_mut() {
-            *last = d_out;
-        }
-        y.reshape(out_dims)
+        y.reshape(output_dims(&dims, y.dim(1)?))
     }
 }
 
@@ -213,11 +225,16 @@ impl Embedding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::fused_check::{assert_fused_matches, max_diff, Tolerance};
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-    }
+    /// Both weight layouts, without and with a bias.
+    const CASES: [(WeightLayout, bool); 4] = [
+        (WeightLayout::OutIn, false),
+        (WeightLayout::OutIn, true),
+        (WeightLayout::InOut, false),
+        (WeightLayout::InOut, true),
+    ];
 
     /// Fused against composed in both weight layouts, with and without a bias: the value and
     /// the gradients of x, W and b.
@@ -225,35 +242,18 @@ mod tests {
     fn fused_linear_matches_composed() -> Result<()> {
         let dev = Device::Cpu;
         let (d_in, d_out) = (13, 21);
-        for layout in [WeightLayout::OutIn, WeightLayout::InOut] {
-            for with_bias in [false, true] {
-                let shape = match layout {
-                    WeightLayout::OutIn => (d_out, d_in),
-                    WeightLayout::InOut => (d_in, d_out),
-                };
-                let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, d_in), &dev)?)?;
-                let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev)?)?;
-                let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, d_out, &dev)?)?;
-                let bias = with_bias.then(|| b.as_tensor().clone());
-                let lin = Linear::new(w.as_tensor().clone(), bias, layout);
-                let (f, c) = (
-                    lin.forward(x.as_tensor())?,
-                    lin.forward_composed(x.as_tensor())?,
-                );
-                assert_eq!(f.dims(), [2, 5, d_out]);
-                assert!(max_diff(&f, &c)? < 1e-5);
-                let up = Tensor::randn(0f32, 1.0, f.shape(), &dev)?;
-                let gf = (&f * &up)?.sum_all()?.backward()?;
-                let gc = (&c * &up)?.sum_all()?.backward()?;
-                let vars: &[&Var] = if with_bias { &[&x, &w, &b] } else { &[&x, &w] };
-                for (i, v) in vars.iter().enumerate() {
-                    let d = max_diff(gf.get(v).expect("grad"), gc.get(v).expect("grad"))?;
-                    assert!(
-                        d < 1e-5,
-                        "{layout:?} bias {with_bias} input {i}: differs by {d}"
-                    );
-                }
-            }
+        for (layout, with_bias) in CASES {
+            let shape = layout.shape(d_in, d_out);
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, d_in), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, d_out, &dev)?)?;
+            let bias = with_bias.then(|| b.as_tensor().clone());
+            let lin = Linear::new(w.as_tensor().clone(), bias, layout);
+            let (f, c) = (lin.forward(&x)?, lin.forward_composed(&x)?);
+            assert_eq!(f.dims(), [2, 5, d_out]);
+            let vars: &[&Var] = if with_bias { &[&x, &w, &b] } else { &[&x, &w] };
+            let what = format!("{layout:?} bias {with_bias}");
+            assert_fused_matches(&what, vars, &f, &c, Tolerance::new(1e-5, 1e-5))?;
         }
         Ok(())
     }
@@ -265,31 +265,26 @@ mod tests {
     fn packed_forward_matches_composed() -> Result<()> {
         let dev = Device::Cpu;
         let (d_in, d_out) = (37, 45);
-        for layout in [WeightLayout::OutIn, WeightLayout::InOut] {
-            for with_bias in [false, true] {
-                let shape = match layout {
-                    WeightLayout::OutIn => (d_out, d_in),
-                    WeightLayout::InOut => (d_in, d_out),
-                };
-                let w = Tensor::randn(0f32, 1.0, shape, &dev)?;
-                let b = with_bias
-                    .then(|| Tensor::randn(0f32, 1.0, d_out, &dev))
-                    .transpose()?;
-                let lin = Linear::new(w, b, layout);
-                for rows in [7, 20] {
-                    let x = Tensor::randn(0f32, 1.0, (2, rows, d_in), &dev)?;
-                    let (y, want) = (lin.forward(&x)?, lin.forward_composed(&x)?);
-                    assert_eq!(y.dims(), [2, rows, d_out]);
-                    assert!(!y.track_op());
-                    let d = max_diff(&y, &want)?;
-                    assert!(d < 1e-4, "{layout:?} bias {with_bias}: differs by {d}");
-                }
-                assert_eq!(
-                    lin.packed.get().is_some(),
-                    packed_linear::available(),
-                    "the weight is packed once the kernel ran"
-                );
+        for (layout, with_bias) in CASES {
+            let shape = layout.shape(d_in, d_out);
+            let w = Tensor::randn(0f32, 1.0, shape, &dev)?;
+            let b = with_bias
+                .then(|| Tensor::randn(0f32, 1.0, d_out, &dev))
+                .transpose()?;
+            let lin = Linear::new(w, b, layout);
+            for rows in [7, 20] {
+                let x = Tensor::randn(0f32, 1.0, (2, rows, d_in), &dev)?;
+                let (y, want) = (lin.forward(&x)?, lin.forward_composed(&x)?);
+                assert_eq!(y.dims(), [2, rows, d_out]);
+                assert!(!y.track_op());
+                let d = max_diff(&y, &want)?;
+                assert!(d < 1e-4, "{layout:?} bias {with_bias}: differs by {d}");
             }
+            assert_eq!(
+                lin.packed.get().is_some(),
+                packed_linear::available(),
+                "the weight is packed once the kernel ran"
+            );
         }
         Ok(())
     }

@@ -8,6 +8,9 @@ mod attention_fused;
 mod attention_mask;
 pub(crate) mod cpu;
 mod cross_entropy;
+mod custom;
+#[cfg(test)]
+mod fused_check;
 mod linear;
 mod linear_fused;
 mod norm;

@@ -5,6 +5,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::cpu;
+use super::custom;
 use super::norm_fused::FusedNorm;
 
 #[derive(Debug, Clone)]
@@ -23,8 +24,7 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if cpu::fusable(&[x, &self.weight, &self.bias]) {
             let op = FusedNorm::new(self.eps, true);
-            let (w, b) = (self.weight.contiguous()?, self.bias.contiguous()?);
-            return x.contiguous()?.apply_op3(&w, &b, op);
+            return custom::apply(op, &[x, &self.weight, &self.bias]);
         }
         self.forward_composed(x)
     }
@@ -59,7 +59,7 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if cpu::fusable(&[x, &self.weight]) {
             let op = FusedNorm::new(self.eps, false);
-            return x.contiguous()?.apply_op2(&self.weight.contiguous()?, op);
+            return custom::apply(op, &[x, &self.weight]);
         }
         self.forward_composed(x)
     }

@@ -16,7 +16,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::cpu;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod greedy;
+
+pub use greedy::Greedy;
 
 /// Output columns per panel (two AVX2 vectors).
 const NR: usize = 16;
@@ -101,47 +105,6 @@ impl PackedWeight {
         });
     }
 
-    /// What greedy decoding needs from each row of x·Wᵀ + b, without writing the [m × n]
-    /// product: the first maximum, its column and its log-probability max − ln Σⱼ exp(yⱼ).
-    /// Each task folds its panels into per-row running statistics (the running sum rescaled
-    /// whenever the maximum grows, in f64), and the tasks' statistics merge in column order, so
-    /// the first maximum stays first. Callers check `available()` first.
-    pub fn greedy_rows(&self, x: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<Greedy> {
-        assert!(x.len() >= m * self.k && bias.is_none_or(|b| b.len() == self.n));
-        let parts = self.per_task(m, |panels| {
-            let mut stats = vec![RowMax::EMPTY; m];
-            let mut tile = vec![0f32; MC.min(m) * NR];
-            for i0 in (0..m).step_by(MC) {
-                let i1 = (i0 + MC).min(m);
-                for p in panels.clone() {
-                    let (j0, cols) = (p * NR, (self.n - p * NR).min(NR));
-                    let tile = &mut tile[..(i1 - i0) * NR];
-                    for row in tile.chunks_mut(NR) {
-                        match bias {
-                            Some(b) => row[..cols].copy_from_slice(&b[j0..j0 + cols]),
-                            None => row.fill(0.0),
-                        }
-                    }
-                    // SAFETY: the tile holds i1 − i0 rows of 16.
-                    unsafe { self.panels_into(x, p..p + 1, i0..i1, tile.as_mut_ptr(), NR) }
-                    cpu::simd(|| {
-                        for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
-                            s.fold(&row[..cols], j0);
-                        }
-                    });
-                }
-            }
-            stats
-        });
-        let mut total = vec![RowMax::EMPTY; m];
-        for part in parts {
-            for (t, s) in total.iter_mut().zip(part) {
-                t.merge(s);
-            }
-        }
-        total.into_iter().map(RowMax::greedy).collect()
-    }
-
     /// Runs `task` on disjoint runs of panels in parallel (about four per thread), returning
     /// their results in panel order.
     fn per_task<R: Send>(&self, m: usize, task: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
@@ -196,74 +159,6 @@ impl PackedWeight {
     }
 }
 
-/// The greedy choice of one row: its token and log-probability.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Greedy {
-    pub token: u32,
-    pub logprob: f32,
-}
-
-impl Greedy {
-    /// From a whole row of logits: the first maximum, and max − logsumexp = −ln Σ exp(x − max).
-    pub fn of(logits: &[f32]) -> Self {
-        let max = cpu::simd(|| cpu::max(logits));
-        let token = logits.iter().position(|&x| x == max).unwrap_or(0) as u32;
-        let sum = cpu::simd(|| cpu::sum_exp(logits, max));
-        Self {
-            token,
-            logprob: -sum.ln() as f32,
-        }
-    }
-}
-
-/// Running statistics of a row seen in pieces: the first maximum, where it is, Σ exp(x − max).
-#[derive(Clone, Copy)]
-struct RowMax {
-    max: f32,
-    arg: usize,
-    sum: f64,
-}
-
-impl RowMax {
-    const EMPTY: Self = Self {
-        max: f32::NEG_INFINITY,
-        arg: 0,
-        sum: 0.0,
-    };
-
-    /// Takes in the columns j0.. of the row.
-    fn fold(&mut self, piece: &[f32], j0: usize) {
-        let max = cpu::max(piece);
-        if max > self.max {
-            let arg = piece.iter().position(|&x| x == max).unwrap_or(0);
-            self.merge(Self {
-                max,
-                arg: j0 + arg,
-                sum: cpu::sum_exp(piece, max),
-            });
-        } else {
-            self.sum += cpu::sum_exp(piece, self.max);
-        }
-    }
-
-    /// Combines with the statistics of columns after this one's.
-    fn merge(&mut self, later: Self) {
-        if later.max > self.max {
-            self.sum = self.sum * ((self.max - later.max) as f64).exp() + later.sum;
-            (self.max, self.arg) = (later.max, later.arg);
-        } else if later.sum > 0.0 {
-            self.sum += later.sum * ((later.max - self.max) as f64).exp();
-        }
-    }
-
-    fn greedy(self) -> Greedy {
-        Greedy {
-            token: self.arg as u32,
-            logprob: -self.sum.ln() as f32,
-        }
-    }
-}
-
 /// A packed weight shared by the clones of a layer, made on first use.
 pub type PackedCache = Arc<std::sync::OnceLock<PackedWeight>>;
 
@@ -276,89 +171,6 @@ impl SendPtr {
     /// Through a method, so closures capture the wrapper (Sync), not its raw field.
     fn get(self) -> *mut f32 {
         self.0
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{MR, NR};
-    use std::arch::x86_64::*;
-
-    /// y[rows × cols] += x[rows × kc] · panels, in 6-row tiles (a shorter last one), each tile
-    /// against every panel before the next tile. x has row stride `lda`, y row stride `ldc`;
-    /// `panels` is the first panel's k-block (kc lines of 16) and the stride between panels.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strip(
-        x: *const f32,
-        lda: usize,
-        (panel, panel_stride): (*const f32, usize),
-        kc: usize,
-        y: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-    ) {
-        let mut i = 0;
-        while i < rows {
-            let a = x.add(i * lda);
-            for g in 0..cols.div_ceil(NR) {
-                let (b, c) = (panel.add(g * panel_stride), y.add(i * ldc + g * NR));
-                let cols = (cols - g * NR).min(NR);
-                match rows - i {
-                    1 => tile::<1>(a, lda, b, kc, c, ldc, cols),
-                    2 => tile::<2>(a, lda, b, kc, c, ldc, cols),
-                    3 => tile::<3>(a, lda, b, kc, c, ldc, cols),
-                    4 => tile::<4>(a, lda, b, kc, c, ldc, cols),
-                    5 => tile::<5>(a, lda, b, kc, c, ldc, cols),
-                    _ => tile::<MR>(a, lda, b, kc, c, ldc, cols),
-                }
-            }
-            i += MR;
-        }
-    }
-
-    /// The R × 16 tile: R rows of x against one panel, added into y's first `cols` columns.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn tile<const R: usize>(
-        a: *const f32,
-        lda: usize,
-        panel: *const f32,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-    ) {
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        for q in 0..kc {
-            // Panel lines are 64-byte aligned.
-            let b0 = _mm256_load_ps(panel.add(q * NR));
-            let b1 = _mm256_load_ps(panel.add(q * NR + 8));
-            for r in 0..R {
-                let av = _mm256_broadcast_ss(&*a.add(r * lda + q));
-                lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
-            }
-        }
-        for r in 0..R {
-            let row = c.add(r * ldc);
-            if cols == NR {
-                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo[r]));
-                _mm256_storeu_ps(
-                    row.add(8),
-                    _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi[r]),
-                );
-            } else {
-                let mut t = [0f32; NR];
-                _mm256_storeu_ps(t.as_mut_ptr(), lo[r]);
-                _mm256_storeu_ps(t.as_mut_ptr().add(8), hi[r]);
-                for (j, v) in t.iter().take(cols).enumerate() {
-                    *row.add(j) += v;
-                }
-            }
-        }
     }
 }
 
@@ -406,48 +218,6 @@ mod tests {
                         );
                     }
                 }
-            }
-        }
-    }
-
-    /// The fused greedy statistics against the written product reduced row by row: same token
-    /// (the first of two tied maxima, which sit in different tasks' panels), log-probabilities
-    /// within 1e-5, with and without a bias.
-    #[test]
-    fn greedy_rows_match_the_product() {
-        if !available() {
-            return;
-        }
-        let mut rng = crate::rng::Rng::seed(3);
-        let (m, n, k) = (13, 100, 40);
-        let x: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32()).collect();
-        let mut w: Vec<f32> = (0..n * k).map(|_| rng.uniform_f32() - 0.5).collect();
-        // Column 5 wins every row (x ≥ 0), and column 70 ties with it exactly.
-        for p in 0..k {
-            w[5 * k + p] = 3.0;
-            w[70 * k + p] = 3.0;
-        }
-        let bias: Vec<f32> = (0..n).map(|_| rng.uniform_f32()).collect();
-        let packed = PackedWeight::new(&w, n, k, false);
-        for b in [None, Some(&bias[..])] {
-            let mut y: Vec<f32> = (0..m)
-                .flat_map(|_| b.map_or(vec![0.0; n], <[f32]>::to_vec))
-                .collect();
-            packed.matmul_acc(&x, &mut y, m);
-            let fused = packed.greedy_rows(&x, b, m);
-            for (i, g) in fused.iter().enumerate() {
-                let want = Greedy::of(&y[i * n..(i + 1) * n]);
-                assert_eq!(g.token, want.token, "row {i}");
-                assert!(
-                    (g.logprob - want.logprob).abs() < 1e-5,
-                    "row {i}: {g:?} vs {want:?}"
-                );
-            }
-            if b.is_none() {
-                assert!(
-                    fused.iter().all(|g| g.token == 5),
-                    "the first of the tied maxima"
-                );
             }
         }
     }

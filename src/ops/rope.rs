@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{Device, Result, Tensor, D};
 
 use super::cpu;
+use super::custom;
 use super::rope_fused::FusedRope;
 
 #[derive(Debug, Clone)]
@@ -56,12 +57,13 @@ impl Rope {
     /// rotated: [B, H, L, Dh]. One fused op on f32 CPU tensors.
     pub fn apply_heads(&self, x: &Tensor, heads: usize, offset: usize) -> Result<Tensor> {
         if cpu::fusable(&[x]) {
-            return x.contiguous()?.apply_op1(FusedRope {
+            let op = FusedRope {
                 cos: self.cos_half.clone(),
                 sin: self.sin_half.clone(),
                 offset,
                 heads,
-            });
+            };
+            return custom::apply(op, &[x]);
         }
         self.apply_heads_composed(x, heads, offset)
     }
@@ -98,6 +100,7 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
 
     #[test]
     fn rotation_preserves_norm_and_position_zero_is_identity() -> Result<()> {
@@ -126,19 +129,11 @@ mod tests {
         let rope = Rope::new(10000.0, 8, 16, &dev)?;
         let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 3 * 8), &dev)?)?;
         let (f, c) = (
-            rope.apply_heads(x.as_tensor(), 3, 4)?,
-            rope.apply_heads_composed(x.as_tensor(), 3, 4)?,
+            rope.apply_heads(&x, 3, 4)?,
+            rope.apply_heads_composed(&x, 3, 4)?,
         );
         assert_eq!(f.dims(), [2, 3, 5, 8]);
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
-            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-        };
-        assert!(diff(&f, &c)? < 1e-6);
-        let up = Tensor::randn(0f32, 1.0, f.shape(), &dev)?;
-        let gf = (&f * &up)?.sum_all()?.backward()?;
-        let gc = (&c * &up)?.sum_all()?.backward()?;
-        let d = diff(gf.get(&x).expect("grad"), gc.get(&x).expect("grad"))?;
-        assert!(d < 1e-5, "gradient differs by {d}");
+        assert_fused_matches("rope", &[&x], &f, &c, Tolerance::new(1e-6, 1e-5))?;
         assert!(rope.apply_heads(x.as_tensor(), 3, 12).is_err());
         Ok(())
     }

@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu;
+use super::custom::{Inputs, Kernel};
 
 pub struct FusedRope {
     /// [max_positions, Dh/2] tables of cos and sin of position × inv_freq.
@@ -56,14 +57,14 @@ impl FusedRope {
     }
 }
 
-impl CustomOp1 for FusedRope {
-    fn name(&self) -> &'static str {
+impl Kernel for FusedRope {
+    fn name(&self, _arity: usize) -> &'static str {
         "fused-rope-heads"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, l, h, dh) = self.dims(layout.shape())?;
-        let x = cpu::slice(s, layout)?;
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let (b, l, h, dh) = self.dims(inputs.shape(0)?)?;
+        let x = inputs.f32(0)?;
         let mut y = vec![0f32; x.len()];
         // One task per (batch, head): its [L, Dh] block of the output is contiguous.
         y.par_chunks_mut(l * dh)
@@ -76,10 +77,11 @@ impl CustomOp1 for FusedRope {
                     rotate(&x[from..from + dh], row, cos, sin, 1.0);
                 }
             });
-        Ok((CpuStorage::F32(y), Shape::from((b, h, l, dh))))
+        Ok((y, Shape::from((b, h, l, dh))))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn backward(&self, inputs: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let x = inputs[0];
         let (_b, l, h, dh) = self.dims(x.shape())?;
         let mut dx = vec![0f32; x.elem_count()];
         cpu::with_data(dy, |dy| {
@@ -96,6 +98,6 @@ impl CustomOp1 for FusedRope {
                 });
             Ok(())
         })?;
-        Ok(Some(cpu::tensor_like(dx, x)?))
+        Ok(vec![dx])
     }
 }

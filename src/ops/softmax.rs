@@ -9,9 +9,10 @@
 //! The bias is a constant mask. When it does carry a gradient (nothing in dlm builds one), the
 //! composed path runs so that its gradient is not silently dropped.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{Result, Shape, Tensor, D};
 
 use super::cpu;
+use super::custom::{self, Inputs, Kernel};
 
 /// Numerically stable softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -26,19 +27,18 @@ pub fn scaled_softmax(x: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<T
     if !(cpu::fusable(&[x]) && bias.is_none_or(|b| cpu::fusable(&[b])) && bias_ok) {
         return scaled_softmax_composed(x, scale, bias);
     }
-    let x = x.contiguous()?;
     let op = FusedSoftmax {
         scale: scale as f32,
     };
     match bias {
-        None => x.apply_op1(op),
+        None => custom::apply(op, &[x]),
         Some(b) => {
             let w = x.dim(D::Minus1)?;
             let rows = x.elem_count() / w.max(1);
-            if b.dim(1)? != w || rows % b.dim(0)?.max(1) != 0 {
+            if b.dim(1)? != w || !rows.is_multiple_of(b.dim(0)?.max(1)) {
                 candle_core::bail!("mask {:?} does not fit scores {:?}", b.dims(), x.dims());
             }
-            x.apply_op2(&b.contiguous()?, op)
+            custom::apply(op, &[x, b])
         }
     }
 }
@@ -94,8 +94,19 @@ impl FusedSoftmax {
             *y *= inv;
         }
     }
+}
 
-    fn forward(&self, x: &[f32], bias: Option<&[f32]>, shape: &Shape) -> Result<CpuStorage> {
+/// (x) or (x, mask).
+impl Kernel for FusedSoftmax {
+    fn name(&self, arity: usize) -> &'static str {
+        match arity {
+            1 => "fused-softmax",
+            _ => "fused-masked-softmax",
+        }
+    }
+
+    fn forward(&self, inputs: &Inputs) -> Result<(Vec<f32>, Shape)> {
+        let (x, bias, shape) = (inputs.f32(0)?, inputs.f32_if_any(1)?, inputs.shape(0)?);
         let w = shape.dims().last().copied().unwrap_or(1);
         let bias_rows = bias.map_or(1, |b| b.len() / w.max(1)).max(1);
         let mut out = vec![0f32; x.len()];
@@ -103,11 +114,12 @@ impl FusedSoftmax {
             let b = bias.map(|b| &b[(r % bias_rows) * w..][..w]);
             self.row(&x[r * w..][..w], b, y)
         });
-        Ok(CpuStorage::F32(out))
+        Ok((out, shape.clone()))
     }
 
-    /// dx = scale · y ⊙ (dy − Σ y·dy), row by row.
-    fn backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    /// dx = scale · y ⊙ (dy − Σ y·dy), row by row. The mask is a constant (checked before the op
+    /// was built): no gradient for it.
+    fn backward(&self, _inputs: &[&Tensor], y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
         let w = y.dim(D::Minus1)?;
         let mut dx = vec![0f32; y.elem_count()];
         cpu::with_data(y, |ys| {
@@ -122,83 +134,24 @@ impl FusedSoftmax {
                 Ok(())
             })
         })?;
-        cpu::tensor_like(dx, y)
-    }
-}
-
-impl CustomOp1 for FusedSoftmax {
-    fn name(&self) -> &'static str {
-        "fused-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((
-            self.forward(cpu::slice(s, l)?, None, l.shape())?,
-            l.shape().clone(),
-        ))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.backward(y, dy)?))
-    }
-}
-
-impl CustomOp2 for FusedSoftmax {
-    fn name(&self) -> &'static str {
-        "fused-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, bias) = (cpu::slice(s1, l1)?, cpu::slice(s2, l2)?);
-        Ok((self.forward(x, Some(bias), l1.shape())?, l1.shape().clone()))
-    }
-
-    /// The mask is a constant (checked before the op was built): no gradient for it.
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _bias: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(self.backward(y, dy)?), None))
+        Ok(vec![dx])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
+    use crate::ops::AttentionMask;
+    use candle_core::{DType, Device, Var};
 
-    /// Max |a − b| over all elements.
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-    }
-
-    /// Value and gradient of the fused op against the composed reference, with a random
-    /// upstream gradient so that Σ y·dy is not trivially constant.
+    /// Value and gradient of the fused op against the composed reference.
     fn check(shape: (usize, usize, usize, usize), scale: f64, bias: Option<Tensor>) -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, shape, &dev)?)?;
-        let up = Tensor::randn(0f32, 1.0, shape, &dev)?;
-        let fused = scaled_softmax(x.as_tensor(), scale, bias.as_ref())?;
-        let composed = scaled_softmax_composed(x.as_tensor(), scale, bias.as_ref())?;
-        assert!(max_diff(&fused, &composed)? < 1e-6);
-        let g_fused = (&fused * &up)?.sum_all()?.backward()?;
-        let g_comp = (&composed * &up)?.sum_all()?.backward()?;
-        let (a, b) = (
-            g_fused.get(&x).expect("grad"),
-            g_comp.get(&x).expect("grad"),
-        );
-        let d = max_diff(a, b)?;
-        assert!(d < 1e-5, "gradient differs by {d}");
-        Ok(())
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, shape, &Device::Cpu)?)?;
+        let fused = scaled_softmax(&x, scale, bias.as_ref())?;
+        let composed = scaled_softmax_composed(&x, scale, bias.as_ref())?;
+        let tol = Tolerance::new(1e-6, 1e-5);
+        assert_fused_matches("softmax", &[&x], &fused, &composed, tol)
     }
 
     #[test]
@@ -210,17 +163,8 @@ mod tests {
     #[test]
     fn fused_masked_softmax_matches_composed() -> Result<()> {
         // [B, K, G·L, Lk] scores with G = 2 query heads per key head and a causal [L, L] mask.
-        let (l, dev) = (6, Device::Cpu);
-        let bias: Vec<f32> = (0..l * l)
-            .map(|k| {
-                if k % l <= k / l {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        let bias = Tensor::from_vec(bias, (l, l), &dev)?;
-        check((2, 3, 2 * l, l), 0.3, Some(bias))
+        let l = 6;
+        let bias = AttentionMask::Causal.bias(l, l, 0, DType::F32, &Device::Cpu)?;
+        check((2, 3, 2 * l, l), 0.3, bias)
     }
 }

@@ -1,0 +1,184 @@
+//! What a forward pass carries through a stack of blocks: the attention mask, the absolute
+//! position of its first id, and the caller's key/value cache, which it reads and extends.
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::ops::AttentionMask;
+
+/// Key/value states per layer. The caller owns it. By default the model appends each forward's
+/// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
+/// a forward over a window of the cached sequence attend to the whole of it.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    splice: Option<usize>,
+}
+
+/// One layer's view of a cache during a forward.
+struct LayerCache<'a> {
+    kv: &'a mut Option<(Tensor, Tensor)>,
+    splice: Option<usize>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+            splice: None,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Later forwards take ids for positions `start..start + n` of the cached sequence: their
+    /// fresh keys and values stand in for the cached ones at those positions, every other
+    /// position is served from the cache, and the cache is not changed (Fast-dLLM's reuse of
+    /// keys and values across denoising steps). Bidirectional attention only.
+    pub fn splice_at(&mut self, start: usize) {
+        self.splice = Some(start);
+    }
+
+    /// The position of the first id of the next forward.
+    fn offset(&self) -> usize {
+        self.splice.unwrap_or(self.len)
+    }
+
+    fn layer(&mut self, i: usize) -> LayerCache<'_> {
+        LayerCache {
+            kv: &mut self.layers[i],
+            splice: self.splice,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        if self.splice.is_none() {
+            self.len += n;
+        }
+    }
+}
+
+/// One forward pass through a stack of blocks: its attention mask, the absolute position of its
+/// first id, and the cache it reads and extends.
+pub(super) struct Pass<'a> {
+    mask: &'a AttentionMask,
+    offset: usize,
+    cache: Option<&'a mut KvCache>,
+}
+
+impl<'a> Pass<'a> {
+    /// The absolute position of the first id.
+    pub(super) fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Refuses out-of-vocabulary ids (they would index past the embedding table) and places the
+    /// ids after the cached positions.
+    pub(super) fn start(
+        ids: &Tensor,
+        vocab: usize,
+        mask: &'a AttentionMask,
+        cache: Option<&'a mut KvCache>,
+    ) -> Result<Self> {
+        let max = ids.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max as usize >= vocab {
+            candle_core::bail!("token id {max} is out of vocabulary (size {vocab})");
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.offset());
+        Ok(Self {
+            mask,
+            offset,
+            cache,
+        })
+    }
+
+    /// x [B, L, D] through `blocks` in order, each given its layer of the pass; the cache then
+    /// moves past these L positions.
+    pub(super) fn through<B>(
+        mut self,
+        blocks: &[B],
+        mut x: Tensor,
+        forward: impl Fn(&B, &Tensor, LayerPass<'_>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let l = x.dim(1)?;
+        for (i, block) in blocks.iter().enumerate() {
+            let layer = LayerPass {
+                mask: self.mask,
+                offset: self.offset,
+                cache: self.cache.as_mut().map(|c| c.layer(i)),
+            };
+            x = forward(block, &x, layer)?;
+        }
+        if let Some(c) = self.cache {
+            c.advance(l);
+        }
+        Ok(x)
+    }
+}
+
+/// One block's view of a forward pass: the mask, the absolute position of the first id, and the
+/// block's keys and values in the cache, when there is one.
+pub(super) struct LayerPass<'a> {
+    mask: &'a AttentionMask,
+    offset: usize,
+    cache: Option<LayerCache<'a>>,
+}
+
+impl LayerPass<'_> {
+    /// The absolute position of the first id.
+    pub(super) fn offset(&self) -> usize {
+        self.offset
+    }
+
+    pub(super) fn is_cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The additive bias between `lq` queries and `lk` keys, in `like`'s dtype and device; None
+    /// when the mask blocks nothing.
+    pub(super) fn bias(&self, lq: usize, lk: usize, like: &Tensor) -> Result<Option<Tensor>> {
+        self.mask
+            .bias(lq, lk, self.offset, like.dtype(), like.device())
+    }
+
+    /// Records this forward's keys and values [B, K, L, Dh] in the cache (when there is one) and
+    /// returns the keys and values attention should see: appended to the cached ones, or spliced
+    /// into them at the cache's splice position.
+    pub(super) fn append_kv(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok((k, v));
+        };
+        let (k, v) = match (cache.kv.as_ref(), cache.splice) {
+            (Some((ck, cv)), Some(start)) => {
+                return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
+            }
+            (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+            (None, _) => (k, v),
+        };
+        *cache.kv = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+}
+
+/// `cached` [B, K, L, Dh] with positions `start..start + n` replaced by `fresh` [B, K, n, Dh].
+fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> Result<Tensor> {
+    let (l, n) = (cached.dim(2)?, fresh.dim(2)?);
+    if start + n > l {
+        candle_core::bail!("a window of {n} positions at {start} runs past the {l} cached ones");
+    }
+    let before = cached.narrow(2, 0, start)?;
+    let after = cached.narrow(2, start + n, l - start - n)?;
+    let parts: Vec<&Tensor> = [&before, fresh, &after]
+        .into_iter()
+        .filter(|t| t.dim(2).is_ok_and(|d| d > 0))
+        .collect();
+    Tensor::cat(&parts, 2)
+}
