@@ -29,7 +29,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let tok = Tokenizer::from_model_dir(&a.model)?;
     let name = |id: Option<u32>| id.and_then(|i| tok.as_ref().and_then(|t| t.id_to_token(i)));
     let info = json!({
-        "architecture": c.arch.name(),
+        "architecture": c.arch.to_string(),
         "parameters": c.num_parameters(),
         "dtype": stored_dtype,
         "vocab_size": c.vocab_size,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
+use super::named::named;
 use super::train::TrainArgs;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::preset::Size;
@@ -18,8 +19,7 @@ use crate::train::run::NewRun;
 
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
-    /// gpt2 or llama.
-    #[arg(long, default_value = "gpt2")]
+    #[arg(long, value_parser = named::<Architecture>(), default_value_t = Architecture::Gpt2)]
     pub arch: Architecture,
     /// A size (tiny, mini, small) or an HF config.json (its vocab_size is replaced).
     #[arg(long, default_value = "mini")]
@@ -27,8 +27,7 @@ pub struct PretrainArgs {
     /// tokenizer.json to train with.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// ar (next-token, causal) or diffusion (Algorithm 1).
-    #[arg(long, default_value = "ar")]
+    #[arg(long, value_parser = named::<ObjectiveKind>(), default_value_t = ObjectiveKind::Ar)]
     pub objective: ObjectiveKind,
     /// Diffusion without the shift.
     #[arg(long)]

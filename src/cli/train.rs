@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail};
 use clap::Args;
 
+use super::named::named;
 use crate::data::corpus::CorpusOptions;
 use crate::data::loader::ExampleSource;
 use crate::data::packing::PackedSource;
@@ -56,8 +57,8 @@ pub struct TrainArgs {
     pub eps: f64,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
-    /// cosine, constant or linear (after warmup).
-    #[arg(long, default_value = "cosine")]
+    /// The decay after warmup.
+    #[arg(long, value_parser = named::<Decay>(), default_value_t = Decay::Cosine)]
     pub schedule: Decay,
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::named::{display_and_from_str, Named};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -13,26 +14,25 @@ pub enum Architecture {
     Llama,
 }
 
-impl Architecture {
-    pub fn name(self) -> &'static str {
+impl Named for Architecture {
+    const WHAT: &'static str = "architecture";
+    const ALL: &'static [Self] = &[Self::Gpt2, Self::Llama];
+
+    fn name(self) -> &'static str {
         match self {
             Architecture::Gpt2 => "gpt2",
             Architecture::Llama => "llama",
         }
     }
-}
 
-impl std::str::FromStr for Architecture {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "gpt2" => Ok(Architecture::Gpt2),
-            "llama" => Ok(Architecture::Llama),
-            other => Err(format!("unknown architecture `{other}` (gpt2 or llama)")),
+    fn help(self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "GPT-2: learned positions, LayerNorm, GELU MLP",
+            Architecture::Llama => "LLaMA: RoPE, RMSNorm, SwiGLU MLP, grouped KV heads",
         }
     }
 }
+display_and_from_str!(Architecture);
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {

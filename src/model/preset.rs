@@ -1,10 +1,9 @@
 //! Named model sizes for training from scratch, as HF `config.json` values.
 
-use std::str::FromStr;
-
 use serde_json::{json, Value};
 
 use super::Architecture;
+use crate::named::{display_and_from_str, Named};
 
 /// A named size; `Small` is GPT-2 small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +51,24 @@ impl Size {
     }
 }
 
-impl FromStr for Size {
-    type Err = String;
+impl Named for Size {
+    const WHAT: &'static str = "size";
+    const ALL: &'static [Self] = &[Self::Tiny, Self::Mini, Self::Small];
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tiny" => Ok(Self::Tiny),
-            "mini" => Ok(Self::Mini),
-            "small" => Ok(Self::Small),
-            other => Err(format!("unknown size `{other}` (tiny, mini, small)")),
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Mini => "mini",
+            Self::Small => "small",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Self::Tiny => "2 layers, width 64, 4 heads",
+            Self::Mini => "6 layers, width 384, 6 heads",
+            Self::Small => "12 layers, width 768, 12 heads (GPT-2 small)",
         }
     }
 }
+display_and_from_str!(Size);

@@ -82,7 +82,7 @@ async fn models(State(s): State<AppState>) -> Response {
         StatusCode::OK,
         &json!({"object": "list", "data": [{
             "id": s.name, "object": "model", "created": s.created, "owned_by": "dlm",
-            "dlm": {"architecture": c.arch.name(), "vocab_size": c.vocab_size,
+            "dlm": {"architecture": c.arch.to_string(), "vocab_size": c.vocab_size,
                     "context": c.max_position_embeddings, "mask_token_id": s.mask_id,
                     "tokenizer": s.tokenizer.is_some(), "chat": s.chat.is_ok(),
                     "limits": {"max_canvas": s.limits.max_canvas, "max_steps": s.limits.max_steps,

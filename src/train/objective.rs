@@ -12,6 +12,7 @@ use crate::diffusion::loss::LossTargets;
 use crate::diffusion::noise::{mask_tokens, sample_mask_draws, sample_times};
 use crate::diffusion::shift::Shift;
 use crate::error::{Error, Result};
+use crate::named::{display_and_from_str, Named};
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
 
@@ -125,14 +126,22 @@ pub enum ObjectiveKind {
     Diffusion,
 }
 
-impl std::str::FromStr for ObjectiveKind {
-    type Err = String;
+impl Named for ObjectiveKind {
+    const WHAT: &'static str = "objective";
+    const ALL: &'static [Self] = &[Self::Ar, Self::Diffusion];
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "ar" => Ok(Self::Ar),
-            "diffusion" => Ok(Self::Diffusion),
-            other => Err(format!("unknown objective `{other}` (ar or diffusion)")),
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ar => "ar",
+            Self::Diffusion => "diffusion",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Self::Ar => "Next-token prediction under causal attention",
+            Self::Diffusion => "Masked diffusion (Algorithm 1): 1/t-weighted loss on masked tokens",
         }
     }
 }
+display_and_from_str!(ObjectiveKind);

@@ -1,8 +1,8 @@
 //! Learning-rate schedules: linear warmup, then constant, cosine or linear decay.
 
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+
+use crate::named::{display_and_from_str, Named};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -13,20 +13,27 @@ pub enum Decay {
     Linear,
 }
 
-impl FromStr for Decay {
-    type Err = String;
+impl Named for Decay {
+    const WHAT: &'static str = "schedule";
+    const ALL: &'static [Self] = &[Self::Cosine, Self::Constant, Self::Linear];
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cosine" => Ok(Self::Cosine),
-            "constant" => Ok(Self::Constant),
-            "linear" => Ok(Self::Linear),
-            other => Err(format!(
-                "unknown schedule `{other}` (cosine, constant or linear)"
-            )),
+    fn name(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+            Self::Linear => "linear",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Self::Constant => "The peak rate after warmup",
+            Self::Cosine => "Cosine decay to min_lr_ratio of the peak",
+            Self::Linear => "Linear decay to min_lr_ratio of the peak",
         }
     }
 }
+display_and_from_str!(Decay);
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
