@@ -10,11 +10,18 @@
 #     candle's kernels for CUDA_COMPUTE_CAP (default 90: H100/H200).
 # `bash scripts/build-cuda.sh --features nccl` also stubs libnccl (soname libnccl.so.2) and builds
 # the NCCL backend; at run time it needs the real libnccl.so.2 (e.g. the nvidia-nccl-cu13 wheel).
+# `bash scripts/build-cuda.sh --check [CARGO ARGS]` makes the same toolchain, then runs only
+# `cargo check --features cuda` (CI: the GPU code compiles on a machine without a GPU).
 # On a machine with a CUDA 13.0 toolkit, `CUDA_HOME=/usr/local/cuda cargo build --release
 # --features cuda` is enough. Running the binary needs the driver (libcuda.so.1) and libcudart,
 # libcublas, libcublasLt, libcurand and libnvrtc of CUDA 13.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=build
+if [ "${1:-}" = --check ]; then
+    mode=check
+    shift
+fi
 
 cache="${DLM_CUDA_CACHE:-$HOME/.cache/dlm-cuda}"
 export CUDA_HOME="$cache/pkgs/nvidia/cu13"
@@ -55,6 +62,9 @@ esac
 # candle's statically built kernels link the CUDA runtime; the wheel ships the real one.
 ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"
 
+if [ "$mode" = check ]; then
+    exec cargo check --features cuda "$@"
+fi
 cargo build --release --features cuda "$@"
 echo "built target/release/dlm with CUDA (compute capability $CUDA_COMPUTE_CAP); it needs, at run time:" >&2
 readelf -d target/release/dlm | grep NEEDED | grep -E 'cuda|nvrtc|curand|cublas|nccl' >&2 || true

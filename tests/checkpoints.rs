@@ -24,6 +24,27 @@ fn load(dir: &Path) -> LoadedModel {
     load_dir(dir, DType::F32, &Device::Cpu).unwrap()
 }
 
+/// Writes fixture `name`'s weights in another layout (`write` gets them and a directory holding
+/// the fixture's config.json) and asserts the directory loads to the fixture's logits exactly.
+fn assert_layout_loads(name: &str, what: &str, write: impl FnOnce(HashMap<String, Tensor>, &Path)) {
+    let m = load(&fixture(name));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture(name).join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let all = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
+        .unwrap();
+    write(all, dir.path());
+    assert_close(
+        what,
+        &bidirectional_logits(&load(dir.path()), name),
+        &bidirectional_logits(&m, name),
+        0.0,
+    );
+}
+
 #[test]
 fn save_and_reload_round_trips() {
     for name in TINY {
@@ -51,9 +72,7 @@ fn save_and_reload_round_trips() {
         m.weights
             .save_dir(out.path(), &m.config, DType::BF16)
             .unwrap();
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-                .unwrap();
+        let cfg = read_json(&out.path().join("config.json"));
         assert_eq!(cfg["torch_dtype"], "bfloat16");
         let back = load(out.path());
         assert_close(
@@ -67,81 +86,45 @@ fn save_and_reload_round_trips() {
 
 #[test]
 fn sharded_checkpoint_loads() {
-    let name = "llama-tiny";
-    let m = load(&fixture(name));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture(name).join("config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
-    let all = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
-        .unwrap();
-    let (mut a, mut b) = (HashMap::new(), HashMap::new());
-    let mut weight_map = serde_json::Map::new();
-    for (i, (k, v)) in all.into_iter().enumerate() {
-        let shard = if i % 2 == 0 {
-            "model-00001-of-00002.safetensors"
-        } else {
-            "model-00002-of-00002.safetensors"
-        };
-        weight_map.insert(k.clone(), shard.into());
-        if i % 2 == 0 {
-            a.insert(k, v)
-        } else {
-            b.insert(k, v)
-        };
-    }
-    candle_core::safetensors::save(&a, dir.path().join("model-00001-of-00002.safetensors"))
-        .unwrap();
-    candle_core::safetensors::save(&b, dir.path().join("model-00002-of-00002.safetensors"))
-        .unwrap();
-    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
-    let sharded = load(dir.path());
-    assert_close(
-        "sharded",
-        &bidirectional_logits(&sharded, name),
-        &bidirectional_logits(&m, name),
-        0.0,
-    );
+    assert_layout_loads("llama-tiny", "sharded", |all, dir| {
+        let (mut a, mut b) = (HashMap::new(), HashMap::new());
+        let mut weight_map = serde_json::Map::new();
+        for (i, (k, v)) in all.into_iter().enumerate() {
+            let shard = if i % 2 == 0 {
+                "model-00001-of-00002.safetensors"
+            } else {
+                "model-00002-of-00002.safetensors"
+            };
+            weight_map.insert(k.clone(), shard.into());
+            if i % 2 == 0 {
+                a.insert(k, v)
+            } else {
+                b.insert(k, v)
+            };
+        }
+        candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+        candle_core::safetensors::save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    });
 }
 
 #[test]
 fn diffugpt_layout_loads() {
-    let name = "gpt2-tiny";
-    let m = load(&fixture(name));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture(name).join("config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
-    let all = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
-        .unwrap();
-    let mut renamed = HashMap::new();
-    for (k, v) in all {
-        let k = match k.as_str() {
-            "transformer.wte.weight" => {
-                renamed.insert("lm_head.weight".to_string(), v.clone());
-                "embed_tokens.weight".to_string()
-            }
-            other => other.replace("transformer.", "denoise_model."),
-        };
-        renamed.insert(k, v);
-    }
-    candle_core::safetensors::save(&renamed, dir.path().join("model.safetensors")).unwrap();
-    let d = load(dir.path());
-    assert_close(
-        "diffugpt layout",
-        &bidirectional_logits(&d, name),
-        &bidirectional_logits(&m, name),
-        0.0,
-    );
+    assert_layout_loads("gpt2-tiny", "diffugpt layout", |all, dir| {
+        let mut renamed = HashMap::new();
+        for (k, v) in all {
+            let k = match k.as_str() {
+                "transformer.wte.weight" => {
+                    renamed.insert("lm_head.weight".to_string(), v.clone());
+                    "embed_tokens.weight".to_string()
+                }
+                other => other.replace("transformer.", "denoise_model."),
+            };
+            renamed.insert(k, v);
+        }
+        candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
+    });
 }
 
 #[test]
@@ -205,18 +188,10 @@ fn mask_token_reused_or_added() {
 fn convert_restores_a_model_directory_in_f16() {
     for name in TINY {
         let out = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
-            .args(["convert", "--model"])
-            .arg(fixture(name))
-            .arg("--out")
-            .arg(out.path())
-            .args(["--dtype", "f16"])
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "{name}: {status:?}");
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-                .unwrap();
+        let (model, dir) = (fixture(name), out.path());
+        let (model, dir) = (model.to_str().unwrap(), dir.to_str().unwrap());
+        dlm(["convert", "--model", model, "--out", dir, "--dtype", "f16"]);
+        let cfg = read_json(&out.path().join("config.json"));
         assert_eq!(cfg["torch_dtype"], "float16");
         let want = bidirectional_logits(&load(&fixture(name)), name);
         // f16 storage: about 3 decimal digits per weight.
@@ -228,9 +203,6 @@ fn convert_restores_a_model_directory_in_f16() {
         );
     }
     // Neither source: a usage error, not a panic.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["convert", "--out", "/tmp/nowhere"])
-        .output()
-        .unwrap();
+    let out = dlm_output(["convert", "--out", "/tmp/nowhere"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -39,6 +39,15 @@ fn texts(docs: &[Document]) -> Vec<&str> {
         .collect()
 }
 
+/// One batch of `batch_size` at a time, in corpus order.
+fn in_order(batch_size: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        shuffle_buffer: 1,
+        seed: 0,
+    }
+}
+
 fn line_docs() -> CorpusOptions {
     CorpusOptions {
         line_docs: true,
@@ -186,12 +195,7 @@ fn packed_corpus_equals_manual_packing_and_resumes_exactly() {
         })
         .collect();
     let expected_blocks = pack_documents(&docs, 33, eos).unwrap();
-    let config = LoaderConfig {
-        batch_size: 1,
-        shuffle_buffer: 1,
-        seed: 0,
-    };
-    let mut l = Loader::new(source(), config).unwrap();
+    let mut l = Loader::new(source(), in_order(1)).unwrap();
     for block in &expected_blocks {
         let b = l.next_batch().unwrap();
         assert_eq!(&b.ids[0], block);
@@ -228,15 +232,7 @@ fn validation_split_is_disjoint_by_document() {
     };
     let block = |part| {
         let mut s = PackedSource::new(corpus.clone(), tok.clone(), 8, eos, split, part).unwrap();
-        let mut l = Loader::new(
-            &mut s,
-            LoaderConfig {
-                batch_size: 1,
-                shuffle_buffer: 1,
-                seed: 0,
-            },
-        )
-        .unwrap();
+        let mut l = Loader::new(&mut s, in_order(1)).unwrap();
         l.next_batch().unwrap().ids.remove(0)
     };
     let wiki = read_all(&[fixtures().join("wiki_small.txt")], line_docs()).unwrap();
@@ -277,11 +273,7 @@ fn sft_from_jsonl_pairs_with_custom_fields() {
     };
     let mut l = Loader::new(
         SftSource::new(corpus, tok.clone(), format).unwrap(),
-        LoaderConfig {
-            batch_size: 2,
-            shuffle_buffer: 1,
-            seed: 0,
-        },
+        in_order(2),
     )
     .unwrap();
     let b = l.next_batch().unwrap();
@@ -302,15 +294,7 @@ fn sft_from_jsonl_pairs_with_custom_fields() {
     )
     .unwrap();
     let mut s = SftSource::new(text, tok, format).unwrap();
-    let mut l = Loader::new(
-        &mut s,
-        LoaderConfig {
-            batch_size: 1,
-            shuffle_buffer: 1,
-            seed: 0,
-        },
-    )
-    .unwrap();
+    let mut l = Loader::new(&mut s, in_order(1)).unwrap();
     assert!(l
         .next_batch()
         .unwrap_err()

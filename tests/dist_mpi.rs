@@ -5,40 +5,19 @@
 //! `--world-size 2`; and runs resume under a different world size. Without it: `--world-size 2` is a clear error.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
-
-use common::training_data as data;
-
-fn tokenizer(dir: &Path) -> String {
-    common::train_tokenizer(dir).to_str().unwrap().to_string()
-}
 
 /// `dlm pretrain` of a tiny GPT-2 with `objective` for `steps` steps of seq-len 32, saving every
 /// step.
 fn pretrain_args(
-    tok: &str,
+    tok: &Path,
     objective: &str,
     out: &Path,
     micro_batch: &str,
     steps: &str,
 ) -> Vec<String> {
-    let d = data();
-    [
-        "pretrain",
-        "--arch",
-        "gpt2",
-        "--config",
-        "tiny",
-        "--tokenizer",
-        tok,
-        "--objective",
-        objective,
-        "--data",
-        d.as_str(),
-        "--seq-len",
-        "32",
+    let flags = [
         "--micro-batch",
         micro_batch,
         "--max-steps",
@@ -51,25 +30,18 @@ fn pretrain_args(
         "constant",
         "--shuffle-buffer",
         "16",
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
+    ];
+    common::tiny_pretrain_args(tok, objective, out, &flags)
 }
 
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn world_size_needs_the_mpi_feature() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = tokenizer(tmp.path());
+    let tok = common::train_tokenizer(tmp.path());
     let mut args = pretrain_args(&tok, "ar", &tmp.path().join("run"), "2", "3");
     args.extend(["--world-size".into(), "2".into()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = common::dlm_output(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("`mpi` feature"), "{stderr}");
@@ -82,8 +54,9 @@ fn world_size_needs_the_mpi_feature() {
 #[cfg(feature = "mpi")]
 mod under_mpirun {
     use super::*;
+    use crate::common::{dlm, max_abs_diff};
     use std::path::PathBuf;
-    use std::process::Output;
+    use std::process::{Command, Output};
 
     fn run(cmd: &mut Command) -> Output {
         let out = cmd.output().unwrap();
@@ -93,10 +66,6 @@ mod under_mpirun {
             String::from_utf8_lossy(&out.stderr)
         );
         out
-    }
-
-    fn dlm(args: &[&str]) -> Output {
-        run(Command::new(env!("CARGO_BIN_EXE_dlm")).args(args))
     }
 
     fn tensors(run: &Path, step: u64, file: &str) -> Vec<(String, candle_core::Tensor)> {
@@ -117,8 +86,7 @@ mod under_mpirun {
             assert_eq!(ta.len(), tb.len(), "{file}: tensor count");
             for ((na, x), (nb, y)) in ta.iter().zip(&tb) {
                 assert_eq!(na, nb);
-                let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-                worst = worst.max(d.to_scalar::<f32>().unwrap());
+                worst = worst.max(max_abs_diff(x, y));
             }
         }
         worst
@@ -140,18 +108,14 @@ mod under_mpirun {
         args
     }
 
-    fn strs(args: &[String]) -> Vec<&str> {
-        args.iter().map(String::as_str).collect()
-    }
-
     #[test]
     fn two_ranks_equal_one_rank_with_twice_the_batch() {
         let tmp = tempfile::tempdir().unwrap();
-        let tok = tokenizer(tmp.path());
+        let tok = common::train_tokenizer(tmp.path());
         let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
         for objective in ["diffusion", "ar"] {
             let one = dir(&format!("{objective}-one"));
-            dlm(&strs(&pretrain_args(&tok, objective, &one, "4", "3")));
+            dlm(pretrain_args(&tok, objective, &one, "4", "3"));
             // Launched by mpirun, replicated AdamW.
             let two = dir(&format!("{objective}-two"));
             mpirun(&pretrain_args(&tok, objective, &two, "2", "3"));
@@ -161,14 +125,14 @@ mod under_mpirun {
                 pretrain_args(&tok, objective, &zero, "2", "3"),
                 &["--world-size", "2", "--zero", "1"],
             );
-            dlm(&strs(&args));
+            dlm(&args);
             // Without clipping, replicated AdamW updates each bucket as its sum arrives.
             let no_clip = ["--max-grad-norm", "0"];
             let one_nc = dir(&format!("{objective}-one-noclip"));
-            dlm(&strs(&with(
+            dlm(with(
                 pretrain_args(&tok, objective, &one_nc, "4", "3"),
                 &no_clip,
-            )));
+            ));
             let two_nc = dir(&format!("{objective}-two-noclip"));
             mpirun(&with(
                 pretrain_args(&tok, objective, &two_nc, "2", "3"),
@@ -194,15 +158,9 @@ mod under_mpirun {
     #[test]
     fn checkpoints_resume_under_another_world_size() {
         let tmp = tempfile::tempdir().unwrap();
-        let tok = tokenizer(tmp.path());
+        let tok = common::train_tokenizer(tmp.path());
         let straight = tmp.path().join("straight");
-        dlm(&strs(&pretrain_args(
-            &tok,
-            "diffusion",
-            &straight,
-            "4",
-            "3",
-        )));
+        dlm(pretrain_args(&tok, "diffusion", &straight, "4", "3"));
         let resume = |run: &Path, extra: &[&str]| {
             let args = with(
                 vec![
@@ -212,7 +170,7 @@ mod under_mpirun {
                 ],
                 &[&["--max-steps", "3", "--no-progress"][..], extra].concat(),
             );
-            dlm(&strs(&args));
+            dlm(&args);
         };
 
         // 2 ranks (ZeRO-1) for 2 steps, then 1 rank with the same global batch.
@@ -221,14 +179,14 @@ mod under_mpirun {
             pretrain_args(&tok, "diffusion", &down, "2", "2"),
             &["--world-size", "2", "--zero", "1"],
         );
-        dlm(&strs(&first));
+        dlm(&first);
         resume(&down, &["--micro-batch", "4"]);
         let d = max_diff(&straight, &down, 3);
         assert!(d <= TOL, "2 ranks then 1: {d}");
 
         // 1 rank for 2 steps, then 2 ranks (replicated).
         let up = tmp.path().join("up");
-        dlm(&strs(&pretrain_args(&tok, "diffusion", &up, "4", "2")));
+        dlm(pretrain_args(&tok, "diffusion", &up, "4", "2"));
         resume(&up, &["--world-size", "2", "--micro-batch", "2"]);
         let d = max_diff(&straight, &up, 3);
         assert!(d <= TOL, "1 rank then 2: {d}");

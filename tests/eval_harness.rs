@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use candle_core::{DType, Device};
 use common::*;
@@ -105,16 +104,19 @@ fn batched_choices_score_as_one_at_a_time() {
         ],
         label: 2,
     };
+    let score = |estimator, mask_id, seed| {
+        score_question(
+            model,
+            &q,
+            estimator,
+            mask_id,
+            &mut Rng::seed(seed),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
     let steps = 6;
-    let o = score_question(
-        model,
-        &q,
-        Estimator::Reference { steps },
-        MASK_ID,
-        &mut Rng::seed(5),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let o = score(Estimator::Reference { steps }, MASK_ID, 5);
     // The same draws, consumed in the same order, one choice at a time.
     let mut rng = Rng::seed(5);
     for (c, got) in q.choices.iter().zip(&o.scores) {
@@ -130,48 +132,16 @@ fn batched_choices_score_as_one_at_a_time() {
     assert!((o.norm_scores[1] - want_norm).abs() < 1e-9);
 
     // AR: sum and mean reductions of the same causal log-probabilities.
-    let sum = score_question(
-        model,
-        &q,
-        Estimator::Ar { mean: false },
-        0,
-        &mut Rng::seed(0),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mean = score_question(
-        model,
-        &q,
-        Estimator::Ar { mean: true },
-        0,
-        &mut Rng::seed(0),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let sum = score(Estimator::Ar { mean: false }, 0, 0);
+    let mean = score(Estimator::Ar { mean: true }, 0, 0);
     for (k, c) in q.choices.iter().enumerate() {
         let n = c.answer.len() as f64;
         assert!((sum.scores[k] / n - mean.scores[k]).abs() < 1e-6);
         assert!((sum.scores[k] / c.chars as f64 - sum.norm_scores[k]).abs() < 1e-9);
     }
     // ELBO: a positive NLL bound per choice, reproducible from the seed.
-    let e1 = score_question(
-        model,
-        &q,
-        Estimator::Elbo { samples: 8 },
-        MASK_ID,
-        &mut Rng::seed(1),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let e2 = score_question(
-        model,
-        &q,
-        Estimator::Elbo { samples: 8 },
-        MASK_ID,
-        &mut Rng::seed(1),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let e1 = score(Estimator::Elbo { samples: 8 }, MASK_ID, 1);
+    let e2 = score(Estimator::Elbo { samples: 8 }, MASK_ID, 1);
     assert_eq!(e1, e2);
     assert!(e1.scores.iter().all(|s| s.is_finite() && *s >= 0.0));
 }
@@ -222,56 +192,18 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
     let code = vec![json!({
         "prompt": "def add ( x , y ) :", "suffix": "", "canonical_solution": "return x + y",
         "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"})];
+    let ar = || settings(true, Estimator::Ar { mean: true });
+    let reference = || settings(false, Estimator::Reference { steps: 4 });
+    let elbo = settings(false, Estimator::Elbo { samples: 4 });
+    // (task, records, settings, scored, skipped as malformed)
     let cases = [
-        (
-            "piqa",
-            &piqa,
-            settings(true, Estimator::Ar { mean: true }),
-            2,
-            1,
-        ),
-        (
-            "piqa",
-            &piqa,
-            settings(false, Estimator::Reference { steps: 4 }),
-            2,
-            1,
-        ),
-        (
-            "piqa",
-            &piqa,
-            settings(false, Estimator::Elbo { samples: 4 }),
-            2,
-            1,
-        ),
-        (
-            "lambada",
-            &lambada,
-            settings(false, Estimator::Reference { steps: 4 }),
-            2,
-            1,
-        ),
-        (
-            "lambada",
-            &lambada,
-            settings(true, Estimator::Ar { mean: true }),
-            2,
-            1,
-        ),
-        (
-            "rocstories",
-            &rocstories,
-            settings(false, Estimator::Reference { steps: 4 }),
-            1,
-            0,
-        ),
-        (
-            "code-infill",
-            &code,
-            settings(true, Estimator::Ar { mean: true }),
-            1,
-            0,
-        ),
+        ("piqa", &piqa, ar(), 2, 1),
+        ("piqa", &piqa, reference(), 2, 1),
+        ("piqa", &piqa, elbo, 2, 1),
+        ("lambada", &lambada, reference(), 2, 1),
+        ("lambada", &lambada, ar(), 2, 1),
+        ("rocstories", &rocstories, reference(), 1, 0),
+        ("code-infill", &code, ar(), 1, 0),
     ];
     for (task, records, s, n, skipped) in cases {
         let spec = find_task(task).unwrap();
@@ -292,14 +224,7 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
     }
     // The code task's random model output fails the tests; its metric is pass@1 = 0.
     let spec = find_task("code-infill").unwrap();
-    let r = run_task(
-        &em,
-        &spec,
-        &code,
-        &settings(true, Estimator::Ar { mean: true }),
-        ("m", "d"),
-    )
-    .unwrap();
+    let r = run_task(&em, &spec, &code, &ar(), ("m", "d")).unwrap();
     assert_eq!(r.metrics["pass@1"].mean, 0.0);
     // DLM mode needs a mask id.
     let no_mask = EvalModel {
@@ -320,16 +245,14 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
 
 /// Runs dlm expecting a failure whose message contains `needle`.
 fn refused(args: &[&str], needle: &str) {
-    let (rc, err) = dlm(args);
+    let (rc, err) = dlm_code_and_stderr(args);
     assert_ne!(rc, 0, "{args:?} succeeded");
     assert!(err.contains(needle), "{err}");
 }
 
-fn dlm(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(args)
-        .output()
-        .unwrap();
+/// `dlm ARGS`: its exit code and stderr.
+fn dlm_code_and_stderr(args: &[&str]) -> (i32, String) {
+    let out = dlm_output(args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into(),
@@ -340,7 +263,7 @@ fn dlm(args: &[&str]) -> (i32, String) {
 fn cli_refuses_unknown_tasks_and_missing_data() {
     let model = fixture("gpt2-tiny");
     let model = model.to_str().unwrap();
-    let (rc, err) = dlm(&["eval", model, "--task", "piqa,hellaswg"]);
+    let (rc, err) = dlm_code_and_stderr(&["eval", model, "--task", "piqa,hellaswg"]);
     assert_ne!(rc, 0);
     assert!(
         err.contains("unknown task `hellaswg`") && err.contains("winogrande"),
@@ -369,7 +292,7 @@ fn cli_data_replaces_one_tasks_file() {
     .unwrap();
     let out = dir.path().join("r.json");
     let (p, o) = (passages.to_str().unwrap(), out.to_str().unwrap());
-    let (rc, err) = dlm(&[
+    let (rc, err) = dlm_code_and_stderr(&[
         "eval",
         model,
         "--task",

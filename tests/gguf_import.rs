@@ -1,28 +1,14 @@
 //! Import of the real SmolLM2-135M-Instruct Q4_1 GGUF: hyper-parameters against the golden
 //! fixture, HF names and shapes, and dequantised values checked by hand from the raw bytes.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::OnceLock;
 
 use candle_core::Tensor;
+use common::smollm2_gguf as gguf_path;
 use dlm::data::gguf_tokenizer::import_gguf_tokenizer;
 use dlm::model::gguf::{import_llama_gguf, GgufFile, GgufImport};
-
-fn gguf_path() -> PathBuf {
-    let root = match std::env::var_os("DLM_ASSETS") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dlm-assets")
-        }
-    };
-    let p = root.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `scripts/fetch-assets.sh smollm2` (set DLM_ASSETS to use another cache)",
-        p.display()
-    );
-    p
-}
 
 /// Importing dequantises ~135M weights; do it once for all tests in this file.
 fn import() -> &'static GgufImport {
@@ -40,15 +26,23 @@ fn tensor(name: &str) -> &'static Tensor {
 }
 
 fn golden() -> serde_json::Value {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2-135m/golden.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    common::golden_json("smollm2-135m")
 }
 
 fn f16(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The 32 imported values of quantisation block `k` of a row-major [rows, 576] weight: flat
+/// elements 32k..32k+32.
+fn block_values(w: &Tensor, k: usize) -> Vec<f32> {
+    let (row, col) = (k * 32 / 576, k * 32 % 576);
+    w.get(row)
+        .unwrap()
+        .narrow(0, col, 32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -110,18 +104,10 @@ fn q4_1_block_dequantised_by_hand() {
     assert_eq!(info.dims, [576, 1536]);
     let raw = f.tensor_bytes(&info).unwrap();
     let w = tensor("model.layers.3.mlp.up_proj.weight");
-    // Block k holds flat elements 32k..32k+32 of the row-major [1536, 576] matrix.
     for k in [0usize, 1, 17, 27_647] {
         let b = &raw[k * 20..k * 20 + 20];
         let (d, m) = (f16(b, 0), f16(b, 2));
-        let (row, col) = (k * 32 / 576, k * 32 % 576);
-        let got: Vec<f32> = w
-            .get(row)
-            .unwrap()
-            .narrow(0, col, 32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = block_values(w, k);
         for j in 0..32 {
             let q = if j < 16 {
                 b[4 + j] & 0x0F
@@ -143,14 +129,7 @@ fn q8_0_block_dequantised_by_hand() {
     for k in [0usize, 5, 18 * 7042 + 3] {
         let b = &raw[k * 34..k * 34 + 34];
         let d = f16(b, 0);
-        let (row, col) = (k * 32 / 576, k * 32 % 576);
-        let got: Vec<f32> = w
-            .get(row)
-            .unwrap()
-            .narrow(0, col, 32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got = block_values(w, k);
         for j in 0..32 {
             assert_eq!(got[j], d * (b[2 + j] as i8) as f32, "block {k} element {j}");
         }

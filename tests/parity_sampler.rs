@@ -2,19 +2,22 @@
 //! top-k confidence sampler with argmax reproduces `sample_prefix_*` and `sample_infill_*` step by
 //! step for all three tiny models: the xt fed to every forward, every proposal, every score
 //! (atol 1e-5), the schedule's cutoff, the commits per step, the final x0 and the output. Then the
-//! accelerated paths (needed head rows, batching) must give the same canvases.
+//! accelerated paths (needed head rows, batching) must give the same canvases. The random-keep
+//! sampler (reference-semantics §2.2, no fixture trace) is checked step by step against the
+//! reference semantics written out in this file, on the same canvases and the repository's RNG.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use dlm::model::{load_dir, LoadedModel};
+use dlm::ops::AttentionMask;
 use dlm::rng::Rng;
 use dlm::sample::canvas::Canvas;
 use dlm::sample::denoise::{Denoiser, SampleReport};
 use dlm::sample::events::StepEvent;
 use dlm::sample::head_rows::HeadRows;
-use dlm::sample::options::DiffusionOptions;
+use dlm::sample::options::{DiffusionOptions, Sampler};
 
 const ATOL: f32 = 1e-5;
 const MASK: u32 = 7;
@@ -157,4 +160,150 @@ fn needed_rows_and_batching_give_the_same_canvases() {
         );
         assert!(report.head_rows < exact_rows);
     }
+}
+
+/// One step of a random-keep run: the canvas fed to the forward, the proposal at every position,
+/// the positions that committed, and the canvas after.
+#[derive(Debug, Clone, PartialEq)]
+struct KeepStep {
+    input: Vec<u32>,
+    proposal: Vec<u32>,
+    committed: Vec<usize>,
+    tokens: Vec<u32>,
+}
+
+/// The reference's random-keep sampler (`model.py::generate_samples`, reference-semantics
+/// §2.1–2.2) with argmax proposals, written from the semantics: `steps` forwards; forward k
+/// proposes, at every still-masked position i, argmax of logits row i − 1 (position 0 keeps its
+/// first token); then at loop step t = steps − 1 − k each still-masked position commits its
+/// proposal independently with probability 1/(t + 1), and after the last forward (t = 0) every
+/// remaining position commits. Committed and fixed positions never change.
+///
+/// Draws from `rng`, in the order the sampler takes them: one seed per proposed position (every
+/// position on the exact path; argmax leaves them unused), then one uniform per still-masked
+/// position, in position order.
+fn random_keep_reference(
+    m: &LoadedModel,
+    canvas: &Canvas,
+    steps: usize,
+    rng: &mut Rng,
+) -> Vec<KeepStep> {
+    let (mut ids, mut masked) = (canvas.ids.clone(), canvas.masked.clone());
+    let l = ids.len();
+    let mut trace = Vec::new();
+    for k in 0..steps {
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = m.model.forward(&x, &AttentionMask::Bidirectional).unwrap();
+        let best: Vec<u32> = logits
+            .squeeze(0)
+            .unwrap()
+            .argmax(candle_core::D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let proposal: Vec<u32> = (0..l)
+            .map(|i| match (masked[i], i) {
+                (false, _) => ids[i],
+                (true, 0) => canvas.first,
+                (true, _) => best[i - 1],
+            })
+            .collect();
+        (0..l).for_each(|_| {
+            rng.next_u64();
+        });
+        let t = steps - 1 - k;
+        let still: Vec<usize> = (0..l).filter(|&i| masked[i]).collect();
+        let committed: Vec<usize> = if t == 0 {
+            still
+        } else {
+            let p = 1.0 / (t as f64 + 1.0);
+            still
+                .into_iter()
+                .filter(|_| rng.uniform_f64() < p)
+                .collect()
+        };
+        let input = ids.clone();
+        for &i in &committed {
+            ids[i] = proposal[i];
+            masked[i] = false;
+        }
+        trace.push(KeepStep {
+            input,
+            proposal,
+            committed,
+            tokens: ids.clone(),
+        });
+    }
+    trace
+}
+
+#[test]
+fn random_keep_argmax_follows_the_reference_semantics_step_by_step() {
+    let opts = DiffusionOptions {
+        sampler: Sampler::RandomKeep,
+        ..DiffusionOptions::reference(T)
+    };
+    // Steps that commit some but not all of the masked positions: the draws decided them.
+    let mut partial_steps = 0;
+    for name in TINY {
+        let g = golden(name);
+        let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        for case in ["prefix", "infill"] {
+            for seed in 0..3 {
+                let what = format!("{name} {case} seed {seed}");
+                let start = fixture_canvas(&g, case);
+                let mut want_rng = Rng::seed(seed);
+                let want = random_keep_reference(&m, &start, T, &mut want_rng);
+
+                let mut c = [start.clone()];
+                let mut got: Vec<KeepStep> = Vec::new();
+                let mut masked_before = start.masked.clone();
+                let mut on_step = |e: &StepEvent| {
+                    let committed: Vec<usize> = (0..e.masked.len())
+                        .filter(|&i| masked_before[i] && !e.masked[i])
+                        .collect();
+                    assert_eq!(e.committed, committed.len(), "{what}: committed count");
+                    // Fixed and committed positions stay decided, with their tokens.
+                    for i in (0..e.masked.len()).filter(|&i| !masked_before[i]) {
+                        assert!(!e.masked[i], "{what}: position {i} masked again");
+                        assert_eq!(e.tokens[i], e.input[i], "{what}: position {i} changed");
+                    }
+                    let still = masked_before.iter().filter(|&&m| m).count();
+                    if !committed.is_empty() && committed.len() < still {
+                        partial_steps += 1;
+                    }
+                    masked_before = e.masked.to_vec();
+                    got.push(KeepStep {
+                        input: e.input.to_vec(),
+                        proposal: e.proposal.to_vec(),
+                        committed,
+                        tokens: e.tokens.to_vec(),
+                    });
+                };
+                let mut rng = Rng::seed(seed);
+                let denoiser = Denoiser {
+                    model: m.model.as_ref(),
+                    device: &Device::Cpu,
+                    opts: &opts,
+                };
+                let report = denoiser.sample(&mut c, &mut rng, &mut on_step).unwrap();
+                assert_eq!(report.forwards, T, "{what}: forwards");
+                assert_eq!(got.len(), T, "{what}: steps");
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g, w, "{what}: step {k}");
+                }
+                assert_eq!(c[0].ids, want[T - 1].tokens, "{what}: final canvas");
+                assert!(c[0].masked.iter().all(|&m| !m), "{what}: masked left");
+                assert_eq!(rng, want_rng, "{what}: draws taken");
+                println!(
+                    "{what}: commits per step {:?}",
+                    got.iter().map(|s| s.committed.len()).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    assert!(partial_steps > 0, "no step committed a proper subset");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use dlm::diffusion::loss::LossTargets;
+use dlm::diffusion::loss::{Loss, LossTargets};
 use dlm::diffusion::noise::mask_tokens;
 use dlm::diffusion::shift::Shift;
 use dlm::model::load_dir;
@@ -68,12 +68,27 @@ fn case(name: &str) -> Case {
     }
 }
 
+impl Case {
+    /// The diffusion loss of the fixture batch (bidirectional attention), with or without the
+    /// shift.
+    fn loss(&self, shift: Shift) -> Loss {
+        let targets = LossTargets::diffusion(&self.x0, &self.x_t, &self.t, MASK_ID, shift);
+        forward_loss(
+            self.model.model.as_ref(),
+            &self.x_t,
+            &AttentionMask::Bidirectional,
+            &targets,
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+}
+
 #[test]
 fn forward_process_and_losses_match() {
     for name in TINY {
         let c = case(name);
         assert_eq!(c.x_t, rows_u32(&c.golden["x_t"]), "{name} x_t");
-        let dev = Device::Cpu;
         for (shift, wkey, ukey, nkey) in [
             (
                 Shift::Next,
@@ -88,15 +103,7 @@ fn forward_process_and_losses_match() {
                 "n_masked_targets_noshift",
             ),
         ] {
-            let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, shift);
-            let loss = forward_loss(
-                c.model.model.as_ref(),
-                &c.x_t,
-                &AttentionMask::Bidirectional,
-                &targets,
-                &dev,
-            )
-            .unwrap();
+            let loss = c.loss(shift);
             let (w, u) = (loss.weighted.to_scalar::<f32>().unwrap(), loss.unweighted);
             println!(
                 "{name} {shift:?}: weighted {w} (Δ {:.1e}), unweighted {u} (Δ {:.1e})",
@@ -114,16 +121,7 @@ fn forward_process_and_losses_match() {
 fn gradients_norm_and_adamw_step_match() {
     for name in TINY {
         let c = case(name);
-        let dev = Device::Cpu;
-        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, Shift::Next);
-        let loss = forward_loss(
-            c.model.model.as_ref(),
-            &c.x_t,
-            &AttentionMask::Bidirectional,
-            &targets,
-            &dev,
-        )
-        .unwrap();
+        let loss = c.loss(Shift::Next);
         let grads = c
             .model
             .gradients(&loss.weighted.backward().unwrap())
@@ -136,28 +134,13 @@ fn gradients_norm_and_adamw_step_match() {
         for (pname, g) in &grads {
             let want = &c.golden[&format!("grad.{pname}")];
             let d = max_abs_diff(g, want);
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(want);
             assert!(
                 d <= 1e-5 + 1e-4 * scale,
                 "{name} grad.{pname}: max |Δ| {d:e}"
             );
             // Every parameter receives a gradient (candle's fused ops would silently give none).
-            assert!(
-                g.abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    > 0.0,
-                "{name}: no gradient for {pname}"
-            );
+            assert!(max_abs(g) > 0.0, "{name}: no gradient for {pname}");
         }
         let norm = global_grad_norm(&grads).unwrap();
         println!(
@@ -226,21 +209,13 @@ fn score_request_reports_loss_and_gradients() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("req.json");
     std::fs::write(&path, request.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args([
-            "score",
-            fixture(name).to_str().unwrap(),
-            "--request",
-            path.to_str().unwrap(),
-            "--full",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = dlm([
+        "score",
+        fixture(name).to_str().unwrap(),
+        "--request",
+        path.to_str().unwrap(),
+        "--full",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["x_t"], serde_json::json!(rows_u32(&g["x_t"])));
     let loss = v["loss_weighted"].as_f64().unwrap() as f32;
@@ -327,15 +302,7 @@ fn bf16_compute_gives_every_parameter_an_f32_gradient() {
         c.model
             .set_precision(Precision::Bf16, &fixture(name))
             .unwrap();
-        let targets = LossTargets::diffusion(&c.x0, &c.x_t, &c.t, MASK_ID, Shift::Next);
-        let loss = forward_loss(
-            c.model.model.as_ref(),
-            &c.x_t,
-            &AttentionMask::Bidirectional,
-            &targets,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let loss = c.loss(Shift::Next);
         let w = loss.weighted.to_scalar::<f32>().unwrap();
         let want = scalar(&c.json, "loss_weighted");
         println!("{name} bf16: loss {w} (f32 fixture {want})");

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
@@ -18,37 +17,14 @@ use dlm::rng::Rng;
 use dlm::sample::autoregressive::{generate, ArOptions};
 use dlm::sample::filter::TokenChoice;
 
-fn gguf_path() -> PathBuf {
-    let cache = std::env::var_os("DLM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dlm-assets"));
-    let p = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash scripts/fetch-assets.sh smollm2` first",
-        p.display()
-    );
-    p
-}
-
 /// The GGUF converted once per test binary with `dlm convert`.
 fn converted() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-            .arg("convert")
-            .arg("--gguf")
-            .arg(gguf_path())
-            .arg("--out")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "dlm convert failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let gguf = common::smollm2_gguf();
+        let (gguf, out) = (gguf.to_str().unwrap(), dir.to_str().unwrap());
+        common::dlm(["convert", "--gguf", gguf, "--out", out]);
         dir
     })
 }
@@ -61,8 +37,7 @@ struct Prompt {
 }
 
 fn prompts() -> Vec<Prompt> {
-    let text = std::fs::read_to_string(fixture("smollm2-135m").join("golden.json")).unwrap();
-    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let g = common::golden_json("smollm2-135m");
     let ids = |v: &serde_json::Value| {
         v.as_array()
             .unwrap()

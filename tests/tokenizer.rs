@@ -2,47 +2,22 @@
 //! from the original OpenAI files, and the wrapper's own conventions (no BOS, whole special
 //! tokens, out-of-vocabulary ids rejected, atomic save).
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::OnceLock;
 
+use common::asset;
 use dlm::data::gguf_tokenizer::import_gguf_tokenizer;
 use dlm::data::tokenizer::Tokenizer;
 use dlm::Error;
 
-fn assets() -> PathBuf {
-    match std::env::var_os("DLM_ASSETS") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dlm-assets")
-        }
-    }
-}
-
-/// A fetched asset; panics with the fix when it is absent.
-fn asset(rel: &str, group: &str) -> PathBuf {
-    let p = assets().join(rel);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `scripts/fetch-assets.sh {group}` (set DLM_ASSETS to use another cache)",
-        p.display()
-    );
-    p
-}
-
 fn smollm2() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let path = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2");
-        import_gguf_tokenizer(&path).unwrap()
-    })
+    TOK.get_or_init(|| import_gguf_tokenizer(&common::smollm2_gguf()).unwrap())
 }
 
 fn golden() -> serde_json::Value {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/smollm2-135m/golden.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    common::golden_json("smollm2-135m")
 }
 
 #[test]

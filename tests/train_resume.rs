@@ -4,101 +4,74 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 mod common;
 
-fn dlm(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dlm {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 use common::training_data as data;
+use common::{dlm, dlm_output, read_json, tiny_pretrain_args};
 
 /// A tokenizer and a 10-step AR model, made once per test.
 fn base(dir: &Path) -> PathBuf {
     let tok = common::train_tokenizer(dir);
     let run = dir.join("ar");
-    dlm(&[
-        "pretrain",
-        "--arch",
-        "gpt2",
-        "--config",
-        "tiny",
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--objective",
-        "ar",
-        "--data",
-        &data(),
-        "--seq-len",
-        "32",
-        "--micro-batch",
-        "2",
-        "--max-steps",
-        "10",
-        "--lr",
-        "3e-3",
-        "--no-progress",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let flags = ["--micro-batch", "2", "--max-steps", "10", "--lr", "3e-3"];
+    dlm(tiny_pretrain_args(&tok, "ar", &run, &flags));
     run.join("checkpoints/step-00000010")
 }
 
-fn adapt_args<'a>(base: &'a str, out: &'a str, steps: &'a str, schedule: &'a str) -> Vec<&'a str> {
-    vec![
+/// The flags the adapt and SFT runs here share: `steps` steps of 2 sequences of 32 tokens from
+/// `data` at `lr` on `schedule`, a checkpoint every step, into `out`.
+fn run_flags(data: &str, out: &Path, steps: &str, lr: &str, schedule: &str) -> Vec<String> {
+    let out = out.to_str().unwrap();
+    let pairs = [
+        ["--data", data],
+        ["--seq-len", "32"],
+        ["--micro-batch", "2"],
+        ["--max-steps", steps],
+        ["--save-every", "1"],
+        ["--lr", lr],
+        ["--schedule", schedule],
+        ["--out", out],
+    ];
+    let flags = pairs.iter().flatten().chain(&["--no-progress"]);
+    flags.map(|s| s.to_string()).collect()
+}
+
+/// `dlm adapt` of `base` on the tiny corpus for `steps` steps, saving every step.
+fn adapt_args(base: &Path, out: &Path, steps: &str, schedule: &str) -> Vec<String> {
+    let base = base.to_str().unwrap();
+    let own = [
         "adapt",
         "--base",
         base,
-        "--data",
-        "DATA",
-        "--seq-len",
-        "32",
-        "--micro-batch",
-        "2",
-        "--max-steps",
-        steps,
         "--anneal-steps",
         "4",
-        "--schedule",
-        schedule,
-        "--save-every",
-        "1",
-        "--lr",
-        "1e-3",
         "--shuffle-buffer",
         "8",
-        "--no-progress",
-        "--out",
-        out,
-    ]
+    ];
+    let shared = run_flags(&data(), out, steps, "1e-3", schedule);
+    own.map(String::from).into_iter().chain(shared).collect()
 }
 
-fn with_data(args: Vec<&str>, data: &str) -> Vec<String> {
-    args.into_iter()
-        .map(|a| {
-            if a == "DATA" {
-                data.to_string()
-            } else {
-                a.to_string()
-            }
-        })
-        .collect()
+/// Sets the value that follows `flag` in `args`.
+fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let i = args.iter().position(|a| a == flag).unwrap();
+    args[i + 1] = value.into();
+}
+
+/// `dlm COMMAND --resume RUN`, to `max_steps` when given (else to the run's own).
+fn resume(command: &str, run: &Path, max_steps: Option<&str>) {
+    let mut args = vec![command, "--resume", run.to_str().unwrap(), "--no-progress"];
+    if let Some(n) = max_steps {
+        args.extend(["--max-steps", n]);
+    }
+    dlm(args);
 }
 
 fn final_files(run: &Path, step: u64) -> (Vec<u8>, Vec<u8>, String) {
     let dir = run.join(format!("checkpoints/step-{step:08}"));
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap())
-            .unwrap();
+    let state = read_json(&dir.join("trainer_state.json"));
     (
         std::fs::read(dir.join("model.safetensors")).unwrap(),
         std::fs::read(dir.join("optimizer.safetensors")).unwrap(),
@@ -106,87 +79,92 @@ fn final_files(run: &Path, step: u64) -> (Vec<u8>, Vec<u8>, String) {
     )
 }
 
+/// Asserts that two runs hold the same checkpoint at `step`: weights, optimizer moments, RNG and
+/// loader state, byte for byte.
+fn assert_same_checkpoint(a: &Path, b: &Path, step: u64, what: &str) {
+    assert!(final_files(a, step) == final_files(b, step), "{what}");
+}
+
+/// The lines of kind `kind` in a run's metrics.jsonl.
+fn metrics(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+/// The step of the run's latest checkpoint (the `checkpoints/latest` pointer), if any.
+fn latest_step(run: &Path) -> Option<u64> {
+    let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
+    Some(name.trim().trim_start_matches("step-").parse().unwrap())
+}
+
 #[test]
 fn pretrain_then_adapt_then_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base(tmp.path());
-    let (b, d) = (base.to_str().unwrap().to_string(), data());
     let straight = tmp.path().join("straight");
-    let args = with_data(
-        adapt_args(&b, straight.to_str().unwrap(), "8", "constant"),
-        &d,
-    );
-    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    dlm(adapt_args(&base, &straight, "8", "constant"));
     // The adapted checkpoint is a diffusion model directory with its mask id recorded.
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(straight.join("checkpoints/step-00000008/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg = read_json(&straight.join("checkpoints/step-00000008/config.json"));
     assert_eq!(cfg["mask_token_id"], 400);
-    let lines = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
-    assert_eq!(
-        lines
-            .lines()
-            .filter(|l| l.contains("\"kind\":\"train\""))
-            .count(),
-        8
-    );
+    assert_eq!(metrics(&straight, "train").len(), 8);
 
     let halves = tmp.path().join("halves");
-    let args = with_data(
-        adapt_args(&b, halves.to_str().unwrap(), "4", "constant"),
-        &d,
-    );
-    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    dlm(&[
-        "adapt",
-        "--resume",
-        halves.to_str().unwrap(),
-        "--max-steps",
-        "8",
-        "--no-progress",
-    ]);
-    assert!(
-        final_files(&straight, 8) == final_files(&halves, 8),
-        "4 + resume + 4 differs from 8 straight"
+    dlm(adapt_args(&base, &halves, "4", "constant"));
+    resume("adapt", &halves, Some("8"));
+    assert_same_checkpoint(
+        &straight,
+        &halves,
+        8,
+        "4 + resume + 4 differs from 8 straight",
     );
 }
+
+/// Steps of the killed run: enough that the kill, sent once the first checkpoint is on disk,
+/// lands well before the last step even on a loaded machine (a step with its checkpoint takes
+/// about 80 ms, so the last one comes about 2 s after the first).
+const KILLED_RUN_STEPS: u64 = 24;
 
 #[test]
 fn killed_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base(tmp.path());
-    let (b, d) = (base.to_str().unwrap().to_string(), data());
+    let steps = KILLED_RUN_STEPS.to_string();
     let straight = tmp.path().join("straight");
-    let args = with_data(
-        adapt_args(&b, straight.to_str().unwrap(), "12", "cosine"),
-        &d,
-    );
-    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    dlm(adapt_args(&base, &straight, &steps, "cosine"));
 
     let killed = tmp.path().join("killed");
-    let args = with_data(adapt_args(&b, killed.to_str().unwrap(), "12", "cosine"), &d);
     let mut child = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(&args)
+        .args(adapt_args(&base, &killed, &steps, "cosine"))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let latest = killed.join("checkpoints/latest");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !latest.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest_step(&killed).is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap(); // SIGKILL, wherever it is
     child.wait().unwrap();
-    dlm(&[
-        "adapt",
-        "--resume",
-        killed.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let reached = latest_step(&killed).unwrap();
+    println!("killed after step {reached} of {KILLED_RUN_STEPS}");
     assert!(
-        final_files(&straight, 12) == final_files(&killed, 12),
-        "killed + resumed run differs"
+        reached < KILLED_RUN_STEPS,
+        "the kill landed after the last step ({reached}): nothing was left to resume"
+    );
+    resume("adapt", &killed, None);
+    assert_same_checkpoint(
+        &straight,
+        &killed,
+        KILLED_RUN_STEPS,
+        "killed + resumed run differs",
     );
 }
 
@@ -194,15 +172,10 @@ fn killed_run_resumes_exactly() {
 fn nonfinite_loss_stops_and_keeps_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base(tmp.path());
-    let (b, d) = (base.to_str().unwrap().to_string(), data());
     let run = tmp.path().join("blowup");
-    let mut args = with_data(adapt_args(&b, run.to_str().unwrap(), "6", "constant"), &d);
-    let lr = args.iter().position(|a| a == "--lr").unwrap();
-    args[lr + 1] = "1e30".into(); // the first step throws the weights to ~1e30; the next loss is not finite
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let mut args = adapt_args(&base, &run, "6", "constant");
+    set_flag(&mut args, "--lr", "1e30"); // the first step throws the weights to ~1e30; the next loss is not finite
+    let out = dlm_output(&args);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -214,16 +187,17 @@ fn nonfinite_loss_stops_and_keeps_last_good_checkpoint() {
         .exists());
 
     let skip = tmp.path().join("skip");
-    let mut args = with_data(adapt_args(&b, skip.to_str().unwrap(), "6", "constant"), &d);
-    args[lr + 1] = "1e30".into();
+    let mut args = adapt_args(&base, &skip, "6", "constant");
+    set_flag(&mut args, "--lr", "1e30");
     args.push("--skip-nonfinite".into());
-    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let log = std::fs::read_to_string(skip.join("metrics.jsonl")).unwrap();
-    assert!(log.contains("\"kind\":\"skipped\""));
+    dlm(&args);
+    assert!(!metrics(&skip, "skipped").is_empty());
 }
 
-fn sft_lora_args<'a>(base: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
-    vec![
+/// `dlm sft` of `base` with a new mask token and rank-2 LoRA on the pairs in `data`.
+fn sft_lora_args(base: &Path, data: &Path, out: &Path, steps: &str) -> Vec<String> {
+    let (base, data) = (base.to_str().unwrap(), data.to_str().unwrap());
+    let own = [
         "sft",
         "--base",
         base,
@@ -233,24 +207,9 @@ fn sft_lora_args<'a>(base: &'a str, data: &'a str, out: &'a str, steps: &'a str)
         "2",
         "--lora-alpha",
         "4",
-        "--data",
-        data,
-        "--seq-len",
-        "32",
-        "--micro-batch",
-        "2",
-        "--max-steps",
-        steps,
-        "--save-every",
-        "1",
-        "--lr",
-        "1e-2",
-        "--schedule",
-        "constant",
-        "--no-progress",
-        "--out",
-        out,
-    ]
+    ];
+    let shared = run_flags(data, out, steps, "1e-2", "constant");
+    own.map(String::from).into_iter().chain(shared).collect()
 }
 
 #[test]
@@ -269,22 +228,16 @@ fn sft_with_lora_trains_only_the_adapters_merges_them_and_resumes_exactly() {
         .collect();
     let data = tmp.path().join("pairs.jsonl");
     std::fs::write(&data, pairs).unwrap();
-    let (b, d) = (base.to_str().unwrap(), data.to_str().unwrap());
     let straight = tmp.path().join("lora-straight");
-    dlm(&sft_lora_args(b, d, straight.to_str().unwrap(), "4"));
+    dlm(sft_lora_args(&base, &data, &straight, "4"));
     let halves = tmp.path().join("lora-halves");
-    dlm(&sft_lora_args(b, d, halves.to_str().unwrap(), "2"));
-    dlm(&[
-        "sft",
-        "--resume",
-        halves.to_str().unwrap(),
-        "--max-steps",
-        "4",
-        "--no-progress",
-    ]);
-    assert!(
-        final_files(&straight, 4) == final_files(&halves, 4),
-        "LoRA: 2 + resume + 2 differs from 4 straight"
+    dlm(sft_lora_args(&base, &data, &halves, "2"));
+    resume("sft", &halves, Some("4"));
+    assert_same_checkpoint(
+        &straight,
+        &halves,
+        4,
+        "LoRA: 2 + resume + 2 differs from 4 straight",
     );
 
     // The checkpoint holds the merged model: block linears moved, everything else is the base.
@@ -299,14 +252,7 @@ fn sft_with_lora_trains_only_the_adapters_merges_them_and_resumes_exactly() {
     let factors = read(straight.join("checkpoints/step-00000004/adapter.safetensors"));
     let mut adapted = 0;
     for (name, w) in &frozen {
-        let moved = (w - &merged[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let moved = common::max_abs(&(w - &merged[name]).unwrap());
         let stem = name.trim_end_matches(".weight");
         if factors.contains_key(&format!("{stem}.lora_A.weight")) {
             assert!(moved > 0.0, "{name}: the adapter did not move it");
@@ -330,7 +276,6 @@ fn sft_with_lora_trains_only_the_adapters_merges_them_and_resumes_exactly() {
 fn val_data_validates_on_separate_text_and_is_kept_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base(tmp.path());
-    let (b, d) = (base.to_str().unwrap().to_string(), data());
     let held_out = tmp.path().join("held_out.txt");
     std::fs::write(
         &held_out,
@@ -338,26 +283,14 @@ fn val_data_validates_on_separate_text_and_is_kept_on_resume() {
     )
     .unwrap();
     let run = tmp.path().join("run");
-    let mut args = with_data(adapt_args(&b, run.to_str().unwrap(), "2", "constant"), &d);
+    let mut args = adapt_args(&base, &run, "2", "constant");
     args.extend(["--val-every", "1", "--val-data", held_out.to_str().unwrap()].map(String::from));
-    dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    dlm(&[
-        "adapt",
-        "--resume",
-        run.to_str().unwrap(),
-        "--max-steps",
-        "3",
-        "--no-progress",
-    ]);
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run_config.json")).unwrap())
-            .unwrap();
+    dlm(&args);
+    resume("adapt", &run, Some("3"));
+    let config = read_json(&run.join("run_config.json"));
     assert_eq!(config["val_data"][0], held_out.to_str().unwrap());
-    let vals: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "val")
+    let vals: Vec<f64> = metrics(&run, "val")
+        .iter()
         .map(|v| v["val_loss"].as_f64().unwrap())
         .collect();
     assert_eq!(
@@ -370,20 +303,7 @@ fn val_data_validates_on_separate_text_and_is_kept_on_resume() {
 
 /// `dlm pretrain` of a tiny GPT-2 (diffusion objective) for `steps` steps in `dtype`.
 fn pretrain_dtype_args(tok: &Path, out: &Path, steps: &str, dtype: &str) -> Vec<String> {
-    [
-        "pretrain",
-        "--arch",
-        "gpt2",
-        "--config",
-        "tiny",
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--objective",
-        "diffusion",
-        "--data",
-        &data(),
-        "--seq-len",
-        "32",
+    let flags = [
         "--micro-batch",
         "4",
         "--max-steps",
@@ -398,20 +318,13 @@ fn pretrain_dtype_args(tok: &Path, out: &Path, steps: &str, dtype: &str) -> Vec<
         "8",
         "--dtype",
         dtype,
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
+    ];
+    tiny_pretrain_args(tok, "diffusion", out, &flags)
 }
 
 fn train_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
+    metrics(run, "train")
+        .iter()
         .map(|v| v["loss"].as_f64().unwrap())
         .collect()
 }
@@ -426,8 +339,7 @@ fn bf16_training_tracks_f32_and_resumes_exactly() {
     let tok = common::train_tokenizer(tmp.path());
     let run = |name: &str, steps: &str, dtype: &str| -> PathBuf {
         let out = tmp.path().join(name);
-        let args = pretrain_dtype_args(&tok, &out, steps, dtype);
-        dlm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        dlm(pretrain_dtype_args(&tok, &out, steps, dtype));
         out
     };
     let f32_run = run("f32", "6", "f32");
@@ -443,9 +355,7 @@ fn bf16_training_tracks_f32_and_resumes_exactly() {
         assert!(rel <= BF16_LOSS_RTOL, "step {}: {x} vs {y}", step + 1);
     }
     assert_ne!(a, b, "bf16 compute must differ from f32 in rounding");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bf16_run.join("run_config.json")).unwrap())
-            .unwrap();
+    let config = read_json(&bf16_run.join("run_config.json"));
     assert_eq!(config["dtype"], "bf16");
     for file in ["model.safetensors", "optimizer.safetensors"] {
         let bytes = std::fs::read(bf16_run.join("checkpoints/step-00000006").join(file)).unwrap();
@@ -456,16 +366,11 @@ fn bf16_training_tracks_f32_and_resumes_exactly() {
     }
 
     let halves = run("bf16-halves", "3", "bf16");
-    dlm(&[
-        "pretrain",
-        "--resume",
-        halves.to_str().unwrap(),
-        "--max-steps",
-        "6",
-        "--no-progress",
-    ]);
-    assert!(
-        final_files(&bf16_run, 6) == final_files(&halves, 6),
-        "bf16: 3 + resume + 3 differs from 6 straight"
+    resume("pretrain", &halves, Some("6"));
+    assert_same_checkpoint(
+        &bf16_run,
+        &halves,
+        6,
+        "bf16: 3 + resume + 3 differs from 6 straight",
     );
 }

@@ -1,7 +1,10 @@
-//! Shared helpers for the tests: fixture paths, tensor comparison, the tiny training corpus.
+//! Shared helpers for the tests: fixture and asset paths, the CLI binary, tensor comparison, the
+//! tiny training corpus.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -9,6 +12,50 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// A fetched asset under the cache `scripts/fetch-assets.sh` fills (`$DLM_ASSETS`, else
+/// `~/.cache/dlm-assets`, as the CLI reads it); panics with the command that fetches `group` when
+/// it is absent.
+pub fn asset(rel: &str, group: &str) -> PathBuf {
+    let p = dlm::eval::tasks::default_assets_dir().join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `scripts/fetch-assets.sh {group}` (set DLM_ASSETS to use another cache)",
+        p.display()
+    );
+    p
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF (asset group `smollm2`).
+pub fn smollm2_gguf() -> PathBuf {
+    asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+}
+
+/// Runs the CLI binary under test with `args` to its end, whatever its exit status.
+pub fn dlm_output<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the CLI binary under test with `args`, which must succeed; its output.
+pub fn dlm<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = dlm_output(&args);
+    assert!(
+        out.status.success(),
+        "dlm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A JSON file, parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub const TINY: [&str; 3] = ["gpt2-tiny", "llama-tiny", "llama-tiny-tied"];
@@ -20,16 +67,12 @@ pub fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
 }
 
 pub fn golden_json(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture(name).join("golden.json")).expect("golden.json");
-    serde_json::from_str(&text).expect("golden.json parses")
+    read_json(&fixture(name).join("golden.json"))
 }
 
-/// Max |a − b| over all entries, after both are cast to f32.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
+/// Max |t| over all entries, after a cast to f32.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32)
         .unwrap()
         .abs()
         .unwrap()
@@ -37,6 +80,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Max |a − b| over all entries, after both are cast to f32.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    max_abs(&(a - b).unwrap())
 }
 
 /// Asserts closeness and prints the measured difference next to the tolerance, as llm.c does.
@@ -91,19 +142,42 @@ pub fn training_data() -> String {
 }
 
 /// A 400-token byte-level BPE trained on the tiny corpus with `dlm tokenizer train`: DIR/tok.json.
-pub fn train_tokenizer(dir: &std::path::Path) -> PathBuf {
+pub fn train_tokenizer(dir: &Path) -> PathBuf {
     let tok = dir.join("tok.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["tokenizer", "train", "--vocab-size", "400", "--data"])
-        .arg(training_data())
-        .arg("--out")
-        .arg(&tok)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dlm tokenizer train: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (data, out) = (training_data(), tok.to_str().unwrap());
+    dlm([
+        "tokenizer",
+        "train",
+        "--vocab-size",
+        "400",
+        "--data",
+        &data,
+        "--out",
+        out,
+    ]);
     tok
+}
+
+/// `dlm pretrain` of the tiny GPT-2 config with `objective` on the tiny corpus, sequences of 32
+/// tokens, without a progress bar, into `out`; `flags` add the rest (steps, batch, lr, ...).
+pub fn tiny_pretrain_args(tok: &Path, objective: &str, out: &Path, flags: &[&str]) -> Vec<String> {
+    let fixed = [
+        "pretrain",
+        "--arch",
+        "gpt2",
+        "--config",
+        "tiny",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--objective",
+        objective,
+        "--data",
+        &training_data(),
+        "--seq-len",
+        "32",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    fixed.iter().chain(flags).map(|s| s.to_string()).collect()
 }
