@@ -256,7 +256,7 @@ fn refused(args: &[&str], needle: &str) {
 fn cli_refuses_unknown_tasks_and_missing_data() {
     let model = fixture("gpt2-tiny");
     let model = model.to_str().unwrap();
-    let (rc, _, err) = dlm_run(&["eval", model, "--task", "piqa,hellaswg"]);
+    let (rc, _, err) = dlm_run(["eval", model, "--task", "piqa,hellaswg"]);
     assert_ne!(rc, 0);
     assert!(
         err.contains("unknown task `hellaswg`") && err.contains("winogrande"),
@@ -285,7 +285,7 @@ fn cli_data_replaces_one_tasks_file() {
     .unwrap();
     let out = dir.path().join("r.json");
     let (p, o) = (passages.to_str().unwrap(), out.to_str().unwrap());
-    let (rc, _, err) = dlm_run(&[
+    let (rc, _, err) = dlm_run([
         "eval",
         model,
         "--task",

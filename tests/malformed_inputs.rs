@@ -166,7 +166,7 @@ fn malformed_tokenizer_config_is_reported_as_malformed() {
         std::fs::write(&config, garbage).unwrap();
         let e = ChatTemplate::load(&model).unwrap_err().to_string();
         assert_malformed(&e, "tokenizer_config.json");
-        let e = dlm_fails(&["generate", dir, "--prompt", "hi", "--chat", "--length", "2"]);
+        let e = dlm_fails(["generate", dir, "--prompt", "hi", "--chat", "--length", "2"]);
         assert_malformed(&e, "tokenizer_config.json");
     }
     // Absent, the file still means "this model cannot chat".
@@ -184,9 +184,9 @@ fn malformed_tokenizer_json_is_reported_as_malformed() {
     let e = Tokenizer::from_model_dir(&model).unwrap_err().to_string();
     assert_malformed(&e, "tokenizer.json");
     // `info` used to describe such a model as one without a tokenizer.
-    assert_malformed(&dlm_fails(&["info", dir]), "tokenizer.json");
-    let e = dlm_fails(&["generate", dir, "--prompt", "hi", "--length", "2"]);
+    assert_malformed(&dlm_fails(["info", dir]), "tokenizer.json");
+    let e = dlm_fails(["generate", dir, "--prompt", "hi", "--length", "2"]);
     assert_malformed(&e, "tokenizer.json");
-    let e = dlm_fails(&["score", dir, "--text", "hi"]);
+    let e = dlm_fails(["score", dir, "--text", "hi"]);
     assert_malformed(&e, "tokenizer.json");
 }

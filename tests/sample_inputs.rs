@@ -264,7 +264,7 @@ fn bad_input_is_an_error_not_a_panic() {
 fn cli_generate_and_infill() {
     let dir = fixture("llama-tiny");
     let model = dir.to_str().unwrap();
-    let (rc, out, _) = dlm_run(&[
+    let (rc, out, _) = dlm_run([
         "generate",
         model,
         "--mask-id",
@@ -290,7 +290,7 @@ fn cli_generate_and_infill() {
         "{\"prompt_ids\": [1, 2], \"suffix_ids\": [5], \"length\": 3}\n{\"prompt_ids\": [4], \"length\": 5}\n",
     )
     .unwrap();
-    let (rc, out, err) = dlm_run(&[
+    let (rc, out, err) = dlm_run([
         "infill",
         model,
         "--mask-id",
@@ -331,7 +331,7 @@ fn cli_generate_and_infill() {
             "{args:?}: {err}"
         );
     }
-    let (rc, _, err) = dlm_run(&[
+    let (rc, _, err) = dlm_run([
         "infill",
         model,
         "--mask-id",
@@ -340,7 +340,7 @@ fn cli_generate_and_infill() {
         "<|mask:0|>",
     ]);
     assert!(rc == 1 && err.contains("at least one token"), "{err}");
-    let (rc, _, err) = dlm_run(&["generate", model, "--length", "4"]);
+    let (rc, _, err) = dlm_run(["generate", model, "--length", "4"]);
     assert!(
         rc == 1 && err.contains("no mask token") && err.contains("--mask-id"),
         "{err}"
