@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lora::{factor_names, init_factors, is_adapted, Adapter, LoraConfig};
 use crate::error::{Error, Result};
+use crate::model::runtime::WeightDtype;
 use crate::model::{build, LanguageModel, ModelConfig, Weights};
 use crate::rng::Rng;
 
@@ -39,12 +40,13 @@ impl Precision {
 impl FromStr for Precision {
     type Err = String;
 
+    /// The spellings `--dtype` accepts everywhere (`WeightDtype`), less f16.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "training computes in f32 or bf16, not `{other}` (f16 would need loss scaling)"
+        match s.parse::<WeightDtype>() {
+            Ok(WeightDtype::F32) => Ok(Self::F32),
+            Ok(WeightDtype::Bf16) => Ok(Self::Bf16),
+            _ => Err(format!(
+                "training computes in f32 or bf16, not `{s}` (f16 would need loss scaling)"
             )),
         }
     }
