@@ -210,9 +210,6 @@ impl TrainArgs {
     ) -> anyhow::Result<()> {
         let options = self.run_options();
         if let Some(run_dir) = &self.resume {
-            if self.micro_batch == Some(0) {
-                bail!("--micro-batch must be at least 1");
-            }
             let changes = ResumeChanges {
                 max_steps: self.max_steps,
                 micro_batch: self.micro_batch,

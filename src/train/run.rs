@@ -111,7 +111,7 @@ impl<S: ExampleSource> Run<S> {
         }
         if let Some(b) = changes.micro_batch {
             if b == 0 {
-                return Err(Error::Input("micro_batch must be at least 1".into()));
+                return Err(Error::option("micro_batch", "must be at least 1"));
             }
             run.micro_batch = b;
         }
