@@ -191,10 +191,8 @@ pub(super) fn config(raw: &Map<String, Value>, path: &Path) -> DlmResult<ModelCo
             format!("`n_heads` {heads} must divide `d_model` {d} and be a multiple of `n_kv_heads` {kv_heads}"),
         ));
     }
-    let intermediate = match get_usize(raw, "mlp_hidden_size") {
-        Some(f) => f,
-        None => need(raw, path, "mlp_ratio")? * d,
-    };
+    let intermediate = get_usize(raw, "mlp_hidden_size")
+        .unwrap_or_else(|| get_usize(raw, "mlp_ratio").unwrap_or(4) * d);
     // The embedding's rows: `vocab_size` may count fewer (the table is padded).
     let rows = match get_usize(raw, "embedding_size") {
         Some(rows) => rows,
