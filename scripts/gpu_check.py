@@ -362,17 +362,31 @@ class Checker:
             procs, t = [], time.time()
             for rank in range(2):
                 env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port), "LOCAL_RANK": str(rank if self.gpus >= 2 else 0)}
-                procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                              text=True))
-            outs = [p.communicate(timeout=300) for p in procs]
+                       "MASTER_PORT": str(port), "LOCAL_RANK": str(rank if self.gpus >= 2 else 0),
+                       "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")}
+                log = open(os.path.join(self.tmp, f"rank{rank}.log"), "w+")
+                procs.append((subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            # A rank that fails leaves the other waiting for it (up to 5 minutes at the rendezvous):
+            # end the survivor soon after, and every rank after 4 minutes.
+            failed_at = None
+            while any(p.poll() is None for p, _ in procs):
+                if failed_at is None and any(p.returncode not in (None, 0) for p, _ in procs):
+                    failed_at = time.time()
+                if time.time() - t > 240 or (failed_at and time.time() - failed_at > 15):
+                    for p, _ in procs:
+                        if p.poll() is None:
+                            p.kill()
+                time.sleep(0.2)
             secs = time.time() - t
-            err = "".join(e for _, e in outs)
-            self.log.write(f"\n$ RANK=0,1 WORLD_SIZE=2 {' '.join(args)}\n{err[-20000:]}\n")
-            rc = max(p.returncode for p in procs)
-            if rc != 0 and self.gpus < 2 and "Duplicate GPU" in err + "".join(o for o, _ in outs):
+            err = ""
+            for rank, (_, log) in enumerate(procs):
+                log.seek(0)
+                err += "".join(f"rank {rank}: {line}" for line in log)
+            self.log.write(f"\n$ RANK=0,1 WORLD_SIZE=2 {' '.join(args)}\n{err[-20000:]}\n[{secs:.0f} s]\n")
+            rc = max(abs(p.returncode) for p, _ in procs)
+            if rc != 0 and self.gpus < 2 and re.search(r"Duplicate GPU|[Ii]nvalid ?[Uu]sage", err):
                 self.add("5 data-parallel 2 ranks", "f32", None,
-                         "NCCL refuses two ranks on one GPU (needs 2 GPUs); libnccl loaded, rendezvous done")
+                         "NCCL refuses two ranks on one GPU (needs 2 GPUs): libnccl loaded, rendezvous done")
                 return
             backend = "NCCL"
         if rc != 0:
