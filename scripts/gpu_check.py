@@ -96,6 +96,15 @@ def l2(v):
     return math.sqrt(sum(x * x for x in v))
 
 
+def error_line(err, rc):
+    """The line of a command's stderr that says what went wrong."""
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    for x in lines:
+        if "error:" in x or "panicked" in x:
+            return x
+    return lines[-1] if lines else f"exit {rc}"
+
+
 class Checker:
     def __init__(self, args):
         self.dlm = os.path.abspath(args.dlm)
@@ -109,7 +118,7 @@ class Checker:
 
     # ---- running things -------------------------------------------------------------------------
 
-    def run(self, argv, env=None, timeout=600, check=True):
+    def run(self, argv, env=None, timeout=240, check=True):
         """Runs a command, logs it and its output; (returncode, stdout, stderr, seconds)."""
         t = time.time()
         self.log.write(f"\n$ {' '.join(argv)}\n")
@@ -127,7 +136,7 @@ class Checker:
         self.log.flush()
         if check and rc != 0:
             raise RuntimeError(f"`{' '.join(os.path.basename(a) if a == self.dlm else a for a in argv[:3])} …` "
-                               f"exited {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+                               f"exited {rc}: {error_line(err, rc)}")
         return rc, out, err, secs
 
     def dlm_json(self, argv, device=None, dtype="f32"):
@@ -390,7 +399,7 @@ class Checker:
                 return
             backend = "NCCL"
         if rc != 0:
-            raise RuntimeError(f"2 ranks exited {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+            raise RuntimeError(f"2 ranks exited {rc}: {error_line(err, rc)}")
         ok, numbers = self.compare_runs(one, two, 3)
         self.add("5 data-parallel 2 ranks", "f32", ok, f"{backend}, 2 ranks × 2 vs 1 rank × 4, 3 steps: {numbers}")
 
@@ -471,7 +480,7 @@ class Checker:
             def one(check=check, argv=argv, pattern=pattern, torch_argv=torch_argv, torch_pattern=torch_pattern):
                 rc, out, err, secs, mem = self.gpu_memory([self.dlm, *argv, "--device", self.device, "--dtype", dtype])
                 if rc != 0:
-                    raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else f"exit {rc}")
+                    raise RuntimeError(error_line(err, rc))
                 m = re.search(pattern, out, re.S)
                 numbers = f"{' '.join(a for a in argv[2:] if a != BUILTIN)}: dlm " + (
                     ", ".join(m.groups()) if m else out.strip().splitlines()[0])
@@ -490,7 +499,7 @@ class Checker:
         rc, out, err, _, mem = self.gpu_memory([self.torch_python, *argv, "--dtype", {"f32": "fp32"}.get(dtype, dtype),
                                                 "--device", "cuda" if self.gpu else "cpu"])
         if rc != 0:
-            return f"PyTorch failed: {err.strip().splitlines()[-1] if err.strip() else rc}"
+            return f"PyTorch failed: {error_line(err, rc)}"
         m = re.search(pattern, out)
         return f"PyTorch {m.group(1) if m else out.strip()}" + (f", {mem} MiB" if mem is not None else "")
 
@@ -498,7 +507,7 @@ class Checker:
 
     def table(self):
         lines = ["| check | device | dtype | result | numbers |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {d} | {t} | {r} | {n} |" for c, d, t, r, n in self.rows]
+        lines += ["| " + " | ".join(str(x).replace("|", "\\|") for x in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
 

@@ -14,7 +14,11 @@ fn assert_refused(args: &[&str]) {
         err.contains("cannot open cuda") && err.contains("--features cuda"),
         "dlm {args:?} --device cuda: {err}"
     );
-    assert_eq!(err.lines().count(), 1, "dlm {args:?}: one error line: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "dlm {args:?}: one error line: {err}"
+    );
 }
 
 #[test]
@@ -44,16 +48,39 @@ fn cuda_is_refused_clearly_without_the_cuda_feature() {
     .into_iter()
     .chain(train)
     .collect();
-    let adapt_args: Vec<&str> = ["adapt", "--base", builtin, "--data", &data, "--out", &adapt_out]
-        .into_iter()
-        .chain(train)
-        .collect();
+    let adapt_args: Vec<&str> = [
+        "adapt", "--base", builtin, "--data", &data, "--out", &adapt_out,
+    ]
+    .into_iter()
+    .chain(train)
+    .collect();
     for args in [
         &["score", tiny, "--ids", "1,2,3", "--attention", "causal"][..],
-        &["generate", tiny, "--prompt-ids", "1", "--length", "3", "--mask-id", "7"],
+        &[
+            "generate",
+            tiny,
+            "--prompt-ids",
+            "1",
+            "--length",
+            "3",
+            "--mask-id",
+            "7",
+        ],
         &["bench", "forward", tiny, "--seq", "8"],
-        &["bench", "sample", tiny, "--length", "8", "--steps", "2", "--mask-id", "7"],
-        &["bench", "train", "--config", "tiny", "--seq", "16", "--steps", "1"],
+        &[
+            "bench",
+            "sample",
+            tiny,
+            "--length",
+            "8",
+            "--steps",
+            "2",
+            "--mask-id",
+            "7",
+        ],
+        &[
+            "bench", "train", "--config", "tiny", "--seq", "16", "--steps", "1",
+        ],
         &pretrain_args,
         &adapt_args,
     ] {
