@@ -60,7 +60,7 @@ build() {
         cp -L "$cudart" "$bundle/lib/"
     else
         features=default
-        if command -v mpicc >/dev/null && ldconfig -p | grep -q libclang; then
+        if command -v mpicc >/dev/null && ldconfig -p | grep libclang >/dev/null; then
             features=mpi
             cargo build --release --features mpi
         else
