@@ -17,7 +17,8 @@
 # traces, the benchmarks next to PyTorch (when a Python has torch), GPU memory, and 2 ranks
 # against 1. It prints one table, writes it to $OUT/gpu-check.md when OUT is set (else
 # gpu-bundle/gpu-check.md; every command's output goes to gpu-check.log beside it), and exits 1 on
-# any mismatch. DLM_GPU_CHECKS=13 runs only checks 1 and 3 (say, to rerun what failed).
+# any mismatch. DLM_GPU_CHECKS=13 runs only checks 1 and 3 (say, to rerun what failed);
+# DLM_TORCH_PYTHON names the Python with torch and transformers (and CUDA's wheels) to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=gpu-bundle
