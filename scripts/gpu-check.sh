@@ -135,15 +135,15 @@ EOF
 
 run() {
     local bin="$bundle/$kind/dlm"
-    if [ -f "$bin.xz" ] && [ ! -x "$bin" ]; then
+    if [ -f "$bin.xz" ] && [ ! -f "$bin" ]; then
         python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
             "$bin.xz" "$bin"
-        chmod +x "$bin"
     fi
-    if [ ! -x "$bin" ]; then
+    if [ ! -f "$bin" ]; then
         echo "error: $bin is missing: run \`bash scripts/gpu-check.sh build --device $kind\` first" >&2
         exit 1
     fi
+    chmod +x "$bin" # a copy may have lost the bit
     local out_dir="${OUT:-$bundle}"
     mkdir -p "$out_dir"
     local py
