@@ -46,7 +46,7 @@ cuda | cuda:*) kind=cuda ;;
 esac
 
 build() {
-    mkdir -p "$bundle/$kind" "$bundle/lib"
+    mkdir -p "$bundle/$kind"
     local target=target
     if [ "$kind" = cuda ]; then
         # As CI's check does, the CUDA build keeps its artefacts beside the toolchain cache, so
@@ -58,6 +58,7 @@ build() {
         # The CUDA runtime candle's kernels link, from the wheel build-cuda.sh installed; the
         # GPU machine's own libcudart, when it has one, comes first on the library path.
         cudart="${DLM_CUDA_CACHE:-$HOME/.cache/dlm-cuda}/pkgs/nvidia/cu13/lib/libcudart.so.13"
+        mkdir -p "$bundle/lib"
         cp -L "$cudart" "$bundle/lib/"
     else
         features=default
