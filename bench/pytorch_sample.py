@@ -3,7 +3,7 @@
 HF-layout weights, loaded with HF transformers. Optional: needs `pip install torch transformers`.
 
     python3 bench/pytorch_sample.py MODEL_DIR [--length 256 --steps 64 --dtype fp32|bf16]
-        [--dlm-json out.json]
+        [--dlm-json out.json] [--device cpu|cuda]
 
 The canvas is [BOS] + `length` masks, as `dlm bench sample` uses. With `--dlm-json` (the output of
 `dlm generate MODEL_DIR --prompt-ids BOS --length N --steps T --exact --json`) it also checks that
@@ -23,10 +23,11 @@ p.add_argument("--length", type=int, default=256)
 p.add_argument("--steps", type=int, default=64)
 p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
 p.add_argument("--dlm-json")
+p.add_argument("--device", default="cpu")
 args = p.parse_args()
 
 dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
 cfg = model.config
 mask_id = getattr(cfg, "mask_token_id", None)
 if mask_id is None:
@@ -34,12 +35,17 @@ if mask_id is None:
 bos = cfg.bos_token_id if cfg.bos_token_id is not None and cfg.bos_token_id != mask_id else 0
 
 L = args.length + 1
-x = torch.tensor([[bos] + [mask_id] * args.length])
-src = torch.zeros(1, L, dtype=torch.bool)
+x = torch.tensor([[bos] + [mask_id] * args.length], device=args.device)
+src = torch.zeros(1, L, dtype=torch.bool, device=args.device)
 src[:, 0] = True
 # Bidirectional attention: a 4D boolean mask that allows every pair (the reference's all-zeros
 # additive mask), passed through transformers untouched.
-full = torch.ones(1, 1, L, L, dtype=torch.bool)
+full = torch.ones(1, 1, L, L, dtype=torch.bool, device=args.device)
+
+
+def synchronize():
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def propose(xt):
@@ -53,6 +59,9 @@ def propose(xt):
 
 T = args.steps
 with torch.no_grad():
+    if args.device.startswith("cuda"):
+        propose(x)  # CUDA's context and cuBLAS's handles are made on first use: not timed
+        synchronize()
     t0 = time.time()
     xt = x.masked_fill(~src, mask_id)
     maskable = ~src
@@ -72,6 +81,7 @@ with torch.no_grad():
         maskable = maskable & ~commit
         x0_new, scores = propose(xt)
         x0 = torch.where(maskable, x0_new, xt)
+    synchronize()
     secs = time.time() - t0
 out = x0[0, 1:].tolist()
 print(f"pytorch {args.dtype} reference sampler: canvas {L}, T = {T}: {secs * 1e3 / T:.1f} ms/step, "

@@ -70,5 +70,6 @@ if [ "$mode" = check ]; then
     exec cargo check --features cuda "$@"
 fi
 cargo build --release --features cuda "$@"
-echo "built target/release/dlm with CUDA (compute capability $CUDA_COMPUTE_CAP); it needs, at run time:" >&2
-readelf -d target/release/dlm | grep NEEDED | grep -E 'cuda|nvrtc|curand|cublas|nccl' >&2 || true
+bin="${CARGO_TARGET_DIR:-target}/release/dlm"
+echo "built $bin with CUDA (compute capability $CUDA_COMPUTE_CAP); it needs, at run time:" >&2
+readelf -d "$bin" | grep NEEDED | grep -E 'cuda|nvrtc|curand|cublas|nccl' >&2 || true
