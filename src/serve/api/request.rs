@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::data::chat::ChatMessage;
+use crate::sample::family::FamilySettings;
 use crate::sample::kv_reuse::CacheMode;
 use crate::sample::request::SamplerName;
 use crate::serve::error::ApiError;
@@ -63,6 +64,10 @@ pub struct ApiRequest {
     /// as `--cache`).
     #[serde(default)]
     pub cache: CacheMode,
+    /// dlm: the families' own sampler fields (`remasking`, `cfg_scale`, `alg`, `alg_temp`,
+    /// `eps`), each with its sampler.
+    #[serde(flatten)]
+    pub family: FamilySettings,
 }
 
 impl ApiRequest {
