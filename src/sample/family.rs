@@ -18,6 +18,8 @@ use crate::model::Architecture;
 pub fn family_sampler(arch: Architecture) -> (SamplerName, Shift) {
     match arch {
         Architecture::Gpt2 | Architecture::Llama => (SamplerName::TopkConfidence, Shift::Next),
+        Architecture::Llada => (SamplerName::Llada, Shift::Same),
+        Architecture::Dream => (SamplerName::Dream, Shift::Concat),
     }
 }
 
@@ -188,6 +190,16 @@ mod tests {
         assert_eq!(
             default.options(gpt2).unwrap().sampler,
             Sampler::TopkConfidence
+        );
+        let o = default.options(Architecture::Llada).unwrap();
+        assert_eq!(
+            (o.sampler, o.shift),
+            (Sampler::Llada(Llada::default()), Shift::Same)
+        );
+        let o = default.options(Architecture::Dream).unwrap();
+        assert_eq!(
+            (o.sampler, o.shift),
+            (Sampler::Dream(Dream::default()), Shift::Concat)
         );
         let llada = SamplerSettings {
             sampler: Some(SamplerName::Llada),
