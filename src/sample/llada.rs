@@ -101,14 +101,14 @@ pub fn phases(
         return Ok(vec![]);
     }
     let block = block_length.unwrap_or(n);
-    if block == 0 || n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(Error::option(
             "block_length",
             format!("{block} must divide the {n} generated positions (LLaDA's generate())"),
         ));
     }
     let blocks = n / block;
-    if steps == 0 || steps % blocks != 0 {
+    if steps == 0 || !steps.is_multiple_of(blocks) {
         return Err(Error::option(
             "steps",
             format!("{steps} must be a multiple of the {blocks} blocks (LLaDA's generate())"),
