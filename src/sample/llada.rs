@@ -135,8 +135,10 @@ pub fn candidates(masked: &[bool], block_end: usize) -> Vec<usize> {
 /// (`torch.topk`; ties, which the reference leaves to torch, go to the lower position).
 pub fn step_commits(phase: &Phase, step: usize, candidates: &[usize], ranks: &[f32]) -> Vec<usize> {
     let count = num_transfer_tokens(phase.positions.len(), phase.steps)[step];
+    // A position the head skipped (left of a cache's window) has no proposal to commit.
     let cands: Vec<Candidate> = candidates
         .iter()
+        .filter(|&&pos| !ranks[pos].is_nan())
         .map(|&pos| Candidate {
             pos,
             rank: ranks[pos],

@@ -45,7 +45,8 @@ pub struct DiffusionOptions {
     /// How a position's token is drawn from its logits.
     pub choice: TokenChoice,
     /// Which logits row proposes each position: the model's, as it was trained (every released
-    /// DiffuGPT/DiffuLLaMA checkpoint uses `Shift::Next`).
+    /// DiffuGPT/DiffuLLaMA checkpoint uses `Shift::Next`, LLaDA `Same`, Dream `Concat`:
+    /// `family::family_sampler`).
     pub shift: Shift,
     /// Parallel decoding: also commit every masked position whose token has probability above it.
     pub threshold: Option<f32>,

@@ -10,6 +10,7 @@ mod response;
 use super::error::ApiError;
 use super::ServerState;
 use crate::sample::canvas::{parse_template, Canvas, TemplatePart};
+use crate::sample::family::FamilySettings;
 use crate::sample::options::DiffusionOptions;
 use crate::sample::request::{Request, SamplerSettings};
 pub use request::{parse, ApiRequest, Prompt, Stop};
@@ -183,7 +184,13 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         block_length: r.block_length,
         exact: r.exact,
         cache: r.cache,
-        family: r.family,
+        family: FamilySettings {
+            remasking: r.remasking,
+            cfg_scale: r.cfg_scale,
+            alg: r.alg,
+            alg_temp: r.alg_temp,
+            eps: r.eps,
+        },
     };
     let stop = match &r.stop {
         None => vec![],
