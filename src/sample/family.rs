@@ -42,27 +42,26 @@ impl FamilySettings {
         top_p: Option<f32>,
         top_k: Option<usize>,
     ) -> Result<Sampler> {
-        let llada = [
-            ("remasking", self.remasking.is_some()),
-            ("cfg_scale", self.cfg_scale.is_some()),
+        // Each setting, whether it is given, and the sampler it belongs to.
+        let given = [
+            ("remasking", self.remasking.is_some(), SamplerName::Llada),
+            ("cfg_scale", self.cfg_scale.is_some(), SamplerName::Llada),
+            ("alg", self.alg.is_some(), SamplerName::Dream),
+            ("alg_temp", self.alg_temp.is_some(), SamplerName::Dream),
+            ("eps", self.eps.is_some(), SamplerName::Dream),
         ];
-        let dream = [
-            ("alg", self.alg.is_some()),
-            ("alg_temp", self.alg_temp.is_some()),
-            ("eps", self.eps.is_some()),
-        ];
-        let foreign = match sampler {
-            Sampler::Llada(_) => dream.to_vec(),
-            Sampler::Dream(_) => llada.to_vec(),
-            _ => [&llada[..], &dream[..]].concat(),
+        let running = match sampler {
+            Sampler::Llada(_) => Some(SamplerName::Llada),
+            Sampler::Dream(_) => Some(SamplerName::Dream),
+            _ => None,
         };
-        if let Some((name, _)) = foreign.into_iter().find(|s| s.1) {
+        if let Some((name, _, owner)) = given.iter().find(|s| s.1 && Some(s.2) != running) {
             return Err(Error::InvalidOption(
                 OptionMessage::default()
                     .setting(name)
-                    .text(" belongs to another sampler (")
+                    .text(" is a setting of ")
                     .setting("sampler")
-                    .text(" llada: remasking, cfg_scale; dream: alg, alg_temp, eps)"),
+                    .text(format!(" {owner}, not of the sampler this run uses")),
             ));
         }
         Ok(match sampler {
