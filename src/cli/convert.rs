@@ -1,4 +1,4 @@
-//! `dlm convert --gguf FILE --out DIR`: a llama-architecture GGUF becomes an HF-layout directory
+//! `dlm convert --gguf FILE --out DIR`: a llama, llada or dream GGUF becomes an HF-layout directory
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat template,
 //! generation_config.json) that dlm and HF transformers both load.
 //! `dlm convert --model DIR --out DIR --dtype f16`: an HF directory (a training checkpoint, say)
@@ -14,12 +14,13 @@ use serde_json::{json, Value};
 use crate::atomic::write_atomic;
 use crate::data::gguf_tokenizer::gguf_tokenizer;
 use crate::model::gguf::{llama_params, llama_tensors, GgufFile, GgufLlamaParams};
+use crate::model::mask_token::known_mask_id;
 use crate::model::runtime::WeightDtype;
-use crate::model::{ModelConfig, Weights};
+use crate::model::{llada, Architecture, ModelConfig, Weights};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A GGUF file with `general.architecture = llama` (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors).
+    /// A GGUF file with `general.architecture` llama, llada or dream (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub gguf: Option<PathBuf>,
     /// An HF-layout model directory (config.json, safetensors, tokenizer) to store anew.
@@ -33,11 +34,17 @@ pub struct ConvertArgs {
     pub dtype: WeightDtype,
 }
 
-/// The HF `LlamaConfig` a GGUF's hyper-parameters describe.
+/// The HF config a GGUF's hyper-parameters describe: `LlamaConfig` keys (Dream's are Qwen2's,
+/// the same), LLaDA's own.
 fn hf_config(p: &GgufLlamaParams) -> Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    let (class, model_type) = match p.arch {
+        Architecture::Llada => return llada_config(p),
+        Architecture::Dream => ("DreamModel", "Dream"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
+    let mut config = json!({
+        "architectures": [class],
+        "model_type": model_type,
         "vocab_size": p.vocab,
         "hidden_size": p.hidden,
         "intermediate_size": p.ffn,
@@ -58,6 +65,43 @@ fn hf_config(p: &GgufLlamaParams) -> Value {
         "pad_token_id": p.pad_id,
         "initializer_range": 0.02,
         "use_cache": true,
+    });
+    if p.arch == Architecture::Dream {
+        // Qwen2 has q/k/v biases and no `attention_bias` key.
+        if let Some(c) = config.as_object_mut() {
+            c.remove("attention_bias");
+        }
+        config["mask_token_id"] = p.mask_id.into();
+    }
+    config
+}
+
+/// LLaDA's `ModelConfig` keys for the LLaMA block it uses.
+fn llada_config(p: &GgufLlamaParams) -> Value {
+    json!({
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "block_type": "llama",
+        "activation_type": "silu",
+        "layer_norm_type": "rms",
+        "rope": true,
+        "include_bias": false,
+        "include_qkv_bias": false,
+        "d_model": p.hidden,
+        "n_heads": p.n_head,
+        "n_kv_heads": p.n_kv_head,
+        "n_layers": p.n_layer,
+        "mlp_hidden_size": p.ffn,
+        "embedding_size": p.vocab,
+        "vocab_size": p.vocab,
+        "max_sequence_length": p.context_length,
+        "rms_norm_eps": p.rms_eps,
+        "rope_theta": p.rope_theta,
+        "weight_tying": p.tied,
+        "bos_token_id": p.bos_id,
+        "eos_token_id": p.eos_id,
+        "pad_token_id": p.pad_id,
+        "mask_token_id": p.mask_id,
     })
 }
 
@@ -105,11 +149,20 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let params = llama_params(&f)?;
     // The tokenizer before the tensors: an unsupported one is refused before any dequantising.
     let tokenizer = gguf_tokenizer(&f)?;
-    let tensors: BTreeMap<String, candle_core::Tensor> =
-        llama_tensors(&f, &params)?.into_iter().collect();
+    let tensors: BTreeMap<String, candle_core::Tensor> = llama_tensors(&f, &params)?
+        .into_iter()
+        .map(|(name, t)| match params.arch {
+            Architecture::Llada => (llada::name_from_llama(&name), t),
+            _ => (name, t),
+        })
+        .collect();
     let chat_template = f.str_value("tokenizer.chat_template").map(str::to_owned);
     drop(f); // unmap the file
-    let config = ModelConfig::from_json(hf_config(&params), gguf)?;
+    let mut config = ModelConfig::from_json(hf_config(&params), gguf)?;
+    if config.arch != Architecture::Llama && config.mask_token_id.is_none() {
+        // llama.cpp's converter does not record LLaDA's mask id.
+        config.mask_token_id = known_mask_id(&config);
+    }
     let n_tensors = tensors.len();
     let weights = Weights::new(tensors, gguf);
     // Build the model once so a GGUF whose tensors do not fit its own header fails here.

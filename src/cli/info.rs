@@ -7,6 +7,9 @@ use serde_json::json;
 
 use super::args::{load_model, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
+use crate::diffusion::shift::Shift;
+use crate::model::{Architecture, ModelConfig};
+use crate::named::Named;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -28,7 +31,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         .unwrap_or("unknown");
     let tok = Tokenizer::from_model_dir(&a.model)?;
     let name = |id: Option<u32>| id.and_then(|i| tok.as_ref().and_then(|t| t.id_to_token(i)));
-    let info = json!({
+    let mut info = json!({
         "architecture": c.arch.to_string(),
         "parameters": c.num_parameters(),
         "dtype": stored_dtype,
@@ -48,6 +51,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         "pad_token_id": c.pad_token_id, "pad_token": name(c.pad_token_id),
         "mask_token_id": c.mask_token_id, "mask_token": name(c.mask_token_id),
     });
+    if let (Some(conventions), serde_json::Value::Object(map)) = (family_conventions(c), &mut info)
+    {
+        map.extend(conventions);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else if let serde_json::Value::Object(map) = info {
@@ -59,4 +66,31 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a diffusion family fixes, for the families that fix it (LLaDA, Dream): GPT-2 and LLaMA
+/// checkpoints leave attention, shift and sampler to the run.
+fn family_conventions(c: &ModelConfig) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let shift = Shift::for_arch(c.arch)?;
+    let reading = match (c.arch, shift) {
+        (Architecture::Dream, _) => {
+            "logits at i score token i+1, read as cat(logits[:, :1], logits[:, :-1])"
+        }
+        (_, Shift::Same) => "none: logits at i score token i",
+        (_, Shift::Next) => "logits at i score token i+1",
+    };
+    let mask_from = match (c.mask_token_id, c.raw.contains_key("mask_token_id")) {
+        (Some(_), true) => "config.json `mask_token_id`",
+        (Some(_), false) => "the id known for this family and vocabulary (not in config.json)",
+        (None, _) => "none (pass --mask-id)",
+    };
+    let json = json!({
+        "family": c.arch.help(),
+        "attention": "bidirectional",
+        "shift": reading,
+        "mask_token_from": mask_from,
+        // The family's own sampler, named as the family.
+        "default_sampler": c.arch.name(),
+    });
+    json.as_object().cloned()
 }

@@ -9,6 +9,8 @@
 //!   also takes row 0's token at inference, so it differs from `Next` only in `proposes`. In
 //!   training it is `Next`: Dream never masks position 0, so that position is never a target.
 
+use crate::model::Architecture;
+
 /// How logits rows line up with token positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shift {
@@ -21,6 +23,17 @@ pub enum Shift {
 }
 
 impl Shift {
+    /// The shift a family fixes: LLaDA was trained without one (`Same`), Dream with one (`Next`,
+    /// read at inference as `cat(logits[:, :1], logits[:, :-1])`). None for GPT-2 and LLaMA,
+    /// whose run says (DiffuGPT and DiffuLLaMA: `Next`).
+    pub fn for_arch(arch: Architecture) -> Option<Self> {
+        match arch {
+            Architecture::Llada => Some(Shift::Same),
+            Architecture::Dream => Some(Shift::Next),
+            Architecture::Gpt2 | Architecture::Llama => None,
+        }
+    }
+
     /// The boolean of run configs and requests (`"shift": true` is `Next`).
     pub fn from_flag(shift: bool) -> Self {
         match shift {

@@ -269,9 +269,7 @@ fn llama_like(raw: &Map<String, Value>, path: &Path, arch: Architecture) -> Resu
         ));
     }
     if arch == Architecture::Dream && get_bool(raw, "use_sliding_window") == Some(true) {
-        return bad(
-            "`use_sliding_window: true`: sliding-window attention is not implemented".into(),
-        );
+        return bad("`use_sliding_window`: sliding-window attention is not implemented".into());
     }
     // Both spellings of the rope base: top-level (transformers 4) and
     // `rope_parameters` (transformers 5).

@@ -1,6 +1,8 @@
 //! Import of llama-architecture GGUF files (e.g. SmolLM2) into HF `LlamaForCausalLM` tensors:
 //! hyper-parameters from `llama.*` metadata, every tensor dequantised to f32 in HF names and
-//! `[out, in]` layout with llama.cpp's Q/K row permutation undone. The embedded tokenizer is
+//! `[out, in]` layout with llama.cpp's Q/K row permutation undone. llama.cpp's `llada` and
+//! `dream` files use the same tensor names under their own metadata prefix (Dream adds q/k/v
+//! biases, and its converter leaves Q/K unpermuted); they import to the same LLaMA names. The embedded tokenizer is
 //! rebuilt from the same metadata by `data::gguf_tokenizer`. Anything dlm cannot serve faithfully
 //! is refused by name rather than approximated.
 
@@ -14,12 +16,15 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
+use crate::model::Architecture;
 pub use reader::GgufFile;
 pub use value::{GgufValue, TensorInfo};
 
 /// Hyper-parameters of a llama-architecture model, as read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GgufLlamaParams {
+    /// `general.architecture`: llama, llada or dream.
+    pub arch: Architecture,
     pub n_layer: usize,
     pub hidden: usize,
     pub n_head: usize,
@@ -33,6 +38,8 @@ pub struct GgufLlamaParams {
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub pad_id: Option<u32>,
+    /// `tokenizer.ggml.mask_token_id` (llama.cpp's converter writes Dream's).
+    pub mask_id: Option<u32>,
     /// No `output.weight`: the LM head is the token embedding.
     pub tied: bool,
     pub name: Option<String>,
@@ -62,14 +69,18 @@ pub fn import_llama_gguf(path: &Path) -> Result<GgufImport> {
 
 /// The hyper-parameters of a llama-architecture file, checked (cheap: no tensor is read).
 pub fn llama_params(f: &GgufFile) -> Result<GgufLlamaParams> {
-    let arch = f.required_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(f.err(format!(
-            "architecture {arch:?} is not supported (only \"llama\")"
-        )));
-    }
+    let arch = match f.required_str("general.architecture")? {
+        "llama" => Architecture::Llama,
+        "llada" => Architecture::Llada,
+        "dream" => Architecture::Dream,
+        other => {
+            return Err(f.err(format!(
+                "architecture {other:?} is not supported (only \"llama\", \"llada\", \"dream\")"
+            )))
+        }
+    };
     let (vocab, special) = vocab_and_special_ids(f)?;
-    read_params(f, vocab, special)
+    read_params(f, arch, vocab, special)
 }
 
 /// Every tensor, dequantised, in HF names, shapes and row order; all that `p` implies must be
@@ -87,9 +98,11 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
             )));
         }
         let mut data = f.dequantize(t)?;
-        if t.name.ends_with(".attn_q.weight") {
+        // llama.cpp's converter permutes Q/K rows of LLaMA and LLaDA, not of Qwen2 (Dream).
+        let permuted = p.arch != Architecture::Dream;
+        if permuted && t.name.ends_with(".attn_q.weight") {
             data = unpermute_rows(&data, p.n_head, p.head_dim, p.hidden);
-        } else if t.name.ends_with(".attn_k.weight") {
+        } else if permuted && t.name.ends_with(".attn_k.weight") {
             data = unpermute_rows(&data, p.n_kv_head, p.head_dim, p.hidden);
         }
         tensors.push((hf, Tensor::from_vec(data, shape, &Device::Cpu)?));
@@ -109,10 +122,10 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
 }
 
 /// The vocabulary size and the bos/eos/padding ids, from the tokenizer metadata.
-fn vocab_and_special_ids(f: &GgufFile) -> Result<(usize, [Option<u32>; 3])> {
+fn vocab_and_special_ids(f: &GgufFile) -> Result<(usize, [Option<u32>; 4])> {
     let vocab = f.array("tokenizer.ggml.tokens")?.len();
-    let mut ids = [None; 3];
-    for (slot, key) in ids.iter_mut().zip(["bos", "eos", "padding"]) {
+    let mut ids = [None; 4];
+    for (slot, key) in ids.iter_mut().zip(["bos", "eos", "padding", "mask"]) {
         let key = format!("tokenizer.ggml.{key}_token_id");
         if let Some(id) = f.usize_value(&key)? {
             if id >= vocab {
@@ -124,8 +137,13 @@ fn vocab_and_special_ids(f: &GgufFile) -> Result<(usize, [Option<u32>; 3])> {
     Ok((vocab, ids))
 }
 
-fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<GgufLlamaParams> {
-    let p = "llama.";
+fn read_params(
+    f: &GgufFile,
+    arch: Architecture,
+    vocab: usize,
+    special: [Option<u32>; 4],
+) -> Result<GgufLlamaParams> {
+    let p = &format!("{arch}.");
     let n_layer = f.required_usize(&format!("{p}block_count"))?;
     let hidden = f.required_usize(&format!("{p}embedding_length"))?;
     let n_head = f.required_usize(&format!("{p}attention.head_count"))?;
@@ -139,7 +157,11 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
         .unwrap_or(10000.0);
     let rms_eps = f
         .f64_value(&format!("{p}attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| f.err("metadata llama.attention.layer_norm_rms_epsilon is missing"))?;
+        .ok_or_else(|| {
+            f.err(format!(
+                "metadata {p}attention.layer_norm_rms_epsilon is missing"
+            ))
+        })?;
 
     if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
         return Err(f.err(format!(
@@ -194,8 +216,9 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
     if n_layer == 0 || ffn == 0 || vocab == 0 {
         return Err(f.err("block_count, feed_forward_length and the vocabulary must be non-zero"));
     }
-    let [bos_id, eos_id, pad_id] = special;
+    let [bos_id, eos_id, pad_id, mask_id] = special;
     Ok(GgufLlamaParams {
+        arch,
         n_layer,
         hidden,
         n_head,
@@ -209,6 +232,7 @@ fn read_params(f: &GgufFile, vocab: usize, special: [Option<u32>; 3]) -> Result<
         bos_id,
         eos_id,
         pad_id,
+        mask_id,
         tied: f.tensor("output.weight").is_none(),
         name: f.str_value("general.name").map(str::to_owned),
     })
@@ -252,6 +276,9 @@ fn hf_name(f: &GgufFile, p: &GgufLlamaParams, name: &str) -> Result<(String, Vec
         "ffn_gate.weight" => ("mlp.gate_proj.weight", vec![ffn, h]),
         "ffn_up.weight" => ("mlp.up_proj.weight", vec![ffn, h]),
         "ffn_down.weight" => ("mlp.down_proj.weight", vec![h, ffn]),
+        "attn_q.bias" if p.arch == Architecture::Dream => ("self_attn.q_proj.bias", vec![q]),
+        "attn_k.bias" if p.arch == Architecture::Dream => ("self_attn.k_proj.bias", vec![kv]),
+        "attn_v.bias" if p.arch == Architecture::Dream => ("self_attn.v_proj.bias", vec![kv]),
         _ => return Err(unknown()),
     };
     Ok((format!("model.layers.{layer}.{hf}"), shape))
@@ -275,6 +302,11 @@ fn expected_names(p: &GgufLlamaParams) -> Vec<String> {
             "mlp.down_proj",
         ] {
             v.push(format!("model.layers.{i}.{s}.weight"));
+        }
+        if p.arch == Architecture::Dream {
+            for s in ["q_proj", "k_proj", "v_proj"] {
+                v.push(format!("model.layers.{i}.self_attn.{s}.bias"));
+            }
         }
     }
     v

@@ -47,6 +47,43 @@ pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Llama> {
     )
 }
 
+/// LLaDA's name of a weight that arrives under its LLaMA name (llama.cpp's GGUF names map to
+/// LLaMA's): `model.layers.i.self_attn.o_proj.weight` → `model.transformer.blocks.i.attn_out.weight`.
+pub fn name_from_llama(name: &str) -> String {
+    const GLOBAL: [(&str, &str); 3] = [
+        ("model.embed_tokens.weight", "model.transformer.wte.weight"),
+        ("model.norm.weight", "model.transformer.ln_f.weight"),
+        ("lm_head.weight", "model.transformer.ff_out.weight"),
+    ];
+    const IN_BLOCK: [(&str, &str); 9] = [
+        ("input_layernorm.", "attn_norm."),
+        ("post_attention_layernorm.", "ff_norm."),
+        ("self_attn.q_proj.", "q_proj."),
+        ("self_attn.k_proj.", "k_proj."),
+        ("self_attn.v_proj.", "v_proj."),
+        ("self_attn.o_proj.", "attn_out."),
+        ("mlp.gate_proj.", "ff_proj."),
+        ("mlp.up_proj.", "up_proj."),
+        ("mlp.down_proj.", "ff_out."),
+    ];
+    if let Some((_, to)) = GLOBAL.iter().find(|(from, _)| *from == name) {
+        return to.to_string();
+    }
+    let Some((layer, rest)) = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+    else {
+        return name.to_string();
+    };
+    match IN_BLOCK.iter().find(|(from, _)| rest.starts_with(from)) {
+        Some((from, to)) => format!(
+            "model.transformer.blocks.{layer}.{to}{}",
+            &rest[from.len()..]
+        ),
+        None => name.to_string(),
+    }
+}
+
 fn block(vb: VarBuilder, cfg: &ModelConfig) -> Result<Block> {
     let (d, f, qkv_bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.attention_bias);
     let (q, kv) = projection_widths(cfg);
@@ -154,10 +191,8 @@ pub(super) fn config(raw: &Map<String, Value>, path: &Path) -> DlmResult<ModelCo
             format!("`n_heads` {heads} must divide `d_model` {d} and be a multiple of `n_kv_heads` {kv_heads}"),
         ));
     }
-    let intermediate = match get_usize(raw, "mlp_hidden_size") {
-        Some(f) => f,
-        None => need(raw, path, "mlp_ratio")? * d,
-    };
+    let intermediate = get_usize(raw, "mlp_hidden_size")
+        .unwrap_or_else(|| get_usize(raw, "mlp_ratio").unwrap_or(4) * d);
     // The embedding's rows: `vocab_size` may count fewer (the table is padded).
     let rows = match get_usize(raw, "embedding_size") {
         Some(rows) => rows,

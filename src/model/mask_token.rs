@@ -13,13 +13,20 @@ pub const DIFFUGPT_S_MASK_ID: u32 = 10541;
 pub const DIFFUGPT_M_MASK_ID: u32 = 50257;
 /// DiffuLLaMA reuses LLaMA-2's `ти`.
 pub const DIFFULLAMA_MASK_ID: u32 = 811;
+/// LLaDA-8B's `<|mdm_mask|>` (vocabulary 126464), as its released config records it.
+pub const LLADA_MASK_ID: u32 = 126336;
+/// Dream-v0-7B's `<|mask|>` (vocabulary 152064), as its released config records it.
+pub const DREAM_MASK_ID: u32 = 151666;
 
-/// The mask id the paper used for this vocabulary, when a checkpoint does not record one.
+/// The mask id the paper (or the family's release) used for this vocabulary, when a checkpoint
+/// does not record one (a GGUF import, say).
 pub fn known_mask_id(config: &ModelConfig) -> Option<u32> {
     match (config.arch, config.vocab_size) {
         (Architecture::Gpt2, 50257) => Some(DIFFUGPT_S_MASK_ID),
         (Architecture::Gpt2, 50258) => Some(DIFFUGPT_M_MASK_ID),
         (Architecture::Llama, 32000) => Some(DIFFULLAMA_MASK_ID),
+        (Architecture::Llada, 126464) => Some(LLADA_MASK_ID),
+        (Architecture::Dream, 152064) => Some(DREAM_MASK_ID),
         _ => None,
     }
 }

@@ -87,3 +87,23 @@ impl Named for Size {
     }
 }
 display_and_from_str!(Size);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::named::Named;
+
+    /// Every architecture's sizes resolve to the architecture they name.
+    #[test]
+    fn every_architecture_has_sizes() {
+        for &arch in Architecture::ALL {
+            for &size in Size::ALL {
+                let json = size.hf_config(arch, 300, 256, Some(0));
+                let c = ModelConfig::from_json(json, std::path::Path::new("<preset>")).unwrap();
+                assert_eq!((c.arch, c.num_layers), (arch, size.dims().0));
+                assert_eq!((c.hidden_size, c.vocab_size), (size.dims().1, 300));
+            }
+        }
+    }
+}

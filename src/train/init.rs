@@ -36,9 +36,17 @@ pub fn init_weights(config: &ModelConfig, rng: &mut Rng) -> Result<Weights> {
         } else if is_norm {
             vec![1.0; n]
         } else {
-            let residual = ["attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj."]
-                .iter()
-                .any(|p| name.contains(p));
+            // LLaDA's: `attn_out` and the blocks' `ff_out` (the head is `transformer.ff_out`).
+            let residual = [
+                "attn.c_proj.",
+                "mlp.c_proj.",
+                "o_proj.",
+                "down_proj.",
+                "attn_out.",
+            ]
+            .iter()
+            .any(|p| name.contains(p))
+                || name.contains(".blocks.") && name.contains(".ff_out.");
             let std = if residual { residual_std } else { 0.02 };
             (0..n).map(|_| (rng.normal() * std) as f32).collect()
         };

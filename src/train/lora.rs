@@ -43,9 +43,15 @@ impl LoraConfig {
 pub fn is_adapted(name: &str, t: &Tensor) -> bool {
     t.rank() == 2
         && name.ends_with(".weight")
-        && !["wte", "wpe", "embed_tokens", "lm_head"]
-            .iter()
-            .any(|n| name.contains(n))
+        && ![
+            "wte",
+            "wpe",
+            "embed_tokens",
+            "lm_head",
+            "transformer.ff_out",
+        ]
+        .iter()
+        .any(|n| name.contains(n))
 }
 
 /// Names of the two factors of an adapted weight (PEFT's naming).
@@ -196,6 +202,9 @@ mod tests {
         let m = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
         let v = Tensor::zeros(2, DType::F32, &dev).unwrap();
         assert!(is_adapted("model.layers.0.self_attn.q_proj.weight", &m));
+        // LLaDA's head and its blocks' down projections share the leaf `ff_out`.
+        assert!(!is_adapted("model.transformer.ff_out.weight", &m));
+        assert!(is_adapted("model.transformer.blocks.0.ff_out.weight", &m));
         assert!(is_adapted("h.3.mlp.c_fc.weight", &m));
         assert!(!is_adapted("model.embed_tokens.weight", &m));
         assert!(!is_adapted("lm_head.weight", &m));

@@ -1,0 +1,261 @@
+//! LLaDA and Dream GGUF files as llama.cpp's converter writes them (architectures `llada` and
+//! `dream`: LLaMA tensor names under the family's metadata prefix; LLaDA's Q/K rows permuted as
+//! for LLaMA, Dream's q/k/v biases and rows as HF stores them; Dream's mask id in
+//! `tokenizer.ggml.mask_token_id`), written here from the fixtures' weights: `dlm convert`
+//! gives back each family's own HF layout, whose logits match the golden ones.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use dlm::model::{load_dir, Architecture};
+use dlm::ops::AttentionMask;
+
+/// A GGUF v3 metadata value.
+enum V {
+    U32(u32),
+    F32(f32),
+    Str(&'static str),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+/// A GGUF v3 file of F32 tensors given in HF order ([out, in], row-major).
+fn write_gguf(path: &Path, kv: &[(String, V)], tensors: &[(String, Tensor)]) {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        put_str(&mut b, k);
+        match v {
+            V::U32(x) => b.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+            V::F32(x) => b.extend(6u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+            V::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                put_str(&mut b, s);
+            }
+            V::Strs(a) => {
+                b.extend(9u32.to_le_bytes().into_iter().chain(8u32.to_le_bytes()));
+                b.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|s| put_str(&mut b, s));
+            }
+            V::I32s(a) => {
+                b.extend(9u32.to_le_bytes().into_iter().chain(5u32.to_le_bytes()));
+                b.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| b.extend(x.to_le_bytes()));
+            }
+        }
+    }
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().flat_map(f32::to_le_bytes).collect()
+        })
+        .collect();
+    let mut offset = 0u64;
+    for ((name, t), d) in tensors.iter().zip(&data) {
+        put_str(&mut b, name);
+        b.extend((t.rank() as u32).to_le_bytes());
+        t.dims()
+            .iter()
+            .rev()
+            .for_each(|&d| b.extend((d as u64).to_le_bytes()));
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(offset.to_le_bytes());
+        offset += (d.len() as u64).div_ceil(32) * 32;
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    for d in &data {
+        b.extend(d);
+        b.resize(b.len().div_ceil(32) * 32, 0);
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// llama.cpp's `permute` of Q/K rows for its interleaved RoPE:
+/// `w.reshape(heads, 2, rows / heads / 2, cols).swapaxes(1, 2)`.
+fn permute(w: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = w.dims2().unwrap();
+    w.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// llama.cpp's tensor name of a fixture tensor (its `tensor_mapping.py` entries for these).
+fn gguf_name(hf: &str) -> String {
+    let global = [
+        ("model.transformer.wte.weight", "token_embd.weight"),
+        ("model.transformer.ln_f.weight", "output_norm.weight"),
+        ("model.transformer.ff_out.weight", "output.weight"),
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = global.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf
+        .strip_prefix("model.transformer.blocks.")
+        .or_else(|| hf.strip_prefix("model.layers."))
+        .unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let (module, kind) = rest.rsplit_once('.').unwrap();
+    let g = match module {
+        "attn_norm" | "input_layernorm" => "attn_norm",
+        "ff_norm" | "post_attention_layernorm" => "ffn_norm",
+        "q_proj" | "self_attn.q_proj" => "attn_q",
+        "k_proj" | "self_attn.k_proj" => "attn_k",
+        "v_proj" | "self_attn.v_proj" => "attn_v",
+        "attn_out" | "self_attn.o_proj" => "attn_output",
+        "ff_proj" | "mlp.gate_proj" => "ffn_gate",
+        "up_proj" | "mlp.up_proj" => "ffn_up",
+        "ff_out" | "mlp.down_proj" => "ffn_down",
+        other => panic!("no GGUF name for {other}"),
+    };
+    format!("blk.{layer}.{g}.{kind}")
+}
+
+/// 128 GPT-2 byte-level tokens (bytes 0..128), no merges: enough for `dlm convert` to rebuild a
+/// tokenizer.
+fn byte_tokens() -> Vec<String> {
+    (0u32..128)
+        .map(|b| match b {
+            33..=126 => char::from_u32(b).unwrap(),
+            0..=32 => char::from_u32(256 + b).unwrap(),
+            _ => char::from_u32(256 + 33).unwrap(),
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// The fixture `name` as llama.cpp's converter would write it for `arch`.
+fn write_family_gguf(name: &str, arch: &'static str, path: &Path) {
+    let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+    let c = &m.config;
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut kv = vec![
+        ("general.architecture".to_string(), V::Str(arch)),
+        (key("block_count"), V::U32(c.num_layers as u32)),
+        (
+            key("context_length"),
+            V::U32(c.max_position_embeddings as u32),
+        ),
+        (key("embedding_length"), V::U32(c.hidden_size as u32)),
+        (
+            key("feed_forward_length"),
+            V::U32(c.intermediate_size as u32),
+        ),
+        (key("attention.head_count"), V::U32(c.num_heads as u32)),
+        (
+            key("attention.head_count_kv"),
+            V::U32(c.num_kv_heads as u32),
+        ),
+        (key("rope.freq_base"), V::F32(c.rope_theta as f32)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            V::F32(c.norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model".to_string(), V::Str("gpt2")),
+        ("tokenizer.ggml.pre".to_string(), V::Str("gpt2")),
+        ("tokenizer.ggml.tokens".to_string(), V::Strs(byte_tokens())),
+        ("tokenizer.ggml.merges".to_string(), V::Strs(vec![])),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            V::I32s(vec![1; 128]),
+        ),
+        ("tokenizer.ggml.eos_token_id".to_string(), V::U32(120)),
+        ("tokenizer.ggml.padding_token_id".to_string(), V::U32(120)),
+    ];
+    if arch == "dream" {
+        kv.push(("tokenizer.ggml.mask_token_id".to_string(), V::U32(125)));
+    }
+    let tensors: Vec<(String, Tensor)> = m
+        .weights
+        .iter()
+        .map(|(n, t)| {
+            let g = gguf_name(n);
+            let t = match (arch, g.rsplit('.').nth(1)) {
+                ("llada", Some("attn_q")) => permute(t, c.num_heads),
+                ("llada", Some("attn_k")) => permute(t, c.num_kv_heads),
+                _ => t.clone(),
+            };
+            (g, t)
+        })
+        .collect();
+    write_gguf(path, &kv, &tensors);
+}
+
+#[test]
+fn family_ggufs_convert_to_their_own_layout() {
+    for (name, arch, family, mask) in [
+        ("llada-tiny", "llada", Architecture::Llada, None),
+        ("dream-tiny", "dream", Architecture::Dream, Some(125)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("model.gguf");
+        write_family_gguf(name, arch, &gguf);
+        let out = dir.path().join("converted");
+        dlm([
+            "convert",
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let m = load_dir(&out, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(m.config.arch, family);
+        assert_eq!(m.config.mask_token_id, mask, "{name}");
+        // The family's own names, exactly the fixture's set.
+        let want = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let names = |w: &dlm::model::Weights| w.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&m.weights), names(&want.weights), "{name}");
+        let g = golden(name);
+        let logits = m
+            .model
+            .forward(&ids_u32(&g["input_ids"]), &AttentionMask::Bidirectional)
+            .unwrap();
+        let golden_logits = &g["logits"];
+        assert_close(
+            &format!("{name} from GGUF"),
+            &logits,
+            golden_logits,
+            2e-5 * max_abs(golden_logits),
+        );
+    }
+}
+
+#[test]
+fn unknown_gguf_architectures_list_the_served_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("model.gguf");
+    let kv = vec![("general.architecture".to_string(), V::Str("qwen3"))];
+    write_gguf(&gguf, &kv, &[]);
+    let e = dlm_fails([
+        "convert",
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        "/nonexistent",
+    ]);
+    assert!(
+        e.contains("\"qwen3\"")
+            && e.contains("llada")
+            && e.contains("dream")
+            && e.contains("model.gguf"),
+        "{e}"
+    );
+}
