@@ -34,6 +34,15 @@ impl Shift {
         }
     }
 
+    /// The shift sampling reads a model of `arch` with: the family's, where Dream's position 0
+    /// also takes row 0's token (`Concat`); `Next` for GPT-2 and LLaMA (DiffuGPT, DiffuLLaMA).
+    pub fn for_sampling(arch: Architecture) -> Self {
+        match arch {
+            Architecture::Dream => Shift::Concat,
+            _ => Self::for_arch(arch).unwrap_or(Shift::Next),
+        }
+    }
+
     /// The boolean of run configs and requests (`"shift": true` is `Next`).
     pub fn from_flag(shift: bool) -> Self {
         match shift {
@@ -117,6 +126,12 @@ mod tests {
         assert_eq!(Shift::Concat.proposal_row(5), 4);
         let concat: Vec<_> = Shift::Concat.targets(&x0, |j| j != 2).collect();
         assert_eq!(concat, next);
+        use Architecture::*;
+        let sampling = [Gpt2, Llama, Llada, Dream].map(Shift::for_sampling);
+        assert_eq!(
+            sampling,
+            [Shift::Next, Shift::Next, Shift::Same, Shift::Concat]
+        );
         assert_eq!(Shift::from_flag(false), Shift::Same);
     }
 }

@@ -16,11 +16,12 @@ use crate::model::Architecture;
 /// (`Shift` for the alignment): DiffuGPT and DiffuLLaMA use the reference's top-k confidence
 /// sampler and `Next`; LLaDA and Dream their own samplers, `Same` and `Concat`.
 pub fn family_sampler(arch: Architecture) -> (SamplerName, Shift) {
-    match arch {
-        Architecture::Gpt2 | Architecture::Llama => (SamplerName::TopkConfidence, Shift::Next),
-        Architecture::Llada => (SamplerName::Llada, Shift::Same),
-        Architecture::Dream => (SamplerName::Dream, Shift::Concat),
-    }
+    let sampler = match arch {
+        Architecture::Gpt2 | Architecture::Llama => SamplerName::TopkConfidence,
+        Architecture::Llada => SamplerName::Llada,
+        Architecture::Dream => SamplerName::Dream,
+    };
+    (sampler, Shift::for_sampling(arch))
 }
 
 /// The families' own sampler settings, each valid only with its sampler (`--remasking` and
