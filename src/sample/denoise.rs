@@ -6,10 +6,13 @@
 //! Reference semantics kept here:
 //! * Shift at inference (`Shift::proposal_row`): position i takes its token from logits row
 //!   i − 1; position 0 keeps the input token (`Canvas::first`) and takes row 0's score, as the
-//!   reference shifts the scores.
+//!   reference shifts the scores. (LLaDA: row i, `Shift::Same`; Dream: position 0 takes row 0's
+//!   token too, `Shift::Concat`.)
 //! * Fixed and committed positions are frozen; their proposals are their current tokens.
-//! * T forwards in total; after the last one every remaining masked position commits.
+//! * T forwards in total; after the last one every remaining masked position commits (the
+//!   families' samplers: their own schedules decide every step, the last included).
 //! * Each step's proposals are fresh; nothing uncommitted carries over.
+//! * LLaDA's guidance runs the unconditional canvases in the same forward, after the others.
 //!
 //! `HeadRows::All` is the exact path: the LM head runs on every row and a token is drawn at every
 //! position, as the reference does. `HeadRows::Needed` runs the head only on the rows whose
@@ -123,7 +126,8 @@ impl Denoiser<'_> {
                     ids.extend(llada::unconditional(&c.ids, &c.fixed, c.mask_id));
                 }
             }
-            let ids = Tensor::from_vec(ids.clone(), (ids.len() / l, l), self.device)?;
+            let rows = ids.len() / l;
+            let ids = Tensor::from_vec(ids, (rows, l), self.device)?;
             let spans: Vec<(usize, usize)> = active.iter().map(|&b| progress[b].span(l)).collect();
             let (hidden, offset) = self.hidden(&ids, &active, &spans, &mut cache)?;
             let window = hidden.dim(1)?;
