@@ -77,7 +77,7 @@ fn family_conventions(c: &ModelConfig) -> Option<serde_json::Map<String, serde_j
             "logits at i score token i+1, read as cat(logits[:, :1], logits[:, :-1])"
         }
         (_, Shift::Same) => "none: logits at i score token i",
-        (_, Shift::Next) => "logits at i score token i+1",
+        (_, Shift::Next | Shift::Concat) => "logits at i score token i+1",
     };
     let mask_from = match (c.mask_token_id, c.raw.contains_key("mask_token_id")) {
         (Some(_), true) => "config.json `mask_token_id`",

@@ -12,11 +12,15 @@ use serde_json::json;
 use super::args::{load_model, RuntimeArgs};
 use super::named::named;
 use crate::data::tokenizer::Tokenizer;
+use crate::model::Architecture;
 use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
 use crate::sample::denoise::Denoiser;
+use crate::sample::dream::Alg;
 use crate::sample::events::StepEvent;
+use crate::sample::family::FamilySettings;
 use crate::sample::kv_reuse::CacheMode;
+use crate::sample::llada::Remasking;
 use crate::sample::options::DiffusionOptions;
 pub use crate::sample::request::Request;
 use crate::sample::request::{
@@ -47,8 +51,25 @@ pub struct DiffusionArgs {
     /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
     #[arg(long, default_value_t = 64)]
     pub steps: usize,
-    #[arg(long, value_parser = named::<SamplerName>(), default_value_t = SamplerName::TopkConfidence)]
-    pub sampler: SamplerName,
+    /// The commit rule [default: the model family's own: llada for LLaDA, dream for Dream,
+    /// topk-confidence otherwise].
+    #[arg(long, value_parser = named::<SamplerName>())]
+    pub sampler: Option<SamplerName>,
+    /// llada: what ranks the masked positions [default: low-confidence].
+    #[arg(long, value_parser = named::<Remasking>())]
+    pub remasking: Option<Remasking>,
+    /// llada: classifier-free guidance scale; > 0 adds a pass with the prompt masked [default: 0].
+    #[arg(long)]
+    pub cfg_scale: Option<f32>,
+    /// dream: how positions are chosen each step [default: entropy, as Dream's demos].
+    #[arg(long, value_parser = named::<Alg>())]
+    pub alg: Option<Alg>,
+    /// dream: > 0 draws the committed positions from softmax(confidence / ALG_TEMP).
+    #[arg(long)]
+    pub alg_temp: Option<f32>,
+    /// dream: the end of the time grid linspace(1, EPS, steps + 1) [default: 0.001].
+    #[arg(long)]
+    pub eps: Option<f32>,
     /// Parallel decoding: also commit every masked position whose token has probability > P.
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -116,8 +137,8 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Request>> {
 }
 
 impl DiffusionArgs {
-    /// Folds the flags into sampler options, once, before any loop.
-    pub fn options(&self, c: &ChoiceArgs) -> anyhow::Result<DiffusionOptions> {
+    /// Folds the flags into sampler options for a model of `arch`, once, before any loop.
+    pub fn options(&self, c: &ChoiceArgs, arch: Architecture) -> anyhow::Result<DiffusionOptions> {
         if self.trace && !self.json {
             bail!("--trace needs --json");
         }
@@ -131,8 +152,15 @@ impl DiffusionArgs {
             block_length: self.block_length,
             exact: self.exact,
             cache: self.cache,
+            family: FamilySettings {
+                remasking: self.remasking,
+                cfg_scale: self.cfg_scale,
+                alg: self.alg,
+                alg_temp: self.alg_temp,
+                eps: self.eps,
+            },
         };
-        Ok(settings.options()?)
+        Ok(settings.options(arch)?)
     }
 }
 
@@ -163,8 +191,12 @@ pub fn run(
     default_length: Option<usize>,
     prompt_only: bool,
 ) -> anyhow::Result<()> {
-    let opts = d.options(choice)?;
+    // A named sampler's flags are checked before the model loads; the family default after.
+    if d.sampler.is_some() {
+        d.options(choice, Architecture::Gpt2)?;
+    }
     let m = load_model(model_dir, runtime)?;
+    let opts = d.options(choice, m.config.arch)?;
     let device = runtime.device.open()?;
     let mask_id = mask_id(&m.config, model_dir, d.mask_id)?;
     let tokenizer = if model_dir.join("tokenizer.json").exists() {
@@ -182,7 +214,7 @@ pub fn run(
     for (k, r) in requests.iter().enumerate() {
         let c = builder.build(r).with_context(|| format!("request {k}"))?;
         let n = c.num_masked();
-        if d.steps > n {
+        if d.steps > n && !opts.sampler.is_family() {
             eprintln!("warning: request {k}: --steps {} > {n} masked positions; using {n} steps (each step commits at least one token)", d.steps);
         }
         canvases.push(c);
@@ -211,6 +243,7 @@ pub fn run(
                 if d.trace {
                     traces[chunk[e.canvas]].push(json!({
                         "step": e.step, "tokens": e.tokens, "masked": e.masked,
+                        "x0": e.x0, "confidence": e.ranks,
                     }));
                 }
                 if d.show_steps {

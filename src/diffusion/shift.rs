@@ -5,9 +5,9 @@
 //!   Position 0 has no row: it is never a target, and at inference it keeps its input token
 //!   while taking row 0's score (the reference shifts the scores as `cat(s[:, :1], s[:, :-1])`).
 //! * `Same`: logits at i predict token i (LLaDA; the paper's "without shift" ablation).
-//!
-//! Dream's inference, `cat(logits[:, :1], logits[:, :-1])`, is `Next` except that position 0 also
-//! takes row 0's token: a variant that differs from `Next` only in `proposes`.
+//! * `Concat`: Dream's `cat(logits[:, :1], logits[:, :-1])`. It is `Next` except that position 0
+//!   also takes row 0's token at inference, so it differs from `Next` only in `proposes`. In
+//!   training it is `Next`: Dream never masks position 0, so that position is never a target.
 
 use crate::model::Architecture;
 
@@ -18,6 +18,8 @@ pub enum Shift {
     Next,
     /// Logits at i predict token i.
     Same,
+    /// `Next`, and row 0 also proposes position 0 (Dream's inference).
+    Concat,
 }
 
 impl Shift {
@@ -32,6 +34,15 @@ impl Shift {
         }
     }
 
+    /// The shift sampling reads a model of `arch` with: the family's, where Dream's position 0
+    /// also takes row 0's token (`Concat`); `Next` for GPT-2 and LLaMA (DiffuGPT, DiffuLLaMA).
+    pub fn for_sampling(arch: Architecture) -> Self {
+        match arch {
+            Architecture::Dream => Shift::Concat,
+            _ => Self::for_arch(arch).unwrap_or(Shift::Next),
+        }
+    }
+
     /// The boolean of run configs and requests (`"shift": true` is `Next`).
     pub fn from_flag(shift: bool) -> Self {
         match shift {
@@ -43,7 +54,7 @@ impl Shift {
     /// The first position a row predicts: positions before it are never targets.
     pub fn first_target(self) -> usize {
         match self {
-            Shift::Next => 1,
+            Shift::Next | Shift::Concat => 1,
             Shift::Same => 0,
         }
     }
@@ -79,7 +90,7 @@ impl Shift {
     /// Whether position `j` takes its token from the model at inference (false: it keeps the
     /// input token, `Canvas::first`).
     pub fn proposes(self, j: usize) -> bool {
-        self.row_for(j).is_some()
+        self == Shift::Concat || self.row_for(j).is_some()
     }
 }
 
@@ -107,6 +118,20 @@ mod tests {
             (0, true)
         );
         assert_eq!(Shift::Next.target_of(4), 5);
+        // Dream: position 0 reads row 0 and takes its token; every other position as `Next`.
+        assert_eq!(
+            (Shift::Concat.proposal_row(0), Shift::Concat.proposes(0)),
+            (0, true)
+        );
+        assert_eq!(Shift::Concat.proposal_row(5), 4);
+        let concat: Vec<_> = Shift::Concat.targets(&x0, |j| j != 2).collect();
+        assert_eq!(concat, next);
+        use Architecture::*;
+        let sampling = [Gpt2, Llama, Llada, Dream].map(Shift::for_sampling);
+        assert_eq!(
+            sampling,
+            [Shift::Next, Shift::Next, Shift::Same, Shift::Concat]
+        );
         assert_eq!(Shift::from_flag(false), Shift::Same);
     }
 }

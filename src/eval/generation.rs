@@ -24,6 +24,7 @@ use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::canvas::Canvas;
 use crate::sample::denoise::Denoiser;
+use crate::sample::family::family_sampler;
 use crate::sample::filter::TokenChoice;
 use crate::sample::head_rows::HeadRows;
 use crate::sample::options::DiffusionOptions;
@@ -273,6 +274,8 @@ pub fn fill(
     };
     let opts = DiffusionOptions {
         choice,
+        // The row that scores each token is the model family's (LLaDA: the same position).
+        shift: family_sampler(model.config().arch).1,
         // Same canvases as the all-rows path for argmax, and an equally distributed sample.
         head_rows: HeadRows::Needed,
         ..DiffusionOptions::reference(item.steps)

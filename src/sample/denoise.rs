@@ -1,15 +1,18 @@
 //! Algorithm 2 (paper §3, reference-semantics §2.1): the denoising loop shared by every diffusion
 //! sampler. Each step runs one bidirectional forward over a batch of canvases, proposes a token
-//! for every undecided position, then a commit rule (`topk_confidence`, `random_keep`, `unmask`)
-//! decides which proposals become final.
+//! for every undecided position, then a commit rule (`topk_confidence`, `random_keep`, `unmask`,
+//! or a family's own sampler, `llada` and `dream`) decides which proposals become final.
 //!
 //! Reference semantics kept here:
 //! * Shift at inference (`Shift::proposal_row`): position i takes its token from logits row
 //!   i − 1; position 0 keeps the input token (`Canvas::first`) and takes row 0's score, as the
-//!   reference shifts the scores.
+//!   reference shifts the scores. (LLaDA: row i, `Shift::Same`; Dream: position 0 takes row 0's
+//!   token too, `Shift::Concat`.)
 //! * Fixed and committed positions are frozen; their proposals are their current tokens.
-//! * T forwards in total; after the last one every remaining masked position commits.
+//! * T forwards in total; after the last one every remaining masked position commits (the
+//!   families' samplers: their own schedules decide every step, the last included).
 //! * Each step's proposals are fresh; nothing uncommitted carries over.
+//! * LLaDA's guidance runs the unconditional canvases in the same forward, after the others.
 //!
 //! `HeadRows::All` is the exact path: the LM head runs on every row and a token is drawn at every
 //! position, as the reference does. `HeadRows::Needed` runs the head only on the rows whose
@@ -20,13 +23,12 @@ use candle_core::{Device, Tensor};
 
 use super::canvas::Canvas;
 use super::events::{OnStep, StepEvent};
-use super::filter::TokenChoice;
-use super::head_rows::{head_rows, HeadRows, ProposalRow};
+use super::head_rows::{head_rows, HeadOutput, HeadRows, ProposalRow};
 use super::kv_reuse::{CacheMode, StepCache};
 use super::options::{DiffusionOptions, Sampler};
 use super::proposal::{propose_rows, Pick};
 use super::schedule::Progress;
-use super::{random_keep, topk_confidence, unmask};
+use super::{dream, llada, random_keep, topk_confidence, unmask};
 use crate::error::{Error, Result};
 use crate::model::LanguageModel;
 use crate::ops::AttentionMask;
@@ -89,16 +91,16 @@ impl Denoiser<'_> {
         let l = canvases[0].len();
         let mut progress = canvases
             .iter()
-            .map(|c| Progress::new(c, opts.steps, opts.block_length))
+            .map(|c| Ok(Progress::new(opts.phases(&c.generated())?)))
             .collect::<Result<Vec<_>>>()?;
-        let rule = match opts.sampler {
-            Sampler::Ranked(r) => Some(r),
+        let proposer = opts.proposer();
+        let guidance = match opts.sampler {
+            Sampler::Llada(l) => l.guidance(),
             _ => None,
         };
         // Greedy choice ranked by its own probability needs no logits beyond each row's maximum
         // and normaliser, which the head computes without writing the logits.
-        let greedy =
-            opts.choice == TokenChoice::Greedy && !rule.is_some_and(|r| r.needs_distribution());
+        let greedy = proposer.greedy_rows_suffice() && guidance.is_none();
         let mut cache = None;
 
         loop {
@@ -113,11 +115,19 @@ impl Denoiser<'_> {
             if active.is_empty() {
                 return Ok(report);
             }
-            let ids: Vec<u32> = active
+            let mut ids: Vec<u32> = active
                 .iter()
                 .flat_map(|&b| canvases[b].ids.clone())
                 .collect();
-            let ids = Tensor::from_vec(ids, (active.len(), l), self.device)?;
+            // Guidance: the same canvases with every given position masked, in the same forward.
+            if guidance.is_some() {
+                for &b in &active {
+                    let c = &canvases[b];
+                    ids.extend(llada::unconditional(&c.ids, &c.fixed, c.mask_id));
+                }
+            }
+            let rows = ids.len() / l;
+            let ids = Tensor::from_vec(ids, (rows, l), self.device)?;
             let spans: Vec<(usize, usize)> = active.iter().map(|&b| progress[b].span(l)).collect();
             let (hidden, offset) = self.hidden(&ids, &active, &spans, &mut cache)?;
             let window = hidden.dim(1)?;
@@ -145,9 +155,8 @@ impl Denoiser<'_> {
             let picks: Vec<Pick> = if wanted.is_empty() {
                 vec![]
             } else {
-                let head = head_rows(self.model, &hidden, &wanted, opts.head_rows, greedy)?;
-                report.head_rows += head.row_count()?;
-                propose_rows(&head, &wanted, &seeds, opts.choice, rule)?
+                let head = self.head(&hidden, &wanted, greedy, guidance, &mut report)?;
+                propose_rows(&head, &wanted, &seeds, proposer)?
             };
 
             let mut by_canvas: Vec<Vec<(usize, Pick)>> = active.iter().map(|_| vec![]).collect();
@@ -187,6 +196,29 @@ impl Denoiser<'_> {
         Ok(StepCache::forward(cache, model, ids, active, (start, end))?)
     }
 
+    /// The LM head on the rows `wanted` reads. Under guidance `hidden` holds the conditional
+    /// canvases, then the unconditional ones, and the head's logits are guided.
+    fn head(
+        &self,
+        hidden: &Tensor,
+        wanted: &[ProposalRow],
+        greedy: bool,
+        guidance: Option<f32>,
+        report: &mut SampleReport,
+    ) -> Result<HeadOutput> {
+        let mode = self.opts.head_rows;
+        let Some(scale) = guidance else {
+            let head = head_rows(self.model, hidden, wanted, mode, greedy)?;
+            report.head_rows += head.row_count()?;
+            return Ok(head);
+        };
+        let b = hidden.dim(0)? / 2;
+        let cond = head_rows(self.model, &hidden.narrow(0, 0, b)?, wanted, mode, false)?;
+        let un = head_rows(self.model, &hidden.narrow(0, b, b)?, wanted, mode, false)?;
+        report.head_rows += cond.row_count()? + un.row_count()?;
+        cond.combine(&un, |c, u| llada::guide(c, u, scale))
+    }
+
     /// Positions whose proposal is computed this step.
     fn wanted(&self, c: &Canvas, p: &Progress) -> Vec<usize> {
         match (self.opts.head_rows, p.phase()) {
@@ -195,6 +227,9 @@ impl Denoiser<'_> {
             // Committed positions compete in the top-k ranking (quirk), so they need scores too.
             (HeadRows::Needed, Some(ph)) if self.opts.sampler == Sampler::TopkConfidence => {
                 ph.positions.clone()
+            }
+            (HeadRows::Needed, Some(_)) if matches!(self.opts.sampler, Sampler::Llada(_)) => {
+                llada::candidates(&c.masked, p.span(c.len()).1)
             }
             (HeadRows::Needed, Some(ph)) => ph
                 .positions
@@ -224,18 +259,20 @@ impl Denoiser<'_> {
     ) -> Result<()> {
         let opts = self.opts;
         let input = c.ids.clone();
+        let mut x0 = c.ids.clone();
         let mut proposal = c.ids.clone();
         let mut scores = vec![f32::NAN; c.len()];
         let mut ranks = vec![f32::NAN; c.len()];
         for (i, pk) in picks {
             scores[i] = pk.logprob;
             ranks[i] = pk.rank;
+            x0[i] = if opts.shift.proposes(i) {
+                pk.token
+            } else {
+                c.first
+            };
             if c.masked[i] {
-                proposal[i] = if opts.shift.proposes(i) {
-                    pk.token
-                } else {
-                    c.first
-                };
+                proposal[i] = x0[i];
             }
         }
         let t = p.t();
@@ -249,7 +286,17 @@ impl Denoiser<'_> {
             .filter(|&i| c.masked[i])
             .collect();
         let mut kept_masked = None;
+        let step = p.step_in_phase();
         let commits = match opts.sampler {
+            // The families' own schedules decide their last step too.
+            Sampler::Llada(_) => {
+                let candidates = llada::candidates(&c.masked, p.span(c.len()).1);
+                llada::step_commits(phase, step, &candidates, &ranks)
+            }
+            Sampler::Dream(d) => {
+                let ts = dream::timesteps(phase.steps, d.eps);
+                dream::step_commits(&d, step, &ts, &masked, &ranks, rng)
+            }
             _ if t == 0 => masked,
             Sampler::TopkConfidence => {
                 let (keep, commits) = topk_confidence::step_commits(phase, t, &scores, &c.masked);
@@ -261,9 +308,11 @@ impl Denoiser<'_> {
                 unmask::step_commits(phase, t, &masked, &ranks, &scores, opts.threshold)
             }
         };
+        // The families' masked state is `x == mask_id`: a committed mask id stays masked.
+        let by_id = opts.sampler.is_family();
         for &i in &commits {
             c.ids[i] = proposal[i];
-            c.masked[i] = false;
+            c.masked[i] = by_id && proposal[i] == c.mask_id;
         }
         let phase_done = !phase.positions.iter().any(|&i| c.masked[i]);
         p.advance(phase_done, self.early_exit());
@@ -273,7 +322,9 @@ impl Denoiser<'_> {
             total_steps: p.total,
             input: &input,
             proposal: &proposal,
+            x0: &x0,
             scores: &scores,
+            ranks: &ranks,
             kept_masked,
             committed: commits.len(),
             tokens: &c.ids,

@@ -15,8 +15,14 @@ pub struct StepEvent<'a> {
     pub input: &'a [u32],
     /// The shifted proposal `x0` after this forward; fixed and committed positions are frozen.
     pub proposal: &'a [u32],
+    /// Each position's proposal before freezing: the reference's `x0` at every position (the
+    /// current token where the head did not run).
+    pub x0: &'a [u32],
     /// Log-probability of each proposed token after temperature; NaN where the head did not run.
     pub scores: &'a [f32],
+    /// The score the commit rule ranks each proposal by (the families' `x0_p` / `confidence`);
+    /// NaN where the head did not run.
+    pub ranks: &'a [f32],
     /// Top-k confidence only: how many positions the schedule keeps masked (`cutoff_len`).
     pub kept_masked: Option<usize>,
     /// Positions committed by this step.

@@ -65,6 +65,26 @@ impl HeadOutput {
         }
     }
 
+    /// The logits of `self` and `other` (the same rows of two passes) combined by `f`, as
+    /// classifier-free guidance does; an error for greedy outputs, which hold no logits.
+    pub fn combine(
+        self,
+        other: &HeadOutput,
+        f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<HeadOutput> {
+        match (&self.values, &other.values) {
+            (HeadValues::Logits(a), HeadValues::Logits(b)) if self.rows == other.rows => {
+                Ok(HeadOutput {
+                    values: HeadValues::Logits(f(a, b)?),
+                    rows: self.rows,
+                })
+            }
+            _ => Err(Error::Internal(
+                "combining head outputs needs the logits of the same rows".into(),
+            )),
+        }
+    }
+
     /// Rows that went through the head.
     pub fn row_count(&self) -> Result<usize> {
         Ok(match &self.values {

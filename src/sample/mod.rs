@@ -1,13 +1,17 @@
 //! Turning models into text: the autoregressive baseline, and the diffusion samplers of
-//! Algorithm 2 (reference-semantics §2) with their accelerations, on the same filters.
+//! Algorithm 2 (reference-semantics §2) with their accelerations, on the same filters; LLaDA's
+//! and Dream's own samplers run in the same loop.
 
 pub mod autoregressive;
 pub mod canvas;
 pub mod denoise;
+pub mod dream;
 pub mod events;
+pub mod family;
 pub mod filter;
 pub mod head_rows;
 pub mod kv_reuse;
+pub mod llada;
 pub mod options;
 pub mod proposal;
 pub mod random_keep;

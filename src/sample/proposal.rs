@@ -1,13 +1,67 @@
 //! A step's proposals: for every wanted position, a token drawn from its logits row, that token's
-//! log-probability after temperature, and the score a ranking rule sorts by.
+//! log-probability after temperature, and the score a ranking rule sorts by. The families' own
+//! samplers propose as their references do (`llada`, `dream`).
 
 use rayon::prelude::*;
 
+use super::dream::Dream;
 use super::filter::{choose, TokenChoice};
 use super::head_rows::{HeadOutput, HeadValues, ProposalRow};
+use super::llada::Remasking;
 use super::unmask::{distribution_score, Rule};
+use super::{dream, llada};
 use crate::error::Result;
+use crate::ops::Greedy;
 use crate::rng::Rng;
+
+/// How a logits row becomes a proposal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Proposer {
+    /// dlm's token choice, ranked by `rule` (log-probability without one).
+    Choice(TokenChoice, Option<Rule>),
+    /// LLaDA's `generate()`: Gumbel-max or argmax, ranked by `remasking`.
+    Llada {
+        temperature: f32,
+        remasking: Remasking,
+    },
+    /// Dream's `sample_tokens`, ranked by its `alg`.
+    Dream { temperature: f32, dream: Dream },
+}
+
+impl Proposer {
+    /// Whether each row's greedy choice (token and log-probability) is all a proposal needs, so
+    /// the head need not write the logits.
+    pub fn greedy_rows_suffice(self) -> bool {
+        match self {
+            Proposer::Choice(choice, rule) => {
+                choice == TokenChoice::Greedy && !rule.is_some_and(|r| r.needs_distribution())
+            }
+            Proposer::Llada { temperature, .. } => temperature <= 0.0,
+            Proposer::Dream { temperature, dream } => dream.greedy_rows_suffice(temperature),
+        }
+    }
+
+    /// The proposal of one logits row.
+    fn pick(self, logits: &[f32], rng: &mut Rng) -> Pick {
+        match self {
+            Proposer::Choice(choice, rule) => pick(logits, choice, rule, rng),
+            Proposer::Llada {
+                temperature,
+                remasking,
+            } => llada::pick(logits, temperature, remasking, rng),
+            Proposer::Dream { temperature, dream } => dream::pick(logits, temperature, &dream, rng),
+        }
+    }
+
+    /// The proposal of a row's greedy choice (when `greedy_rows_suffice`).
+    fn pick_greedy(self, g: Greedy, rng: &mut Rng) -> Pick {
+        match self {
+            Proposer::Choice(_, rule) => propose(g.token, g.logprob, rule, rng),
+            Proposer::Llada { remasking, .. } => llada::pick_greedy(g, remasking, rng),
+            Proposer::Dream { .. } => dream::pick_greedy(g),
+        }
+    }
+}
 
 /// One proposal: the token, its log-probability after temperature, and its rank score.
 pub struct Pick {
@@ -22,8 +76,7 @@ pub fn propose_rows(
     head: &HeadOutput,
     wanted: &[ProposalRow],
     seeds: &[u64],
-    choice: TokenChoice,
-    rule: Option<Rule>,
+    proposer: Proposer,
 ) -> Result<Vec<Pick>> {
     let index: Vec<usize> = wanted
         .iter()
@@ -33,7 +86,7 @@ pub fn propose_rows(
         HeadValues::Greedy(rows) => index
             .iter()
             .zip(seeds)
-            .map(|(&k, &seed)| propose(rows[k].token, rows[k].logprob, rule, &mut Rng::seed(seed)))
+            .map(|(&k, &seed)| proposer.pick_greedy(rows[k], &mut Rng::seed(seed)))
             .collect(),
         // Borrowed in place on the CPU: the full-logits path would otherwise copy B·L·V floats.
         HeadValues::Logits(logits) => {
@@ -44,7 +97,7 @@ pub fn propose_rows(
                     .zip(seeds)
                     .map(|(&k, &seed)| {
                         let row = &data[k * vocab..(k + 1) * vocab];
-                        pick(row, choice, rule, &mut Rng::seed(seed))
+                        proposer.pick(row, &mut Rng::seed(seed))
                     })
                     .collect())
             })?

@@ -9,15 +9,15 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
+use super::family::{family_sampler, FamilySettings};
 use super::filter::TokenChoice;
 use super::head_rows::HeadRows;
 use super::kv_reuse::CacheMode;
 use super::options::{DiffusionOptions, Sampler};
 use super::unmask::Rule;
 use crate::data::tokenizer::Tokenizer;
-use crate::diffusion::shift::Shift;
 use crate::error::{Error, OptionMessage, Result};
-use crate::model::ModelConfig;
+use crate::model::{Architecture, ModelConfig};
 use crate::named::{display_and_from_str, Named};
 
 /// The commit rules by the names users type (`--sampler`, a request's `sampler`).
@@ -30,6 +30,8 @@ pub enum SamplerName {
     Margin,
     Entropy,
     Random,
+    Llada,
+    Dream,
 }
 
 impl Named for SamplerName {
@@ -41,6 +43,8 @@ impl Named for SamplerName {
         Self::Margin,
         Self::Entropy,
         Self::Random,
+        Self::Llada,
+        Self::Dream,
     ];
 
     fn name(self) -> &'static str {
@@ -51,6 +55,8 @@ impl Named for SamplerName {
             Self::Margin => "margin",
             Self::Entropy => "entropy",
             Self::Random => "random",
+            Self::Llada => "llada",
+            Self::Dream => "dream",
         }
     }
 
@@ -66,6 +72,8 @@ impl Named for SamplerName {
             Self::Margin => "Commit by top-1 minus top-2 probability",
             Self::Entropy => "Commit the lowest-entropy positions",
             Self::Random => "Commit in random order",
+            Self::Llada => "LLaDA's generate() (the default for LLaDA models)",
+            Self::Dream => "Dream's diffusion_generate() (the default for Dream models)",
         }
     }
 }
@@ -80,6 +88,8 @@ impl SamplerName {
             SamplerName::Margin => Sampler::Ranked(Rule::Margin),
             SamplerName::Entropy => Sampler::Ranked(Rule::Entropy),
             SamplerName::Random => Sampler::Ranked(Rule::Random),
+            SamplerName::Llada => Sampler::Llada(Default::default()),
+            SamplerName::Dream => Sampler::Dream(Default::default()),
         }
     }
 }
@@ -88,7 +98,8 @@ impl SamplerName {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSettings {
     pub steps: usize,
-    pub sampler: SamplerName,
+    /// None: the model family's own (`family_sampler`).
+    pub sampler: Option<SamplerName>,
     /// 0 means greedy.
     pub temperature: f32,
     pub top_p: Option<f32>,
@@ -99,12 +110,13 @@ pub struct SamplerSettings {
     pub exact: bool,
     /// Reuse keys and values across the steps of a block (approximate).
     pub cache: CacheMode,
+    pub family: FamilySettings,
 }
 
 impl SamplerSettings {
-    /// Folds the settings into sampler options, once, before any loop; every inconsistency is an
-    /// `Error::InvalidOption` naming the setting.
-    pub fn options(&self) -> Result<DiffusionOptions> {
+    /// Folds the settings into sampler options for a model of `arch`, once, before any loop;
+    /// every inconsistency is an `Error::InvalidOption` naming the setting.
+    pub fn options(&self, arch: Architecture) -> Result<DiffusionOptions> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             let t = self.temperature;
             let rest = format!("{t} must be a finite number ≥ 0 (0 is greedy)");
@@ -116,7 +128,9 @@ impl SamplerSettings {
         if self.top_k == Some(0) {
             return Err(Error::option("top_k", "must be at least 1"));
         }
-        let sampler = self.sampler.sampler();
+        let (family_default, shift) = family_sampler(arch);
+        let name = self.sampler.unwrap_or(family_default);
+        let sampler = self.family.apply(name.sampler(), self.top_p, self.top_k)?;
         if sampler == Sampler::TopkConfidence && (self.top_p.is_some() || self.top_k.is_some()) {
             return Err(Error::InvalidOption(
                 OptionMessage::default()
@@ -132,7 +146,7 @@ impl SamplerSettings {
             steps: self.steps,
             sampler,
             choice: TokenChoice::from_flags(self.temperature, self.top_k, self.top_p),
-            shift: Shift::Next,
+            shift,
             threshold: self.threshold,
             block_length: self.block_length,
             head_rows: HeadRows::exact_if(self.exact),
@@ -333,7 +347,7 @@ mod tests {
     fn settings_are_checked_before_sampling() {
         let ok = SamplerSettings {
             steps: 4,
-            sampler: SamplerName::Confidence,
+            sampler: Some(SamplerName::Confidence),
             temperature: 0.0,
             top_p: None,
             top_k: None,
@@ -341,8 +355,10 @@ mod tests {
             block_length: None,
             exact: false,
             cache: CacheMode::None,
+            family: FamilySettings::default(),
         };
-        assert!(ok.options().is_ok());
+        let gpt2 = Architecture::Gpt2;
+        assert!(ok.options(gpt2).is_ok());
         let bad = [
             SamplerSettings {
                 temperature: -1.0,
@@ -357,13 +373,13 @@ mod tests {
                 ..ok.clone()
             },
             SamplerSettings {
-                sampler: SamplerName::TopkConfidence,
+                sampler: Some(SamplerName::TopkConfidence),
                 top_k: Some(3),
                 ..ok.clone()
             },
         ];
         for s in bad {
-            assert!(s.options().is_err(), "{s:?}");
+            assert!(s.options(gpt2).is_err(), "{s:?}");
         }
     }
 }

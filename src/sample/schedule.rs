@@ -2,7 +2,6 @@
 //! phases (semi-autoregressive blocks, or one phase without blocks) that share the T steps, and
 //! where each canvas is in them.
 
-use super::canvas::Canvas;
 use crate::error::{Error, Result};
 
 /// A stretch of the schedule: these positions unmask over `steps` forwards.
@@ -53,16 +52,21 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(c: &Canvas, steps: usize, block_length: Option<usize>) -> Result<Self> {
-        let phases = plan(&c.generated(), steps, block_length)?;
+    /// At the start of `phases` (from `plan`, or a family sampler's own schedule).
+    pub fn new(phases: Vec<Phase>) -> Self {
         let total = phases.iter().map(|p| p.steps).sum();
-        Ok(Self {
+        Self {
             phases,
             phase: 0,
             step: 0,
             done: 0,
             total,
-        })
+        }
+    }
+
+    /// Steps done in the current phase: the index of the next one.
+    pub fn step_in_phase(&self) -> usize {
+        self.step
     }
 
     /// The current phase; None once the canvas is finished or stopped.

@@ -10,8 +10,9 @@ mod response;
 use super::error::ApiError;
 use super::ServerState;
 use crate::sample::canvas::{parse_template, Canvas, TemplatePart};
+use crate::sample::family::FamilySettings;
 use crate::sample::options::DiffusionOptions;
-use crate::sample::request::{Request, SamplerName, SamplerSettings};
+use crate::sample::request::{Request, SamplerSettings};
 pub use request::{parse, ApiRequest, Prompt, Stop};
 pub use response::{choice, chunk, response, Usage};
 
@@ -175,7 +176,7 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
     limit("steps", steps, lim.max_steps)?;
     let settings = SamplerSettings {
         steps,
-        sampler: r.sampler.unwrap_or(SamplerName::TopkConfidence),
+        sampler: r.sampler,
         temperature: r.temperature.unwrap_or(0.0),
         top_p: r.top_p,
         top_k: r.top_k,
@@ -183,6 +184,13 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         block_length: r.block_length,
         exact: r.exact,
         cache: r.cache,
+        family: FamilySettings {
+            remasking: r.remasking,
+            cfg_scale: r.cfg_scale,
+            alg: r.alg,
+            alg_temp: r.alg_temp,
+            eps: r.eps,
+        },
     };
     let stop = match &r.stop {
         None => vec![],
@@ -195,7 +203,7 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
     Ok(Prepared {
         endpoint,
         canvases,
-        opts: settings.options()?,
+        opts: settings.options(s.config.arch)?,
         seed: r.seed.unwrap_or(0),
         stream: r.stream,
         stop,

@@ -24,9 +24,7 @@ use crate::rng::Rng;
 use crate::sample::canvas::Canvas;
 use crate::sample::denoise::Denoiser;
 use crate::sample::events::StepEvent;
-use crate::sample::filter::TokenChoice;
-use crate::sample::options::{DiffusionOptions, Sampler};
-use crate::sample::unmask::Rule;
+use crate::sample::options::DiffusionOptions;
 
 /// The canvas after one denoising step.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,17 +98,10 @@ impl Job {
     }
 }
 
-/// Whether a job's canvas is the same in any batch: no random draw decides anything.
-fn deterministic(o: &DiffusionOptions) -> bool {
-    o.choice == TokenChoice::Greedy
-        && !matches!(
-            o.sampler,
-            Sampler::RandomKeep | Sampler::Ranked(Rule::Random)
-        )
-}
-
+/// Jobs share a batch when their canvases are the same in any batch: no random draw decides
+/// anything (`DiffusionOptions::deterministic`).
 fn batchable(a: &Job, b: &Job) -> bool {
-    a.canvas.len() == b.canvas.len() && a.opts == b.opts && deterministic(&a.opts)
+    a.canvas.len() == b.canvas.len() && a.opts == b.opts && a.opts.deterministic()
 }
 
 /// Counters shown by `GET /health`.
@@ -333,7 +324,10 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::filter::TokenChoice;
     use crate::sample::head_rows::HeadRows;
+    use crate::sample::options::Sampler;
+    use crate::sample::unmask::Rule;
 
     fn job(len: usize, opts: DiffusionOptions) -> Job {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

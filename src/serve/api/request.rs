@@ -4,7 +4,9 @@
 use serde::Deserialize;
 
 use crate::data::chat::ChatMessage;
+use crate::sample::dream::Alg;
 use crate::sample::kv_reuse::CacheMode;
+use crate::sample::llada::Remasking;
 use crate::sample::request::SamplerName;
 use crate::serve::error::ApiError;
 
@@ -63,6 +65,13 @@ pub struct ApiRequest {
     /// as `--cache`).
     #[serde(default)]
     pub cache: CacheMode,
+    /// dlm: the families' own sampler fields, each with its sampler (`FamilySettings`): llada's
+    /// `remasking` and `cfg_scale`, dream's `alg`, `alg_temp` and `eps`.
+    pub remasking: Option<Remasking>,
+    pub cfg_scale: Option<f32>,
+    pub alg: Option<Alg>,
+    pub alg_temp: Option<f32>,
+    pub eps: Option<f32>,
 }
 
 impl ApiRequest {
@@ -113,4 +122,23 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request(format!("trailing data after the JSON object: {e}")))?;
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_fields_parse_by_name() {
+        let r = parse(br#"{"prompt": "a", "sampler": "dream", "alg": "topk-margin", "eps": 0.01}"#)
+            .unwrap();
+        assert_eq!((r.alg, r.eps), (Some(Alg::TopkMargin), Some(0.01)));
+        let r = parse(br#"{"prompt": "a", "remasking": "random", "cfg_scale": 1}"#).unwrap();
+        assert_eq!(
+            (r.remasking, r.cfg_scale),
+            (Some(Remasking::Random), Some(1.0))
+        );
+        let e = parse(br#"{"prompt": "a", "alg": "best"}"#).unwrap_err();
+        assert!(e.message.contains("`alg`"), "{}", e.message);
+    }
 }
