@@ -108,7 +108,9 @@ fn forward_flops(c: &ModelConfig, batch: usize, l: usize) -> f64 {
     let kv = (c.num_kv_heads * c.head_dim) as f64;
     let per_layer = match c.arch {
         Architecture::Gpt2 => 3.0 * d * d + d * d + 2.0 * d * f,
-        Architecture::Llama => d * q + 2.0 * d * kv + q * d + 3.0 * d * f,
+        Architecture::Llama | Architecture::Llada | Architecture::Dream => {
+            d * q + 2.0 * d * kv + q * d + 3.0 * d * f
+        }
     };
     let tokens = (batch * l) as f64;
     let linear = 2.0 * tokens * (c.num_layers as f64 * per_layer + c.vocab_size as f64 * d);

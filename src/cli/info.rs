@@ -41,7 +41,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         "head_dim": c.head_dim,
         "intermediate_size": c.intermediate_size,
         "context_length": c.max_position_embeddings,
-        "rope_theta": (c.arch == crate::model::Architecture::Llama).then_some(c.rope_theta),
+        "rope_theta": (c.arch != crate::model::Architecture::Gpt2).then_some(c.rope_theta),
         "tie_word_embeddings": c.tie_word_embeddings,
         "bos_token_id": c.bos_token_id, "bos_token": name(c.bos_token_id),
         "eos_token_id": c.eos_token_id, "eos_token": name(c.eos_token_id),

@@ -76,7 +76,7 @@ fn new_run(a: &PretrainArgs, tok_path: &Path) -> anyhow::Result<NewRun> {
     };
     let family_context = match a.arch {
         Architecture::Gpt2 => 1024,
-        Architecture::Llama => 2048,
+        Architecture::Llama | Architecture::Llada | Architecture::Dream => 2048,
     };
     let context = t.seq_len.max(family_context);
     let value = hf_config(a, tokenizer.vocab_size(), context, eos)?;

@@ -1,5 +1,7 @@
 //! LLaMA (Touvron et al. 2023) under HF `LlamaForCausalLM` names: RMSNorm, RoPE (rotate_half),
 //! grouped-query attention, SwiGLU, tied or untied head. The attention mask is an argument.
+//! Attention, MLP and block are built from loaded parts (`new`), so the families that compute
+//! the same thing under other names (llada.rs, dream.rs) only say where each weight lives.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -12,14 +14,15 @@ use crate::ops::{
 };
 
 /// An RMSNorm over the hidden features.
-fn rms_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<RmsNorm> {
+pub(super) fn rms_norm(vb: VarBuilder, cfg: &ModelConfig) -> Result<RmsNorm> {
     Ok(RmsNorm::new(
         vb.get(cfg.hidden_size, "weight")?,
         cfg.norm_eps,
     ))
 }
 
-struct Attention {
+/// Grouped-query self-attention with RoPE on q and k.
+pub(super) struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
@@ -30,18 +33,35 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let (d, dh, bias) = (cfg.hidden_size, cfg.head_dim, cfg.attention_bias);
-        let (q, kv) = (cfg.num_heads * dh, cfg.num_kv_heads * dh);
-        Ok(Self {
-            q_proj: linear(vb.pp("q_proj"), d, q, bias, WeightLayout::OutIn)?,
-            k_proj: linear(vb.pp("k_proj"), d, kv, bias, WeightLayout::OutIn)?,
-            v_proj: linear(vb.pp("v_proj"), d, kv, bias, WeightLayout::OutIn)?,
-            o_proj: linear(vb.pp("o_proj"), q, d, bias, WeightLayout::OutIn)?,
+    /// The projections of one layer, already loaded: q [H·Dh, D], k and v [K·Dh, D], o [D, H·Dh].
+    pub(super) fn new(
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+        cfg: &ModelConfig,
+    ) -> Self {
+        Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
             n_head: cfg.num_heads,
             n_kv_head: cfg.num_kv_heads,
-            head_dim: dh,
-        })
+            head_dim: cfg.head_dim,
+        }
+    }
+
+    fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let (d, bias) = (cfg.hidden_size, cfg.attention_bias);
+        let (q, kv) = projection_widths(cfg);
+        Ok(Self::new(
+            linear(vb.pp("q_proj"), d, q, bias, WeightLayout::OutIn)?,
+            linear(vb.pp("k_proj"), d, kv, bias, WeightLayout::OutIn)?,
+            linear(vb.pp("v_proj"), d, kv, bias, WeightLayout::OutIn)?,
+            linear(vb.pp("o_proj"), q, d, cfg.o_proj_bias, WeightLayout::OutIn)?,
+            cfg,
+        ))
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope, mut pass: LayerPass<'_>) -> Result<Tensor> {
@@ -64,20 +84,30 @@ impl Attention {
     }
 }
 
-struct Mlp {
+/// The SiLU-gated MLP: down(silu(gate(x)) · up(x)).
+pub(super) struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
 }
 
 impl Mlp {
+    /// gate (the branch through SiLU) and up [F, D], down [D, F], already loaded.
+    pub(super) fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear) -> Self {
+        Self {
+            gate_proj,
+            up_proj,
+            down_proj,
+        }
+    }
+
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let (d, f, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        Ok(Self {
-            gate_proj: linear(vb.pp("gate_proj"), d, f, bias, WeightLayout::OutIn)?,
-            up_proj: linear(vb.pp("up_proj"), d, f, bias, WeightLayout::OutIn)?,
-            down_proj: linear(vb.pp("down_proj"), f, d, bias, WeightLayout::OutIn)?,
-        })
+        Ok(Self::new(
+            linear(vb.pp("gate_proj"), d, f, bias, WeightLayout::OutIn)?,
+            linear(vb.pp("up_proj"), d, f, bias, WeightLayout::OutIn)?,
+            linear(vb.pp("down_proj"), f, d, bias, WeightLayout::OutIn)?,
+        ))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -87,7 +117,8 @@ impl Mlp {
     }
 }
 
-struct Block {
+/// A pre-norm block: x += attn(norm(x)); x += mlp(norm(x)).
+pub(super) struct Block {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -95,13 +126,27 @@ struct Block {
 }
 
 impl Block {
+    pub(super) fn new(
+        input_layernorm: RmsNorm,
+        self_attn: Attention,
+        post_attention_layernorm: RmsNorm,
+        mlp: Mlp,
+    ) -> Self {
+        Self {
+            input_layernorm,
+            self_attn,
+            post_attention_layernorm,
+            mlp,
+        }
+    }
+
     fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        Ok(Self {
-            input_layernorm: rms_norm(vb.pp("input_layernorm"), cfg)?,
-            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: rms_norm(vb.pp("post_attention_layernorm"), cfg)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
-        })
+        Ok(Self::new(
+            rms_norm(vb.pp("input_layernorm"), cfg)?,
+            Attention::load(vb.pp("self_attn"), cfg)?,
+            rms_norm(vb.pp("post_attention_layernorm"), cfg)?,
+            Mlp::load(vb.pp("mlp"), cfg)?,
+        ))
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope, pass: LayerPass<'_>) -> Result<Tensor> {
@@ -123,23 +168,57 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
-        let m = vb.pp("model");
-        let (embed_tokens, lm_head) = embedding_and_head(m.pp("embed_tokens"), &vb, cfg)?;
+    /// The model from its parts, already loaded; the RoPE tables come from `cfg`.
+    pub(super) fn new(
+        cfg: &ModelConfig,
+        embed_tokens: Embedding,
+        layers: Vec<Block>,
+        norm: RmsNorm,
+        lm_head: Linear,
+    ) -> Result<Self> {
+        let rope = Rope::new(
+            cfg.rope_theta,
+            cfg.head_dim,
+            cfg.max_position_embeddings,
+            norm.weight.device(),
+        )?;
         Ok(Self {
             config: cfg.clone(),
             embed_tokens,
-            layers: blocks(m.pp("layers"), cfg, Block::load)?,
-            norm: rms_norm(m.pp("norm"), cfg)?,
+            layers,
+            norm,
             lm_head,
-            rope: Rope::new(
-                cfg.rope_theta,
-                cfg.head_dim,
-                cfg.max_position_embeddings,
-                vb.device(),
-            )?,
+            rope,
         })
     }
+
+    pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let m = vb.pp("model");
+        let (embed_tokens, lm_head) = embedding_and_head(m.pp("embed_tokens"), &vb, cfg)?;
+        Self::new(
+            cfg,
+            embed_tokens,
+            blocks(m.pp("layers"), cfg, Block::load)?,
+            rms_norm(m.pp("norm"), cfg)?,
+            lm_head,
+        )
+    }
+
+    /// The same model with `padding_idx` on its token embedding (see `Embedding`).
+    pub(super) fn with_padding_idx(self, padding_idx: Option<u32>) -> Self {
+        Self {
+            embed_tokens: self.embed_tokens.with_padding_idx(padding_idx),
+            ..self
+        }
+    }
+}
+
+/// The widths of the query projection (H·Dh) and of each key/value projection (K·Dh).
+pub(super) fn projection_widths(cfg: &ModelConfig) -> (usize, usize) {
+    (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    )
 }
 
 impl LanguageModel for Llama {

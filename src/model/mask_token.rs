@@ -26,14 +26,20 @@ pub fn known_mask_id(config: &ModelConfig) -> Option<u32> {
 
 /// The embedding and (untied) head matrices, by HF name.
 fn vocab_matrices(config: &ModelConfig) -> Vec<&'static str> {
-    let embed = match config.arch {
-        Architecture::Gpt2 => "transformer.wte.weight",
-        Architecture::Llama => "model.embed_tokens.weight",
+    let (embed, head) = match config.arch {
+        Architecture::Gpt2 => ("transformer.wte.weight", "lm_head.weight"),
+        Architecture::Llama | Architecture::Dream => {
+            ("model.embed_tokens.weight", "lm_head.weight")
+        }
+        Architecture::Llada => (
+            "model.transformer.wte.weight",
+            "model.transformer.ff_out.weight",
+        ),
     };
     if config.tie_word_embeddings {
         vec![embed]
     } else {
-        vec![embed, "lm_head.weight"]
+        vec![embed, head]
     }
 }
 

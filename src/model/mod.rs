@@ -2,8 +2,10 @@
 //! and logits; it knows nothing of noise, losses, sampling or training.
 
 pub mod config;
+pub mod dream;
 pub mod gguf;
 pub mod gpt2;
+pub mod llada;
 pub mod llama;
 pub mod mask_token;
 mod pass;
@@ -128,6 +130,8 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Box<dy
     Ok(match config.arch {
         Architecture::Gpt2 => Box::new(gpt2::Gpt2::load(vb, config)?),
         Architecture::Llama => Box::new(llama::Llama::load(vb, config)?),
+        Architecture::Llada => Box::new(llada::load(vb, config)?),
+        Architecture::Dream => Box::new(dream::load(vb, config)?),
     })
 }
 

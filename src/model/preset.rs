@@ -47,6 +47,21 @@ impl Size {
                 "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": true,
                 "bos_token_id": eos, "eos_token_id": eos,
             }),
+            Architecture::Llada => json!({
+                "model_type": "llada", "architectures": ["LLaDAModelLM"], "block_type": "llama",
+                "vocab_size": vocab, "embedding_size": vocab, "d_model": d, "n_heads": heads, "n_kv_heads": heads,
+                "n_layers": layers, "mlp_hidden_size": d * 8 / 3 / 64 * 64 + 64, "max_sequence_length": context,
+                "activation_type": "silu", "layer_norm_type": "rms", "rms_norm_eps": 1e-5, "rope": true,
+                "rope_theta": 500000.0, "include_bias": false, "include_qkv_bias": false, "weight_tying": true,
+                "eos_token_id": eos, "pad_token_id": eos,
+            }),
+            Architecture::Dream => json!({
+                "model_type": "Dream", "architectures": ["DreamModel"], "vocab_size": vocab,
+                "hidden_size": d, "intermediate_size": d * 8 / 3 / 64 * 64 + 64, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": context,
+                "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": true,
+                "bos_token_id": eos, "eos_token_id": eos,
+            }),
         }
     }
 }

@@ -205,20 +205,45 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct Embedding {
     pub weight: Tensor,
+    /// PyTorch's `padding_idx`: this row is used as stored but never receives a gradient.
+    pub padding_idx: Option<u32>,
 }
 
 impl Embedding {
     pub fn new(weight: Tensor) -> Self {
-        Self { weight }
+        Self {
+            weight,
+            padding_idx: None,
+        }
     }
 
-    /// ids: [B, L] (u32) → [B, L, D]. index_select carries a gradient to the table.
+    pub fn with_padding_idx(self, padding_idx: Option<u32>) -> Self {
+        Self {
+            padding_idx,
+            ..self
+        }
+    }
+
+    /// ids: [B, L] (u32) → [B, L, D]. index_select carries a gradient to the table, except to
+    /// the padding row: where an id is `padding_idx` its row is read from the table detached.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let d = self.weight.dim(1)?;
-        self.weight
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, d))
+        let flat = ids.flatten_all()?;
+        let rows = self.weight.index_select(&flat, 0)?;
+        let rows = match self.padding_idx {
+            Some(pad) if self.weight.track_op() => {
+                let is_pad = flat
+                    .to_dtype(candle_core::DType::U32)?
+                    .eq(pad)?
+                    .unsqueeze(1)?
+                    .broadcast_as(rows.shape())?;
+                let detached = self.weight.detach().index_select(&flat, 0)?;
+                is_pad.where_cond(&detached, &rows)?
+            }
+            _ => rows,
+        };
+        rows.reshape((b, l, d))
     }
 }
 
@@ -254,6 +279,32 @@ mod tests {
             let vars: &[&Var] = if with_bias { &[&x, &w, &b] } else { &[&x, &w] };
             let what = format!("{layout:?} bias {with_bias}");
             assert_fused_matches(&what, vars, &f, &c, Tolerance::new(1e-5, 1e-5))?;
+        }
+        Ok(())
+    }
+
+    /// The padding row reads as stored, and its gradient is exactly zero while every other
+    /// row's equals the plain lookup's (Dream's `nn.Embedding(padding_idx=pad_token_id)`).
+    #[test]
+    fn padding_row_gets_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 4), &dev)?)?;
+        let ids = Tensor::new(&[[1u32, 3, 3], [5, 0, 3]], &dev)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 4), &dev)?;
+        let plain = Embedding::new(table.as_tensor().clone());
+        let padded = plain.clone().with_padding_idx(Some(3));
+        let (p, q) = (plain.forward(&ids)?, padded.forward(&ids)?);
+        assert_eq!(max_diff(&p, &q)?, 0.0, "the forward uses the stored row");
+        let grad = |y: &Tensor| -> Result<Tensor> {
+            let g = (y * &probe)?.sum_all()?.backward()?;
+            Ok(g.get(&table).expect("gradient of the table").clone())
+        };
+        let (gp, gq) = (grad(&p)?, grad(&q)?);
+        let row = |g: &Tensor, i: usize| g.get(i)?.abs()?.sum_all()?.to_scalar::<f32>();
+        assert!(row(&gp, 3)? > 0.0, "the plain lookup differentiates row 3");
+        assert_eq!(row(&gq, 3)?, 0.0, "the padding row's gradient is zero");
+        for i in [0, 1, 2, 4, 5] {
+            assert_eq!(max_diff(&gp.get(i)?, &gq.get(i)?)?, 0.0, "row {i}");
         }
         Ok(())
     }
