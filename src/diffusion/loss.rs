@@ -36,9 +36,10 @@ pub enum LossConvention {
 }
 
 /// What the weighted cross-entropy sum is divided by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Normaliser {
     /// The number of masked targets in the micro-batch.
+    #[default]
     MaskedTargets,
     /// Each sequence's maskable length, then the number of sequences.
     MaskableLength,
@@ -113,11 +114,12 @@ pub struct LossTargets {
     pub rows: Vec<u32>,
     /// The token each of those rows must predict.
     pub targets: Vec<u32>,
-    /// The weight of each row: 1/t of its sequence (1 for the AR objective), over the sequence's
-    /// maskable length where the normaliser divides each sequence by it.
+    /// The weight of each row: 1/t of its sequence (1 for the AR objective).
     pub weights: Vec<f32>,
-    /// What Σ weight·CE is divided by: the number of targets unless `normalise` says otherwise.
-    pub normaliser: usize,
+    /// How Σ weight·CE is divided: by the targets' count unless `normalise` says otherwise.
+    pub normaliser: Normaliser,
+    /// Each sequence's maskable length (set by `normalise`).
+    pub maskable: Vec<usize>,
     /// L, the length of the sequences the rows index.
     pub seq_len: usize,
 }
@@ -171,18 +173,30 @@ impl LossTargets {
     /// The same targets divided as `normaliser` divides them; `maskable[b]` is sequence b's
     /// maskable length (the positions the forward process may mask).
     pub fn normalise(mut self, normaliser: Normaliser, maskable: &[usize]) -> Self {
-        match normaliser {
-            Normaliser::MaskedTargets => {}
-            Normaliser::Batch => self.normaliser = maskable.len(),
-            Normaliser::MaskableLength => {
-                for (w, &row) in self.weights.iter_mut().zip(&self.rows) {
-                    // A sequence with a target has at least that position maskable.
-                    *w /= maskable[row as usize / self.seq_len] as f32;
-                }
-                self.normaliser = maskable.len();
-            }
-        }
+        self.normaliser = normaliser;
+        self.maskable = maskable.to_vec();
         self
+    }
+
+    /// The count the loss is divided by last: the targets', or the sequences' (B). Ranks split a
+    /// global micro-batch's loss in proportion to it.
+    pub fn count(&self) -> usize {
+        match self.normaliser {
+            Normaliser::MaskedTargets => self.len(),
+            Normaliser::Batch | Normaliser::MaskableLength => self.maskable.len(),
+        }
+    }
+
+    /// What target k's weighted CE is divided by before the division by `count`: its
+    /// sequence's maskable length for LLaDA's rule, else 1.
+    fn row_divisor(&self, k: usize) -> f32 {
+        match self.normaliser {
+            // A sequence with a target has at least that position maskable.
+            Normaliser::MaskableLength => {
+                self.maskable[self.rows[k] as usize / self.seq_len] as f32
+            }
+            Normaliser::MaskedTargets | Normaliser::Batch => 1.0,
+        }
     }
 
     /// Appends one sequence's (row, token) pairs, its rows starting at flat row `first_row`.
@@ -191,7 +205,6 @@ impl LossTargets {
             self.rows.push((first_row + row) as u32);
             self.targets.push(target);
             self.weights.push(weight);
-            self.normaliser += 1;
         }
     }
 
@@ -202,13 +215,16 @@ impl LossTargets {
 
 #[derive(Debug, Clone)]
 pub struct Loss {
-    /// The optimised quantity, a scalar with its graph: Σ w·CE / normaliser (0 when n = 0).
+    /// The optimised quantity, a scalar with its graph: Σ w·CE divided as the targets'
+    /// `normaliser` says (0 when n = 0).
     pub weighted: Tensor,
     /// Σ CE / n, for logs.
     pub unweighted: f32,
+    /// Σ w·CE, undivided: the micro-batch's part of the diffusion bound, for validation.
+    pub bound_sum: f32,
     /// Number of scored targets n.
     pub n_targets: usize,
-    /// What the weighted sum was divided by (`LossTargets::normaliser`).
+    /// The count the loss was divided by last (`LossTargets::count`).
     pub normaliser: usize,
 }
 
@@ -223,19 +239,27 @@ pub fn masked_loss(logits: &Tensor, targets: &LossTargets) -> Result<Loss> {
         return Ok(Loss {
             weighted: (logits.sum_all()?.to_dtype(candle_core::DType::F32)? * 0.0)?,
             unweighted: 0.0,
+            bound_sum: 0.0,
             n_targets: 0,
-            normaliser: targets.normaliser,
+            normaliser: targets.count(),
         });
     }
     let ce = cross_entropy(logits, &Tensor::new(targets.targets.as_slice(), device)?)?;
     let w = Tensor::new(targets.weights.as_slice(), device)?;
-    let weighted = ((ce.clone() * w)?.sum_all()? / targets.normaliser as f64)?;
+    // w / 1 is w exactly: the paper's loss is computed as it always was.
+    let factors: Vec<f32> = (0..n)
+        .map(|k| targets.weights[k] / targets.row_divisor(k))
+        .collect();
+    let factors = Tensor::new(factors.as_slice(), device)?;
+    let weighted = ((ce.clone() * factors)?.sum_all()? / targets.count() as f64)?;
     let unweighted = (ce.detach().sum_all()? / n as f64)?.to_scalar::<f32>()?;
+    let bound_sum = (ce.detach() * w)?.sum_all()?.to_scalar::<f32>()?;
     Ok(Loss {
         weighted,
         unweighted,
+        bound_sum,
         n_targets: n,
-        normaliser: targets.normaliser,
+        normaliser: targets.count(),
     })
 }
 
@@ -295,7 +319,7 @@ mod tests {
         // LLaDA: no shift, so row 1's position 0 is a target; row 0 ÷ 3, row 1 ÷ 4, then ÷ B = 2.
         let llada = targets(LossConvention::Llada);
         assert_eq!(llada.rows, vec![1, 3, 4, 6]);
-        assert_eq!(llada.weights, vec![2.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]);
+        assert_eq!(llada.weights, vec![2.0, 2.0, 4.0, 4.0]);
         let (loss, n) = loss_of(&llada);
         assert_eq!(n, 2);
         assert!((loss - (4.0 / 3.0 + 2.0) / 2.0 * ln_v).abs() < 1e-5);

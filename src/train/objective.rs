@@ -223,7 +223,7 @@ mod tests {
             let p = dream.prepare(&batch, step, &mut rng, &Device::Cpu).unwrap();
             assert!(p.input.iter().all(|row| row[0] == 9));
             masked_elsewhere += p.input.iter().flatten().filter(|&&x| x == 5).count();
-            assert_eq!(p.targets.normaliser, 4);
+            assert_eq!(p.targets.count(), 4);
         }
         assert!(masked_elsewhere > 0);
     }

@@ -114,7 +114,7 @@ pub fn validate(
             &prepared.targets,
             device,
         )?;
-        total += loss.weighted.to_scalar::<f32>()? as f64 * loss.normaliser as f64;
+        total += loss.bound_sum as f64;
         count += prepared.candidate_targets;
     }
     Ok(if count == 0 {
