@@ -201,3 +201,52 @@ fn a_request_cannot_unshift_dream() {
     ]);
     assert!(e.contains("shift") && e.contains("dream"), "{e}");
 }
+
+/// `--mc-estimator elbo` on LLaDA is its `get_log_likelihood`: with a one-token answer every row
+/// hides exactly that token (ratio 1), so each choice's score is the CE of the token at its own
+/// position (no shift) with it masked, whatever the draws.
+#[test]
+fn llada_elbo_of_a_one_token_answer_is_its_masked_cross_entropy() {
+    use candle_core::Device;
+    use dlm::eval::multiple_choice::{score_question, Choice, Estimator, Question};
+    use dlm::model::load_dir;
+    use dlm::ops::AttentionMask;
+    use dlm::rng::Rng;
+
+    let name = "llada-tiny";
+    let g = golden(name);
+    let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+    let ids = &rows_u32(&g["input_ids"])[0];
+    let mask_id = m.config.mask_token_id.unwrap();
+    let choice = |answer: u32| Choice {
+        context: ids[..6].to_vec(),
+        answer: vec![answer],
+        chars: 1,
+    };
+    let q = Question {
+        choices: vec![choice(ids[6]), choice(ids[7])],
+        label: 0,
+    };
+    let est = Estimator::LladaElbo {
+        mc_num: 32,
+        batch: 16,
+    };
+    let mut rng = Rng::seed(0);
+    let out = score_question(m.model.as_ref(), &q, est, mask_id, &mut rng, &Device::Cpu).unwrap();
+    let mut masked = ids[..7].to_vec();
+    masked[6] = mask_id;
+    let logits = m
+        .model
+        .forward(
+            &ids_u32(&Tensor::new(vec![masked], &Device::Cpu).unwrap()),
+            &AttentionMask::Bidirectional,
+        )
+        .unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits.get(0).unwrap().get(6).unwrap(), 0).unwrap();
+    let lp: Vec<f32> = lp.to_vec1().unwrap();
+    for (k, answer) in [ids[6], ids[7]].into_iter().enumerate() {
+        let want = -lp[answer as usize] as f64;
+        let got = out.scores[k];
+        assert!((got - want).abs() < 1e-4, "choice {k}: {got} vs {want}");
+    }
+}

@@ -17,7 +17,8 @@
 use serde_json::Value;
 
 use super::score::{
-    elbo_reduce, elbo_rows, mc_draws, mc_reduce, mc_rows, target_logprobs, Attention, ScoreRow,
+    elbo_reduce, elbo_rows, llada_elbo_rows, mc_draws, mc_reduce, mc_rows, target_logprobs,
+    Attention, ScoreRow,
 };
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
@@ -246,6 +247,9 @@ pub enum Estimator {
     Reference { steps: usize },
     /// t ~ U(0, 1), 1/t weight, `samples` draws.
     Elbo { samples: usize },
+    /// LLaDA's `get_log_likelihood`: stratified mask counts, no shift, `mc_num` rows in batches
+    /// of `batch` (`llada_elbo_rows`).
+    LladaElbo { mc_num: usize, batch: usize },
     /// Causal log-likelihood, summed or averaged over answer tokens.
     Ar { mean: bool },
 }
@@ -334,6 +338,26 @@ pub fn score_question(
                 .zip(times.chunks(samples))
                 .map(|(lp, t)| {
                     let nll = elbo_reduce(t, lp);
+                    (nll, nll)
+                })
+                .collect()
+        }
+        Estimator::LladaElbo { mc_num, batch } => {
+            let (mut rows, mut ratios) = (Vec::new(), Vec::new());
+            for c in &q.choices {
+                let ids = [c.context.clone(), c.answer.clone()].concat();
+                for (ratio, row) in
+                    llada_elbo_rows(&ids, c.context.len(), mask_id, mc_num, batch, rng)
+                {
+                    ratios.push(ratio);
+                    rows.push(row);
+                }
+            }
+            let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
+            lp.chunks(mc_num)
+                .zip(ratios.chunks(mc_num))
+                .map(|(lp, r)| {
+                    let nll = elbo_reduce(r, lp);
                     (nll, nll)
                 })
                 .collect()
