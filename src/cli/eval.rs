@@ -148,7 +148,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         (false, McEstimator::Elbo) if loaded.config.arch == Architecture::Llada => {
             Estimator::LladaElbo {
                 mc_num: a.mc_samples,
-                batch: if a.mc_samples % 16 == 0 {
+                batch: if a.mc_samples.is_multiple_of(16) {
                     16
                 } else {
                     a.mc_samples
