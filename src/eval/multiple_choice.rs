@@ -324,42 +324,23 @@ pub fn score_question(
                 })
                 .collect()
         }
-        Estimator::Elbo { samples } => {
-            let mut rows = Vec::new();
-            let mut times = Vec::new();
-            for (ids, src) in &seqs {
-                for (t, row) in elbo_rows(ids, src, mask_id, samples, rng) {
-                    times.push(t);
-                    rows.push(row);
-                }
-            }
-            let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
-            lp.chunks(samples)
-                .zip(times.chunks(samples))
-                .map(|(lp, t)| {
-                    let nll = elbo_reduce(t, lp);
-                    (nll, nll)
+        Estimator::Elbo { samples: n } | Estimator::LladaElbo { mc_num: n, .. } => {
+            // (t or mask ratio, row): n per choice, reduced alike.
+            let (times, rows): (Vec<f32>, Vec<ScoreRow>) = seqs
+                .iter()
+                .flat_map(|(ids, src)| match est {
+                    Estimator::LladaElbo { batch, .. } => {
+                        let prompt = src.iter().filter(|&&s| s).count();
+                        llada_elbo_rows(ids, prompt, mask_id, n, batch, rng)
+                    }
+                    _ => elbo_rows(ids, src, mask_id, n, rng),
                 })
-                .collect()
-        }
-        Estimator::LladaElbo { mc_num, batch } => {
-            let (mut rows, mut ratios) = (Vec::new(), Vec::new());
-            for c in &q.choices {
-                let ids = [c.context.clone(), c.answer.clone()].concat();
-                for (ratio, row) in
-                    llada_elbo_rows(&ids, c.context.len(), mask_id, mc_num, batch, rng)
-                {
-                    ratios.push(ratio);
-                    rows.push(row);
-                }
-            }
+                .unzip();
             let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
-            lp.chunks(mc_num)
-                .zip(ratios.chunks(mc_num))
-                .map(|(lp, r)| {
-                    let nll = elbo_reduce(r, lp);
-                    (nll, nll)
-                })
+            let chunks = lp.chunks(n.max(1)).zip(times.chunks(n.max(1)));
+            chunks
+                .map(|(lp, t)| elbo_reduce(t, lp))
+                .map(|nll| (nll, nll))
                 .collect()
         }
     };
