@@ -306,8 +306,8 @@ mod tests {
             LossTargets::diffusion(&x0, &x_t, &t, 7, shift)
                 .normalise(convention.normaliser(), &maskable)
         };
-        // The paper: weights 1/t = 2, 2, 4, 4 over the 4 masked targets (position 0 of row 1 is
-        // masked but has no row under the shift: 3 targets, 2 + 2 + 4).
+        // The paper, shifted: row 1's position 0 is masked but no row predicts it, so 3 targets
+        // weighted 1/t = 2, 2, 4, ÷ 3.
         let paper = targets(LossConvention::MaskedTargets);
         assert_eq!(
             (paper.rows.clone(), paper.weights.clone()),
