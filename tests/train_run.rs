@@ -30,11 +30,7 @@ fn a_program_starts_inspects_and_resumes_a_run() {
     let steps = 2;
     let run = RunConfig {
         command: "program".into(),
-        objective: Objective::Diffusion {
-            mask_id,
-            shift: true,
-            anneal_steps: 0,
-        },
+        objective: Objective::diffusion(config.arch, mask_id, false, 0).unwrap(),
         seq_len: 32,
         micro_batch: 2,
         grad_accum: 1,

@@ -49,15 +49,11 @@ pub fn diffusion_run(
     command: &str,
     base: &Path,
     mask_token: Option<&str>,
-    shift: bool,
+    no_shift: bool,
     anneal_steps: u64,
 ) -> anyhow::Result<NewRun> {
     let (config, weights, tokenizer, mask_id) = load_base(base, mask_choice(mask_token)?, t.seed)?;
-    let objective = Objective::Diffusion {
-        mask_id,
-        shift,
-        anneal_steps,
-    };
+    let objective = Objective::diffusion(config.arch, mask_id, no_shift, anneal_steps)?;
     let run = t.run_config(command, objective, Some(base.to_path_buf()))?;
     Ok(NewRun {
         run,
@@ -72,6 +68,6 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
     let base = (a.base.as_ref(), NEED_BASE);
     t.resume_or_start(base, "PATH...", t.packed_sources(), |base| {
         let mask = a.mask_token.as_deref();
-        diffusion_run(t, "adapt", base, mask, !a.no_shift, a.anneal_steps)
+        diffusion_run(t, "adapt", base, mask, a.no_shift, a.anneal_steps)
     })
 }

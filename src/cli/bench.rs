@@ -262,11 +262,7 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     let mut model = TrainableModel::new(&config, &weights, &device)?;
     model.set_precision(a.dtype, std::path::Path::new("<bench>"))?;
     let mut optimizer = AdamW::new(AdamWConfig::default());
-    let objective = Objective::Diffusion {
-        mask_id: 0,
-        shift: true,
-        anneal_steps: 0,
-    };
+    let objective = Objective::diffusion(config.arch, 0, false, 0)?;
     let mut rng = Rng::seed(1);
     let batch = Batch {
         ids: (0..a.batch)

@@ -15,12 +15,14 @@ use crate::eval::multiple_choice::{Estimator, PromptFormat};
 use crate::eval::readers::read_records;
 use crate::eval::results::table;
 use crate::eval::tasks::{default_assets_dir, default_data_dir, find_task};
+use crate::model::Architecture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum McEstimator {
     /// §3.1: T-point grid over t, one random mask per t, unweighted mean CE over the answer.
     Reference,
-    /// t ~ U(0, 1), 1/t-weighted CE, averaged over --mc-samples draws (LLaDA, Dream).
+    /// t ~ U(0, 1), 1/t-weighted CE, averaged over --mc-samples draws (Dream); on a LLaDA model,
+    /// LLaDA's `get_log_likelihood` (stratified mask counts, no shift; --mc-samples is mc_num).
     Elbo,
 }
 
@@ -141,6 +143,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             mean: a.ar_score == ArReduction::Mean,
         },
         (false, McEstimator::Reference) => Estimator::Reference { steps: a.mc_steps },
+        // LLaDA's own estimator for LLaDA (its `get_log_likelihood`, batches of 16 where the
+        // draws divide into them, as its default mc_num 128 does).
+        (false, McEstimator::Elbo) if loaded.config.arch == Architecture::Llada => {
+            Estimator::LladaElbo {
+                mc_num: a.mc_samples,
+                batch: if a.mc_samples.is_multiple_of(16) {
+                    16
+                } else {
+                    a.mc_samples
+                },
+            }
+        }
         (false, McEstimator::Elbo) => Estimator::Elbo {
             samples: a.mc_samples,
         },

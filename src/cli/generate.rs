@@ -34,7 +34,7 @@ pub struct GenerateArgs {
     /// The prompt as raw comma-separated token ids (no BOS is added).
     #[arg(long, conflicts_with = "prompt")]
     pub prompt_ids: Option<String>,
-    /// Wrap the prompt in the model's chat template (ChatML templates).
+    /// Wrap the prompt in the model's chat template (its Jinja, as the tokenizer ships it).
     #[arg(long)]
     pub chat: bool,
     /// With --ar: the most tokens to generate.
@@ -52,7 +52,7 @@ pub struct GenerateArgs {
     pub runtime: RuntimeArgs,
 }
 
-/// The prompt wrapped as one user turn in the model's ChatML template.
+/// The prompt wrapped as one user turn in the model's chat template.
 fn chat_prompt(model_dir: &Path, user: &str) -> anyhow::Result<String> {
     let turn = ChatMessage {
         role: "user".into(),

@@ -68,11 +68,10 @@ fn new_run(a: &PretrainArgs, tok_path: &Path) -> anyhow::Result<NewRun> {
     let eos = tokenizer.token_to_id("<|endoftext|>");
     let objective = match a.objective {
         ObjectiveKind::Ar => Objective::Ar,
-        ObjectiveKind::Diffusion => Objective::Diffusion {
-            mask_id: new_mask_id(&mut tokenizer)?,
-            shift: !a.no_shift,
-            anneal_steps: a.anneal_steps,
-        },
+        ObjectiveKind::Diffusion => {
+            let mask_id = new_mask_id(&mut tokenizer)?;
+            Objective::diffusion(a.arch, mask_id, a.no_shift, a.anneal_steps)?
+        }
     };
     let family_context = match a.arch {
         Architecture::Gpt2 => 1024,

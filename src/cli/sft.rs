@@ -1,6 +1,7 @@
 //! `dlm sft`: DiffuSeq-style supervised fine-tuning (reference-semantics §1.7): [BOS] prompt
 //! [SEP] response [EOS] + pads; the prompt is never masked, response, EOS and pads are trained;
-//! full attention (`anneal_steps = 1`), shift on.
+//! full attention (`anneal_steps = 1`), under the loss of the model's family (the paper's,
+//! shifted; LLaDA's or Dream's own, `loss_convention`).
 
 use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ pub fn run(a: SftArgs) -> anyhow::Result<()> {
     let data = "train.jsonl (prompt/response pairs)";
     t.resume_or_start(base, data, sources, |base| {
         let mask = a.mask_token.as_deref();
-        let mut new = diffusion_run(t, "sft", base, mask, true, 1)?;
+        let mut new = diffusion_run(t, "sft", base, mask, false, 1)?;
         new.run.lora = a.lora_rank.map(|rank| LoraConfig {
             rank,
             alpha: a.lora_alpha,

@@ -35,6 +35,17 @@ pub struct Noised {
     pub masked: Vec<bool>,
 }
 
+/// The positions the forward process leaves clean: the prompt's (`src_mask` 1), and position 0
+/// where the family keeps the first token (Dream: it is never masked in its training or
+/// evaluation, and its prompts always hold it).
+pub fn kept_clean(src_mask: &[u8], keep_first: bool) -> Vec<bool> {
+    src_mask
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| s != 0 || (keep_first && i == 0))
+        .collect()
+}
+
 /// x_t = where(draw < t AND not src, mask_id, x0). Position 0 can be masked too.
 pub fn mask_tokens(x0: &[u32], draws: &[f32], t: f32, src_mask: &[bool], mask_id: u32) -> Noised {
     let masked: Vec<bool> = (0..x0.len())
@@ -67,5 +78,7 @@ mod tests {
         );
         assert_eq!(n.x_t, vec![7, 6, 8, 7]);
         assert_eq!(n.masked, vec![true, false, false, true]);
+        assert_eq!(kept_clean(&[0, 1, 0], false), vec![false, true, false]);
+        assert_eq!(kept_clean(&[0, 1, 0], true), vec![true, true, false]);
     }
 }

@@ -153,6 +153,9 @@ pub fn run_task(
         steps: steps_label(spec, s),
         samples: match (spec.kind, s.estimator, s.ar) {
             (TaskKind::MultipleChoice(_), Estimator::Elbo { samples }, false) => Some(samples),
+            (TaskKind::MultipleChoice(_), Estimator::LladaElbo { mc_num, .. }, false) => {
+                Some(mc_num)
+            }
             _ => None,
         },
         format: matches!(spec.kind, TaskKind::MultipleChoice(_)).then(|| s.format.to_string()),
@@ -190,6 +193,7 @@ fn estimator_name(spec: &TaskSpec, s: &EvalSettings) -> String {
         (TaskKind::MultipleChoice(_), true, Estimator::Ar { mean: false }) => "ar-sum".into(),
         (TaskKind::MultipleChoice(_), true, _) => "ar-mean".into(),
         (TaskKind::MultipleChoice(_), false, Estimator::Elbo { .. }) => "elbo".into(),
+        (TaskKind::MultipleChoice(_), false, Estimator::LladaElbo { .. }) => "llada-elbo".into(),
         (TaskKind::MultipleChoice(_), false, _) => "reference".into(),
         (TaskKind::Generation(_), true, _) => "greedy".into(),
         (TaskKind::Generation(_), false, _) => "topk-confidence".into(),

@@ -17,7 +17,8 @@
 use serde_json::Value;
 
 use super::score::{
-    elbo_reduce, elbo_rows, mc_draws, mc_reduce, mc_rows, target_logprobs, Attention, ScoreRow,
+    elbo_reduce, elbo_rows, llada_elbo_rows, mc_draws, mc_reduce, mc_rows, target_logprobs,
+    Attention, ScoreRow,
 };
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
@@ -246,6 +247,9 @@ pub enum Estimator {
     Reference { steps: usize },
     /// t ~ U(0, 1), 1/t weight, `samples` draws.
     Elbo { samples: usize },
+    /// LLaDA's `get_log_likelihood`: stratified mask counts, no shift, `mc_num` rows in batches
+    /// of `batch` (`llada_elbo_rows`).
+    LladaElbo { mc_num: usize, batch: usize },
     /// Causal log-likelihood, summed or averaged over answer tokens.
     Ar { mean: bool },
 }
@@ -320,22 +324,23 @@ pub fn score_question(
                 })
                 .collect()
         }
-        Estimator::Elbo { samples } => {
-            let mut rows = Vec::new();
-            let mut times = Vec::new();
-            for (ids, src) in &seqs {
-                for (t, row) in elbo_rows(ids, src, mask_id, samples, rng) {
-                    times.push(t);
-                    rows.push(row);
-                }
-            }
-            let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
-            lp.chunks(samples)
-                .zip(times.chunks(samples))
-                .map(|(lp, t)| {
-                    let nll = elbo_reduce(t, lp);
-                    (nll, nll)
+        Estimator::Elbo { samples: n } | Estimator::LladaElbo { mc_num: n, .. } => {
+            // (t or mask ratio, row): n per choice, reduced alike.
+            let (times, rows): (Vec<f32>, Vec<ScoreRow>) = seqs
+                .iter()
+                .flat_map(|(ids, src)| match est {
+                    Estimator::LladaElbo { batch, .. } => {
+                        let prompt = src.iter().filter(|&&s| s).count();
+                        llada_elbo_rows(ids, prompt, mask_id, n, batch, rng)
+                    }
+                    _ => elbo_rows(ids, src, mask_id, n, rng),
                 })
+                .unzip();
+            let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
+            let chunks = lp.chunks(n.max(1)).zip(times.chunks(n.max(1)));
+            chunks
+                .map(|(lp, t)| elbo_reduce(t, lp))
+                .map(|nll| (nll, nll))
                 .collect()
         }
     };

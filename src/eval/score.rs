@@ -194,6 +194,52 @@ pub fn elbo_rows(
         .collect()
 }
 
+/// LLaDA's `get_log_likelihood` rows (ML-GSAI/LLaDA get_log_likelihood.py, `forward_process`):
+/// `mc_num` copies in batches of `batch`. In each batch the number of hidden answer tokens is
+/// stratified: k uniform in 1..=n (n answer tokens), row i hides round(k + i·n/batch) wrapped
+/// into 1..=n tokens, chosen by a random permutation, and is weighted by n / count. No shift:
+/// logits at i score token i. Returned with each row's mask ratio count / n.
+///
+/// How it differs from the paper's estimator (`elbo_rows`): the mask count is exact and
+/// stratified across a batch instead of each token being hidden independently with t ~ U, so
+/// the ratio is never below 1/n and no row hides nothing; the mean over rows of Σ CE / ratio is
+/// the same unbiased bound with lower variance. Classifier-free guidance (`cfg`) is not
+/// implemented. Rounding is half-to-even as `torch.round`; the draws come from dlm's generator.
+pub fn llada_elbo_rows(
+    ids: &[u32],
+    prompt_len: usize,
+    mask_id: u32,
+    mc_num: usize,
+    batch: usize,
+    rng: &mut Rng,
+) -> Vec<(f32, ScoreRow)> {
+    let n = ids.len() - prompt_len;
+    let batch = batch.max(1);
+    let mut out = Vec::with_capacity(mc_num);
+    for b in 0..mc_num.div_ceil(batch) {
+        let rows = batch.min(mc_num - b * batch);
+        let k = 1 + (rng.next_u64() % n as u64) as usize;
+        for i in 0..rows {
+            let stratum =
+                (k as f64 + i as f64 * n as f64 / batch as f64).round_ties_even() as usize;
+            let count = (stratum - 1) % n + 1;
+            // A uniform permutation of the answer positions (Fisher–Yates); the first `count`
+            // are hidden.
+            let mut order: Vec<usize> = (prompt_len..ids.len()).collect();
+            for j in (1..order.len()).rev() {
+                order.swap(j, (rng.next_u64() % (j as u64 + 1)) as usize);
+            }
+            let mut x_t = ids.to_vec();
+            for &j in &order[..count] {
+                x_t[j] = mask_id;
+            }
+            let ratio = count as f32 / n as f32;
+            out.push((ratio, ScoreRow::diffusion(ids, x_t, mask_id, Shift::Same)));
+        }
+    }
+    out
+}
+
 /// Mean over samples of Σ CE / t: an upper bound on the answer's NLL (nats, summed over tokens).
 pub fn elbo_reduce(times: &[f32], logprobs: &[Vec<f32>]) -> f64 {
     let total: f64 = times
@@ -218,5 +264,32 @@ mod tests {
         let (per_t, score) = mc_reduce(&[vec![-1.0, -3.0], vec![]]);
         assert_eq!((per_t, score), (vec![2.0, 0.0], 1.0));
         assert!((elbo_reduce(&[0.5, 0.25], &[vec![-1.0], vec![-1.0, -1.0]]) - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn llada_rows_hide_stratified_counts_of_the_answer_only() {
+        let ids: Vec<u32> = (10..20).collect(); // 3 prompt tokens, 7 answer tokens
+        let mut rng = Rng::seed(4);
+        let rows = llada_elbo_rows(&ids, 3, 7, 10, 4, &mut rng);
+        assert_eq!(rows.len(), 10);
+        for (k, batch) in rows.chunks(4).enumerate() {
+            let counts: Vec<usize> = batch.iter().map(|(_, r)| r.targets.len()).collect();
+            for ((ratio, r), &c) in batch.iter().zip(&counts) {
+                assert!((1..=7).contains(&c) && (*ratio - c as f32 / 7.0).abs() < 1e-7);
+                assert_eq!(&r.ids[..3], &ids[..3], "the prompt is never hidden");
+                // No shift: the row of a hidden position is the position itself.
+                assert!(r.targets.iter().all(|&(row, tok)| ids[row] == tok));
+            }
+            // Stratified: consecutive rows are n/batch = 1.75 apart (mod n), rounded.
+            if k < 2 {
+                let first = counts[0];
+                let want: Vec<usize> = (0..4)
+                    .map(|i| {
+                        ((first as f64 + i as f64 * 1.75).round_ties_even() as usize - 1) % 7 + 1
+                    })
+                    .collect();
+                assert_eq!(counts, want);
+            }
+        }
     }
 }

@@ -114,7 +114,7 @@ pub fn validate(
             &prepared.targets,
             device,
         )?;
-        total += loss.weighted.to_scalar::<f32>()? as f64 * loss.n_targets as f64;
+        total += loss.bound_sum as f64;
         count += prepared.candidate_targets;
     }
     Ok(if count == 0 {
@@ -148,15 +148,16 @@ fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
     bar
 }
 
-/// This rank's share of the loss: its target count over the global micro-batch's (1 for one rank).
-fn target_share(comm: &dyn Communicator, n_targets: usize) -> Result<f64> {
-    let mut n = [n_targets as f64];
+/// This rank's share of the loss: its normaliser (target count, or sequences for the families
+/// that divide by those) over the global micro-batch's (1 for one rank).
+fn target_share(comm: &dyn Communicator, normaliser: usize) -> Result<f64> {
+    let mut n = [normaliser as f64];
     comm.all_reduce_sum_f64(&mut n)?;
     // Nothing masked anywhere: every rank's loss is an exact zero, any share will do.
     Ok(if n[0] == 0.0 {
         1.0
     } else {
-        n_targets as f64 / n[0]
+        normaliser as f64 / n[0]
     })
 }
 
@@ -193,7 +194,7 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
                 &prepared.targets,
                 s.device,
             )?;
-            let share = target_share(s.comm, loss.n_targets)?;
+            let share = target_share(s.comm, loss.normaliser)?;
             let scaled = (&loss.weighted * (share / run.grad_accum as f64))?;
             add_grads(&mut grads, s.model.gradients(&scaled.backward()?)?)?;
             losses[0] += loss.weighted.to_scalar::<f32>()? as f64 * share / run.grad_accum as f64;

@@ -151,7 +151,8 @@ pub fn tiny_dlm_dir(dir: &std::path::Path) -> PathBuf {
     weights.save_dir(&out, &config, DType::F32).unwrap();
     tok.save(&out.join("tokenizer.json")).unwrap();
     let chat = serde_json::json!({"chat_template":
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"});
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"});
     std::fs::write(out.join("tokenizer_config.json"), chat.to_string()).unwrap();
     out
 }
