@@ -11,6 +11,7 @@ mod eval;
 mod generate;
 mod infill;
 mod info;
+mod info_system;
 mod named;
 mod plot;
 mod pretrain;

@@ -8,9 +8,7 @@
 //!   backward  dx = dy·W(ᵀ),  dW = dyᵀ·x or xᵀ·dy (in W's own layout),  db = Σ_rows dy
 //! each product accumulated in f32 and rounded to bf16 once.
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -102,7 +100,11 @@ impl FusedLinearBf16 {
         }
         let rows = xd.len() / d_in.max(1);
         let mut y = match bd {
-            Some(b) => b.iter().map(|v| v.to_f32()).collect::<Vec<_>>().repeat(rows),
+            Some(b) => b
+                .iter()
+                .map(|v| v.to_f32())
+                .collect::<Vec<_>>()
+                .repeat(rows),
             None => vec![0f32; rows * d_out],
         };
         gemm::matmul_acc(
@@ -186,11 +188,23 @@ impl CustomOp2 for FusedLinearBf16 {
         "fused-linear-bf16"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.forward((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.backward(x, w, false, dy)?;
         Ok((Some(dx), Some(dw)))
     }
@@ -226,4 +240,3 @@ impl CustomOp3 for FusedLinearBf16 {
         Ok((Some(dx), Some(dw), db))
     }
 }
-

@@ -186,7 +186,10 @@ fn detect() -> Features {
         ("avx2", std::is_x86_feature_detected!("avx2")),
         ("fma", std::is_x86_feature_detected!("fma")),
         ("f16c", std::is_x86_feature_detected!("f16c")),
-        ("avx_vnni", bit(leaf7_1.eax, 4) && std::is_x86_feature_detected!("avx2")),
+        (
+            "avx_vnni",
+            bit(leaf7_1.eax, 4) && std::is_x86_feature_detected!("avx2"),
+        ),
         ("avx512f", avx512f),
         ("avx512bw", std::is_x86_feature_detected!("avx512bw")),
         ("avx512vl", std::is_x86_feature_detected!("avx512vl")),
@@ -229,7 +232,13 @@ fn amx_permitted() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl with this request only changes the process's permitted xsave features.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]

@@ -134,3 +134,35 @@ pub fn runnable_paths() -> (Vec<Isa>, Vec<String>) {
     }
     (run, skipped)
 }
+
+/// Which path each CPU kernel family runs now: (kernel, path), for `dlm info --system` and the
+/// bench headers.
+pub fn kernel_paths() -> Vec<(&'static str, String)> {
+    let path = isa::gemm_path();
+    let f32_linear = if path >= Isa::Avx2 {
+        path.name().to_string()
+    } else {
+        "candle (gemm crate, its own dispatch)".into()
+    };
+    let simd = if isa::selected() >= Isa::Avx2 {
+        "avx2 (loops compiled for AVX2 + FMA)"
+    } else {
+        "generic"
+    };
+    vec![
+        ("linear, f32 weights, inference (packed)", f32_linear),
+        (
+            "linear, bf16 weights, inference (packed bf16)",
+            path.to_string(),
+        ),
+        (
+            "linear, bf16 training (x·Wᵀ, dy·W, dyᵀ·x)",
+            path.to_string(),
+        ),
+        (
+            "linear, f32 training, attention products",
+            "candle (gemm crate, its own dispatch)".into(),
+        ),
+        ("fused norms, softmax, activations, loss", simd.into()),
+    ]
+}
