@@ -3,6 +3,7 @@
 mod adapt;
 mod args;
 mod bench;
+mod bench_gemm;
 mod bench_sample;
 mod bench_serve;
 mod convert;

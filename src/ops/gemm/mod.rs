@@ -22,11 +22,12 @@
 //! Each needs a CPU with the unit to be tested on, against tests/gemm_paths.rs.
 
 pub mod isa;
+pub mod peak;
 
 pub use half::bf16;
 pub use isa::Isa;
 
-use crate::ops::packed_linear::PackedWeight;
+pub use crate::ops::packed_linear::PackedWeight;
 
 /// A matrix's elements in their stored dtype.
 #[derive(Debug, Clone, Copy)]
