@@ -10,7 +10,7 @@
 //! prints the worst measured fraction of γ. (bf16 *rounding* of f32 inputs is
 //! tested where it happens, in the bf16 linear layer's unit tests.)
 
-use dlm::ops::gemm::{bf16, matmul_acc_on, runnable_paths, Data, Isa, MatRef};
+use dlm::ops::gemm::{bf16, matmul_acc_on, runnable_paths, Data, Isa, MatRef, PackedWeight};
 use dlm::rng::Rng;
 
 /// The f64 product of two views, and Σ|a||b| per element (the error scale).
@@ -172,4 +172,100 @@ fn every_path_matches_f64_on_awkward_shapes() {
         }
     }
     println!("worst error: {worst:.3} of the f32 accumulation bound γ·Σ|a·b|");
+}
+
+/// The inference form, a weight packed once from its stored layout ([out, in] or Conv1D's
+/// [in, out]) in f32 or bf16, against a plain loop: rows not a multiple of the tile or of a row
+/// block, columns not a multiple of 16, k split into blocks; and a bf16 weight packed in half
+/// the bytes of the f32 one.
+#[test]
+fn packed_weight_matches_the_definition() {
+    let mut rng = Rng::seed(7);
+    for (m, n, k) in [
+        (1, 1, 1),
+        (5, 7, 13),
+        (6, 16, 8),
+        (300, 35, 1300),
+        (9, 4099, 21),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32() - 0.5).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.uniform_f32() - 0.5).collect();
+        let w16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let bias: Vec<f32> = (0..m * n).map(|_| rng.uniform_f32()).collect();
+        for transposed in [false, true] {
+            let (a, b) = (
+                PackedWeight::new(Data::F32(&w), n, k, transposed),
+                PackedWeight::new(Data::Bf16(&w16), n, k, transposed),
+            );
+            assert_eq!(a.bytes(), 2 * b.bytes());
+            assert_eq!(a.bytes(), n.div_ceil(16) * 16 * k * 4);
+            for (packed, is_bf16) in [(a, false), (b, true)] {
+                let at = |j: usize, p: usize| {
+                    let i = if transposed { p * n + j } else { j * k + p };
+                    if is_bf16 {
+                        w16[i].to_f32()
+                    } else {
+                        w[i]
+                    }
+                };
+                for path in runnable_paths().0 {
+                    let mut y = bias.clone();
+                    packed.matmul_acc_on(path, MatRef::row_major(Data::F32(&x), m, k), &mut y);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f32 = bias[i * n + j]
+                                + (0..k).map(|p| x[i * k + p] * at(j, p)).sum::<f32>();
+                            let got = y[i * n + j];
+                            assert!(
+                                (got - want).abs() < 1e-3,
+                                "{path} ({m},{n},{k}) transposed {transposed} bf16 {is_bf16} \
+                                 [{i},{j}]: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What rounding f32 operands to bf16 costs a product (the bf16 model's error at one GEMM):
+/// bf16 keeps 8 significant bits (unit roundoff 2⁻⁸), so each operand is within a relative 2⁻⁸
+/// of its f32 value, |a16·b16 − a·b| ≤ (2·2⁻⁸ + 2⁻¹⁶)·|a·b|, and the product's error is within
+/// (2⁻⁷ + 2⁻¹⁶ + γ)·Σ|a·b|. Asserted, and the worst measured
+/// fraction of Σ|a·b| printed (independent errors make it far smaller than the bound).
+#[test]
+fn bf16_rounding_of_operands_stays_within_its_bound() {
+    let mut rng = Rng::seed(16);
+    let (m, k, n) = (17, 300, 33);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect();
+    let (a16, b16): (Vec<bf16>, Vec<bf16>) = (
+        a.iter().map(|&v| bf16::from_f32(v)).collect(),
+        b.iter().map(|&v| bf16::from_f32(v)).collect(),
+    );
+    let bound = 2f64.powi(-7) + 2f64.powi(-16) + 1.01 * k as f64 * 2f64.powi(-24);
+    for path in runnable_paths().0 {
+        let mut c = vec![0f32; m * n];
+        matmul_acc_on(
+            path,
+            MatRef::row_major(Data::Bf16(&a16), m, k),
+            MatRef::row_major(Data::Bf16(&b16), k, n),
+            &mut c,
+        );
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|q| a[i * k + q] as f64 * b[q * n + j] as f64);
+                let (want, scale) = terms.fold((0.0, 0.0), |(s, t), p| (s + p, t + p.abs()));
+                let rel = (c[i * n + j] as f64 - want).abs() / scale;
+                assert!(
+                    rel <= bound,
+                    "{path} [{i},{j}]: {rel:.3e} of Σ|a·b| > {bound:.3e}"
+                );
+                worst = worst.max(rel);
+            }
+        }
+        println!("{path}: bf16 operands: worst error {worst:.2e}·Σ|a·b| (bound {bound:.2e})");
+    }
 }

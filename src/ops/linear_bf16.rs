@@ -240,3 +240,141 @@ impl CustomOp3 for FusedLinearBf16 {
         Ok((Some(dx), Some(dw), db))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Linear;
+    use candle_core::Device;
+
+    /// The f64 product c[m×n] = Σ_q a(i, q)·b(q, j) (+ c0(j)) and Σ|terms| per element.
+    fn reference(
+        (m, k, n): (usize, usize, usize),
+        a: impl Fn(usize, usize) -> f64,
+        b: impl Fn(usize, usize) -> f64,
+        c0: impl Fn(usize) -> f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (mut c, mut scale) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut t) = (c0(j), c0(j).abs());
+                for q in 0..k {
+                    let p = a(i, q) * b(q, j);
+                    s += p;
+                    t += p.abs();
+                }
+                (c[i * n + j], scale[i * n + j]) = (s, t);
+            }
+        }
+        (c, scale)
+    }
+
+    /// bf16 inputs reach the kernel exactly, so the error is f32 accumulation over k terms
+    /// (≤ k·2⁻²⁴·Σ|terms|) plus the one rounding of the result to bf16 (≤ 2⁻⁸·|result|: bf16
+    /// keeps 8 significant bits, so its unit roundoff is 2⁻⁸).
+    fn assert_close(what: &str, got: &Tensor, (want, scale): (Vec<f64>, Vec<f64>), k: usize) {
+        assert_eq!(got.dtype(), DType::BF16, "{what}");
+        let got: Vec<f32> = got
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .unwrap();
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, ((&g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+            let bound = 2f64.powi(-8) * w.abs() * 1.01 + 1.01 * k as f64 * 2f64.powi(-24) * s;
+            assert!(
+                (g as f64 - w).abs() <= bound + 1e-30,
+                "{what} [{i}]: {g} vs {w} (bound {bound:.2e})"
+            );
+        }
+    }
+
+    fn random(shape: &[usize], dev: &Device) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, dev)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .unwrap();
+        v.into_iter().map(f64::from).collect()
+    }
+
+    /// The training op's forward and its three gradient products, and the inference (packed)
+    /// forward, against f64 over the same bf16 values: both layouts, with and without a bias,
+    /// shapes off every tile (M = 1, 17, 3; K below and above a k-block).
+    #[test]
+    fn bf16_linear_matches_f64() {
+        let dev = Device::Cpu;
+        for (layout, with_bias) in [
+            (WeightLayout::OutIn, false),
+            (WeightLayout::OutIn, true),
+            (WeightLayout::InOut, false),
+            (WeightLayout::InOut, true),
+        ] {
+            for (rows, d_in, d_out) in [(1, 7, 5), (17, 300, 33), (3, 45, 260)] {
+                let what =
+                    |p: &str| format!("{p} {layout:?} bias {with_bias} {rows}×{d_in}→{d_out}");
+                let (a, b) = layout.shape(d_in, d_out);
+                let (x, w, bias, dy) = (
+                    random(&[rows, d_in], &dev),
+                    random(&[a, b], &dev),
+                    random(&[d_out], &dev),
+                    random(&[rows, d_out], &dev),
+                );
+                let (xv, wv, bv, dyv) = (values(&x), values(&w), values(&bias), values(&dy));
+                // W(i, o) as the [in, out] matrix, from its stored layout.
+                let wio = |i: usize, o: usize| match layout {
+                    WeightLayout::OutIn => wv[o * d_in + i],
+                    WeightLayout::InOut => wv[i * d_out + o],
+                };
+                let b0 = |o: usize| if with_bias { bv[o] } else { 0.0 };
+                let y_ref = || reference((rows, d_in, d_out), |r, i| xv[r * d_in + i], wio, b0);
+                let mut ts = vec![&x, &w];
+                ts.extend(with_bias.then_some(&bias));
+                let y = apply(layout, &ts).unwrap();
+                assert_close(&what("training forward"), &y, y_ref(), d_in);
+                let lin = Linear::new(w.clone(), with_bias.then(|| bias.clone()), layout);
+                let y = lin.forward(&x).unwrap();
+                assert_close(&what("inference forward"), &y, y_ref(), d_in);
+
+                let op = FusedLinearBf16 { layout };
+                let (dx, dw, db) = op.backward(&x, &w, with_bias, &dy).unwrap();
+                let dx_ref = reference(
+                    (rows, d_out, d_in),
+                    |r, o| dyv[r * d_out + o],
+                    |o, i| wio(i, o),
+                    |_| 0.0,
+                );
+                assert_close(&what("dx"), &dx, dx_ref, d_out);
+                let dw_ref = match layout {
+                    WeightLayout::OutIn => reference(
+                        (d_out, rows, d_in),
+                        |o, r| dyv[r * d_out + o],
+                        |r, i| xv[r * d_in + i],
+                        |_| 0.0,
+                    ),
+                    WeightLayout::InOut => reference(
+                        (d_in, rows, d_out),
+                        |i, r| xv[r * d_in + i],
+                        |r, o| dyv[r * d_out + o],
+                        |_| 0.0,
+                    ),
+                };
+                assert_close(&what("dW"), &dw, dw_ref, rows);
+                assert_eq!(db.is_some(), with_bias);
+                if let Some(db) = db {
+                    let db_ref = reference(
+                        (1, rows, d_out),
+                        |_, _| 1.0,
+                        |r, o| dyv[r * d_out + o],
+                        |_| 0.0,
+                    );
+                    assert_close(&what("db"), &db, db_ref, rows);
+                }
+            }
+        }
+    }
+}
