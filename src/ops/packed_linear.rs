@@ -7,8 +7,8 @@
 //! memory, and are widened to f32 in registers). The microkernel keeps a 6 × 16 tile of c in
 //! twelve AVX2 registers and, per k, loads one line and broadcasts six elements of a: twelve FMAs
 //! per line, so the loop is bound by FMA throughput. a is read in place when it is row-major f32;
-//! otherwise (bf16, or transposed for a weight gradient) each k-block of its rows is staged into
-//! a small f32 buffer first.
+//! otherwise (bf16, or transposed for a weight gradient) each task stages the row block it is
+//! working on (at most `MC` rows) into an f32 buffer once, for all its panels.
 //!
 //! Blocking: each rayon task owns a run of panels; within one, a panel's k-block (at most
 //! `KC` lines) stays in L1 while every row block of a passes it, and the rows of a in use
@@ -169,12 +169,13 @@ impl PackedWeight {
             let mut scratch = vec![];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
+                let a = rows_f32(x, i0..i1, &mut scratch);
                 for p0 in panels.clone().step_by(GROUP) {
                     let group = p0..(p0 + GROUP).min(panels.end);
                     let out = y.get().wrapping_add(i0 * n + p0 * NR);
                     // SAFETY: this task alone writes the columns of its panels (the tasks'
                     // panel ranges are disjoint); rows i0..i1 lie inside y.
-                    unsafe { self.panels_into(path, x, group, i0..i1, out, n, &mut scratch) }
+                    unsafe { self.panels_into(path, a, group, i1 - i0, out, n) }
                 }
             }
         });
@@ -201,27 +202,26 @@ impl PackedWeight {
     /// of a wide output would touch one cache line per row, each in another page).
     ///
     /// # Safety
-    /// `runnable(path)`; x is checked; `out` addresses rows.len() rows of `ldc` floats, the
-    /// first min(16·|panels|, n − 16·panels.start) of each written by no one else meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// `runnable(path)`; `x` = (pointer, row stride) addresses `rows` rows of k f32s (from
+    /// `rows_f32`); `out` addresses `rows` rows of `ldc` floats, the first
+    /// min(16·|panels|, n − 16·panels.start) of each written by no one else meanwhile.
     unsafe fn panels_into(
         &self,
         path: Isa,
-        x: MatRef,
+        (a, lda): (*const f32, usize),
         panels: Range<usize>,
-        rows: Range<usize>,
+        rows: usize,
         out: *mut f32,
         ldc: usize,
-        scratch: &mut Vec<f32>,
     ) {
         let k = self.k;
         let cols = (self.n - panels.start * NR).min(panels.len() * NR);
         let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
         for q0 in (0..k).step_by(kc) {
             let q1 = (q0 + kc).min(k);
-            let (a, lda) = block_f32(x, rows.clone(), q0..q1, scratch);
+            let a = a.wrapping_add(q0);
             let at = panels.start * k + q0;
-            let dims = (q1 - q0, rows.len(), cols);
+            let dims = (q1 - q0, rows, cols);
             match &self.lines {
                 Lines::F32(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
                 Lines::Bf16(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
@@ -248,23 +248,22 @@ fn pack_lines<L: Line>(d: &[L::Elem], b: MatRef) -> Vec<L> {
     lines
 }
 
-/// The block rows × qs of x as row-major f32: in place (pointer, row stride) when x is f32 with
-/// unit column stride, else staged into `scratch`.
-fn block_f32(
+/// The rows of x (all k columns) as row-major f32: in place (pointer, row stride) when x is f32
+/// with unit column stride, else staged into `scratch`.
+fn rows_f32(
     x: MatRef,
     rows: Range<usize>,
-    qs: Range<usize>,
     scratch: &mut Vec<f32>,
 ) -> (*const f32, usize) {
     if let (Data::F32(d), 1) = (x.data, x.cs) {
-        return (d[rows.start * x.rs + qs.start..].as_ptr(), x.rs);
+        return (d[rows.start * x.rs..].as_ptr(), x.rs);
     }
-    let w = qs.len();
+    let w = x.cols;
     scratch.clear();
     scratch.resize(rows.len() * w, 0.0);
     match x.data {
-        Data::F32(d) => stage(d, |v| v, x, rows, qs, scratch),
-        Data::Bf16(d) => stage(d, widen, x, rows, qs, scratch),
+        Data::F32(d) => stage(d, |v| v, x, rows, scratch),
+        Data::Bf16(d) => stage(d, widen, x, rows, scratch),
     }
     (scratch.as_ptr(), w)
 }
@@ -275,26 +274,26 @@ fn widen(v: bf16) -> f32 {
     f32::from_bits((v.to_bits() as u32) << 16)
 }
 
-/// Copies x's block into `out` (row-major, qs.len() wide), reading along x's shorter stride.
-fn stage<T: Copy>(
-    d: &[T],
-    f: impl Fn(T) -> f32,
-    x: MatRef,
-    rows: Range<usize>,
-    qs: Range<usize>,
-    out: &mut [f32],
-) {
-    let w = qs.len();
-    if x.cs <= x.rs {
+/// Copies x's rows into `out` (row-major, x.cols wide), reading along x's shorter stride.
+fn stage<T: Copy>(d: &[T], f: impl Fn(T) -> f32, x: MatRef, rows: Range<usize>, out: &mut [f32]) {
+    let w = x.cols;
+    if x.cs == 1 {
+        // Contiguous rows: a plain conversion loop, which vectorises.
         for (r, o) in rows.zip(out.chunks_mut(w)) {
-            for (q, o) in qs.clone().zip(o) {
+            for (o, &v) in o.iter_mut().zip(&d[r * x.rs..r * x.rs + w]) {
+                *o = f(v);
+            }
+        }
+    } else if x.cs <= x.rs {
+        for (r, o) in rows.zip(out.chunks_mut(w)) {
+            for (q, o) in o.iter_mut().enumerate() {
                 *o = f(d[r * x.rs + q * x.cs]);
             }
         }
     } else {
-        for (jq, q) in qs.enumerate() {
+        for q in 0..w {
             for (i, r) in rows.clone().enumerate() {
-                out[i * w + jq] = f(d[r * x.rs + q * x.cs]);
+                out[i * w + q] = f(d[r * x.rs + q * x.cs]);
             }
         }
     }

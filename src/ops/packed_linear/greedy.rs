@@ -1,7 +1,7 @@
 //! Greedy decoding's reduction fused into the packed GEMM: the first maximum of each row of
 //! x·Wᵀ + b and its log-probability, without writing the [m × n] product.
 
-use super::{runnable, PackedWeight, MC, NR};
+use super::{rows_f32, runnable, PackedWeight, MC, NR};
 use crate::ops::cpu;
 use crate::ops::gemm::{isa, Isa, MatRef};
 
@@ -27,6 +27,7 @@ impl PackedWeight {
             let mut tile = vec![0f32; MC.min(m) * NR];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
+                let a = rows_f32(x, i0..i1, &mut scratch);
                 for p in panels.clone() {
                     let (j0, cols) = (p * NR, (self.n - p * NR).min(NR));
                     let tile = &mut tile[..(i1 - i0) * NR];
@@ -38,7 +39,7 @@ impl PackedWeight {
                     }
                     let out = tile.as_mut_ptr();
                     // SAFETY: the tile holds i1 − i0 rows of 16.
-                    unsafe { self.panels_into(path, x, p..p + 1, i0..i1, out, NR, &mut scratch) }
+                    unsafe { self.panels_into(path, a, p..p + 1, i1 - i0, out, NR) }
                     cpu::simd(|| {
                         for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
                             s.fold(&row[..cols], j0);
