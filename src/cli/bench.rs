@@ -26,6 +26,8 @@ pub enum BenchCommand {
     Sample(super::bench_sample::SampleBenchArgs),
     /// Load test of `dlm serve` over loopback: requests/s, p50/p99 latency, well-formed answers.
     Serve(super::bench_serve::ServeBenchArgs),
+    /// dlm's GEMM kernels alone, per CPU path and model shape: GFLOP/s against candle and peak.
+    Gemm(super::bench_gemm::GemmBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +87,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(a) => train_bench(a),
         BenchCommand::Sample(a) => super::bench_sample::run(a),
         BenchCommand::Serve(a) => super::bench_serve::run(a),
+        BenchCommand::Gemm(a) => super::bench_gemm::run(a),
     }
 }
 
@@ -235,7 +238,7 @@ fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
 }
 
 /// Peak resident memory of this process, from /proc (Linux).
-fn peak_rss_mb() -> Option<f64> {
+pub(super) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -14,14 +14,21 @@ use crate::named::Named;
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// HF-layout model directory.
-    pub model: PathBuf,
+    #[arg(required_unless_present = "system")]
+    pub model: Option<PathBuf>,
+    /// Print the CPU, its features and which path each kernel runs (no model needed).
+    #[arg(long)]
+    pub system: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: InfoArgs) -> anyhow::Result<()> {
-    let m = load_model(&a.model, &RuntimeArgs::default())?;
+    let Some(model) = a.model.filter(|_| !a.system) else {
+        return super::info_system::run(a.json);
+    };
+    let m = load_model(&model, &RuntimeArgs::default())?;
     let c = &m.config;
     let stored_dtype = c
         .raw
@@ -29,7 +36,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         .or(c.raw.get("dtype"))
         .and_then(|v| v.as_str())
         .unwrap_or("unknown");
-    let tok = Tokenizer::from_model_dir(&a.model)?;
+    let tok = Tokenizer::from_model_dir(&model)?;
     let name = |id: Option<u32>| id.and_then(|i| tok.as_ref().and_then(|t| t.id_to_token(i)));
     let mut info = json!({
         "architecture": c.arch.to_string(),
@@ -58,7 +65,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else if let serde_json::Value::Object(map) = info {
-        println!("{}", a.model.display());
+        println!("{}", model.display());
         for (k, v) in map {
             if !v.is_null() {
                 println!("  {k:<22} {v}");

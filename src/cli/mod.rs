@@ -3,6 +3,7 @@
 mod adapt;
 mod args;
 mod bench;
+mod bench_gemm;
 mod bench_sample;
 mod bench_serve;
 mod convert;
@@ -11,6 +12,7 @@ mod eval;
 mod generate;
 mod infill;
 mod info;
+mod info_system;
 mod named;
 mod plot;
 mod pretrain;

@@ -26,13 +26,18 @@ pub fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]>
 /// Runs `f` on the f32 data of a tensor, made contiguous first if it is not: borrowed in place on
 /// the CPU, copied to the host from other devices.
 pub fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    with_slice(t, f)
+}
+
+/// `with_data` for any element type (the tensor's own).
+pub fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(s) => f(slice(s, layout)?),
         _ => {
             drop(storage);
-            f(&t.flatten_all()?.to_vec1::<f32>()?)
+            f(&t.flatten_all()?.to_vec1::<T>()?)
         }
     }
 }
@@ -62,14 +67,15 @@ pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
         });
 }
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them, so the elementwise loops inside it
-/// (inlined into the wrapper) vectorise eight lanes wide; the crate itself targets baseline
-/// x86-64 (SSE2, four lanes). No fast-math: the results are the same bits either way.
+/// Runs `f` compiled for AVX2 and FMA on the AVX2 path or above (gemm/isa.rs), so the
+/// elementwise loops inside it (inlined into the wrapper) vectorise eight lanes wide; the crate
+/// itself targets baseline x86-64 (SSE2, four lanes). No fast-math: the results are the same
+/// bits either way.
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::gemm::isa::selected() >= super::gemm::Isa::Avx2 {
             // SAFETY: the features were just detected.
             return unsafe { simd_avx2(f) };
         }

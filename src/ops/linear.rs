@@ -1,10 +1,12 @@
 //! Linear and embedding layers that keep weights exactly as the HF checkpoint stores them, so that
 //! saving, gradients and parameter names need no translation.
 
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 
 use super::cpu;
 use super::custom;
+use super::gemm::Data;
+use super::linear_bf16;
 use super::linear_fused::FusedLinear;
 use super::packed_linear::{self, Greedy, PackedCache, PackedWeight};
 
@@ -49,7 +51,8 @@ pub(super) fn output_dims(x: &[usize], d_out: usize) -> Vec<usize> {
 /// the packed kernel could serve it: a full-vocabulary head over a whole canvas writes more
 /// than it multiplies, and the GEMM stores its first k-block without reading the output back
 /// (257 × 49152 × 576: 78–108 GFLOP/s packed vs 100–142 for the GEMM; 33 rows: even). The
-/// greedy head never writes it and always takes the packed kernel.
+/// greedy head never writes it and always takes the packed kernel, and so do bf16 weights (the
+/// alternative widens them to f32 on every call).
 const PACKED_MAX_OUTPUT: usize = 1 << 22;
 
 #[derive(Clone)]
@@ -87,8 +90,11 @@ impl Linear {
     /// on f32 CPU tensors that GEMM, the bias and the backward pass are one node (linear_fused.rs).
     /// A forward nothing will differentiate (neither x nor the weight is a variable or computed
     /// from one), which is every forward of a model being run, uses the weight packed once.
+    /// bf16 CPU tensors take dlm's bf16 GEMM either way (linear_bf16.rs).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.packable(x) && self.output_elems(x) <= PACKED_MAX_OUTPUT {
+        if self.packable(x)
+            && (x.dtype() == DType::BF16 || self.output_elems(x) <= PACKED_MAX_OUTPUT)
+        {
             return self.forward_packed(x);
         }
         let mut ts = vec![x, &self.weight];
@@ -99,22 +105,30 @@ impl Linear {
             };
             return custom::apply(op, &ts);
         }
+        if linear_bf16::fusable(&ts) {
+            return linear_bf16::apply(self.layout, &ts);
+        }
         self.forward_composed(x)
     }
 
-    /// The inference path: y = x·Wᵀ (+ b) with the packed weight, as an untracked tensor.
+    /// The inference path: y = x·Wᵀ (+ b) with the packed weight, as an untracked tensor of x's
+    /// dtype (f32 accumulation either way).
     fn forward_packed(&self, x: &Tensor) -> Result<Tensor> {
         let (packed, rows) = self.packed_for(x)?;
-        let d_out = self.in_out()?.1;
+        let (d_in, d_out) = self.in_out()?;
         let mut y = match &self.bias {
-            Some(b) => cpu::with_data(b, |b| Ok(b.repeat(rows)))?,
+            Some(b) => linear_bf16::bias_f32(b)?.repeat(rows),
             None => vec![0f32; rows * d_out],
         };
-        cpu::with_data(x, |x| {
-            packed.matmul_acc(x, &mut y, rows);
+        linear_bf16::with_matrix(x, rows, d_in, |x| {
+            packed.matmul_acc(x, &mut y);
             Ok(())
         })?;
-        Tensor::from_vec(y, output_dims(x.dims(), d_out), x.device())
+        let dims = output_dims(x.dims(), d_out);
+        match x.dtype() {
+            DType::BF16 => Tensor::from_vec(linear_bf16::to_bf16(&y), dims, x.device()),
+            _ => Tensor::from_vec(y, dims, x.device()),
+        }
     }
 
     /// The greedy choice (first maximum, its log-probability) of every row of x·Wᵀ + b, x of
@@ -124,9 +138,10 @@ impl Linear {
     pub fn greedy_rows(&self, x: &Tensor) -> Result<Vec<Greedy>> {
         if self.packable(x) {
             let (packed, rows) = self.packed_for(x)?;
-            return cpu::with_data(x, |x| match &self.bias {
-                Some(b) => cpu::with_data(b, |b| Ok(packed.greedy_rows(x, Some(b), rows))),
-                None => Ok(packed.greedy_rows(x, None, rows)),
+            let bias = self.bias.as_ref().map(linear_bf16::bias_f32).transpose()?;
+            let d_in = self.in_out()?.0;
+            return linear_bf16::with_matrix(x, rows, d_in, |x| {
+                Ok(packed.greedy_rows(x, bias.as_deref()))
             });
         }
         let y = self.forward(x)?.to_dtype(candle_core::DType::F32)?;
@@ -134,11 +149,13 @@ impl Linear {
         cpu::with_data(&y, |y| Ok(y.chunks(width.max(1)).map(Greedy::of).collect()))
     }
 
-    /// Whether the packed kernel serves x: f32 on a CPU that has it, and nothing to differentiate.
+    /// Whether the packed kernel serves x: nothing to differentiate, and f32 on the AVX2 path
+    /// or bf16 on any.
     fn packable(&self, x: &Tensor) -> bool {
         let mut ts = vec![x, &self.weight];
         ts.extend(self.bias.as_ref());
-        packed_linear::available() && cpu::fusable(&ts) && !ts.iter().any(|t| t.track_op())
+        ((packed_linear::f32_fast() && cpu::fusable(&ts)) || linear_bf16::fusable(&ts))
+            && !ts.iter().any(|t| t.track_op())
     }
 
     /// (in, out) of the weight in its layout.
@@ -167,14 +184,15 @@ impl Linear {
         let packed = match self.packed.get() {
             Some(p) => p,
             None => {
-                let p = cpu::with_data(&self.weight, |w| {
-                    Ok(PackedWeight::new(
-                        w,
-                        d_out,
-                        d_in,
-                        self.layout == WeightLayout::InOut,
-                    ))
-                })?;
+                let transposed = self.layout == WeightLayout::InOut;
+                let p = match self.weight.dtype() {
+                    DType::BF16 => cpu::with_slice(&self.weight, |w| {
+                        Ok(PackedWeight::new(Data::Bf16(w), d_out, d_in, transposed))
+                    })?,
+                    _ => cpu::with_data(&self.weight, |w| {
+                        Ok(PackedWeight::new(Data::F32(w), d_out, d_in, transposed))
+                    })?,
+                };
                 self.packed.get_or_init(|| p)
             }
         };
@@ -333,7 +351,7 @@ mod tests {
             }
             assert_eq!(
                 lin.packed.get().is_some(),
-                packed_linear::available(),
+                packed_linear::f32_fast(),
                 "the weight is packed once the kernel ran"
             );
         }

@@ -11,7 +11,9 @@ mod cross_entropy;
 mod custom;
 #[cfg(test)]
 mod fused_check;
+pub mod gemm;
 mod linear;
+mod linear_bf16;
 mod linear_fused;
 mod norm;
 mod norm_fused;

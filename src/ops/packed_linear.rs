@@ -1,105 +1,181 @@
-//! Inference GEMM over a weight packed once: y = x·Wᵀ (+ b).
+//! The packed GEMM: c = a·b (+ c) with b packed into panels, once for a model's weights (the
+//! weights of a model that is only being run never change, so a general GEMM's per-call repack
+//! is wasted) or per call for training's operands (gemm/mod.rs).
 //!
-//! A general GEMM repacks the weight into its microkernel's layout on every call; the weights of
-//! a model that is only being run never change, so here they are packed once, on first use, into
-//! panels of 16 output columns, each panel `k` rows of 16 contiguous floats (one cache line). The
-//! microkernel keeps a 6 × 16 tile of y in twelve AVX2 registers and, per k, loads two vectors of
-//! the panel and broadcasts six elements of x: twelve FMAs to eight loads, so the loop is bound by
-//! FMA throughput. x is read in place, row-major; nothing of it is packed.
+//! b [k × n] is packed into panels of 16 output columns, each panel `k` lines of 16 elements:
+//! f32 (one 64-byte cache line) or bf16 (32 bytes, so a bf16 model's packed weights take half the
+//! memory, and are widened to f32 in registers). The microkernel keeps a 6 × 16 tile of c in
+//! twelve AVX2 registers and, per k, loads one line and broadcasts six elements of a: twelve FMAs
+//! per line, so the loop is bound by FMA throughput. a is read in place when it is row-major f32;
+//! otherwise (bf16, or transposed for a weight gradient) each task stages the row block it is
+//! working on (at most `MC` rows) into an f32 buffer once, for all its panels.
 //!
 //! Blocking: each rayon task owns a run of panels; within one, a panel's k-block (at most
-//! `KC` × 16 floats) stays in L1 while every row block of x passes it, and the rows of x in use
+//! `KC` lines) stays in L1 while every row block of a passes it, and the rows of a in use
 //! (at most `MC` of them) stay in L2.
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use half::bf16;
 use rayon::prelude::*;
+
+use super::gemm::isa::{self, Isa};
+use super::gemm::{Data, MatRef};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod generic;
 mod greedy;
 
 pub use greedy::Greedy;
 
 /// Output columns per panel (two AVX2 vectors).
 const NR: usize = 16;
-/// Rows of x per microkernel tile.
+/// Rows of a per microkernel tile.
 const MR: usize = 6;
-/// Rows of x per L2 block, and the largest k-block: a 16 KiB k-block of a panel stays in L1.
+/// Rows of a per L2 block, and the largest k-block: a 16 KiB k-block of a panel stays in L1.
 const MC: usize = 288;
 const KC: usize = 256;
 /// Panels a row tile meets in turn: 256 columns, whose k-blocks (256 KiB) stay in L2.
 const GROUP: usize = 16;
 
-/// Whether this CPU runs the kernel (AVX2 and FMA, checked once at run time).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// One line of a panel: the 16 columns' elements at one k.
+pub(crate) trait Line: Copy + Send + Sync + 'static + Load {
+    type Elem: Copy + Send + Sync;
+    const ZERO: Self;
+    /// Sets column c (0..16) of the line.
+    fn set(&mut self, c: usize, v: Self::Elem);
+    /// The 16 columns as f32, in order.
+    fn widen(&self) -> [f32; NR];
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct LineF32([f32; NR]);
+
+/// 16 bf16 columns, ordered so that each 32-bit word holds column j in its low half and column
+/// 8 + j in its high half: a shift left by 16 gives columns 0..8 as f32, a mask columns 8..16.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct LineBf16([u16; NR]);
+
+impl Line for LineF32 {
+    type Elem = f32;
+    const ZERO: Self = Self([0.0; NR]);
+
+    fn set(&mut self, c: usize, v: f32) {
+        self.0[c] = v;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    fn widen(&self) -> [f32; NR] {
+        self.0
     }
 }
 
-/// One cache line of a panel: the 16 columns' weights at one k.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([f32; NR]);
+impl Line for LineBf16 {
+    type Elem = bf16;
+    const ZERO: Self = Self([0; NR]);
 
-/// A weight of `n` output columns and `k` inputs in the microkernel's layout: panel p holds
-/// columns 16p..16p+16 (zero past n), as k lines.
+    fn set(&mut self, c: usize, v: bf16) {
+        self.0[if c < 8 { 2 * c } else { 2 * (c - 8) + 1 }] = v.to_bits();
+    }
+
+    fn widen(&self) -> [f32; NR] {
+        std::array::from_fn(|c| {
+            let i = if c < 8 { 2 * c } else { 2 * (c - 8) + 1 };
+            f32::from_bits((self.0[i] as u32) << 16)
+        })
+    }
+}
+
+enum Lines {
+    F32(Vec<LineF32>),
+    Bf16(Vec<LineBf16>),
+}
+
+/// b [k × n] in the microkernel's layout: panel p holds columns 16p..16p+16 (zero past n), as k
+/// lines, in b's own dtype.
 pub struct PackedWeight {
-    lines: Vec<Line>,
+    lines: Lines,
     n: usize,
     k: usize,
 }
 
+/// Whether `path` has kernels and this CPU can run them.
+pub fn runnable(path: Isa) -> bool {
+    path.has_kernels() && path <= isa::features().best()
+}
+
+/// Whether an f32 weight takes the packed kernel: on the AVX2 path. Below it candle's GEMM (the
+/// `gemm` crate, which dispatches on its own) beats the portable kernel; bf16 weights take the
+/// packed kernel on every path, since the alternative widens them to f32 on every call.
+pub fn f32_fast() -> bool {
+    isa::gemm_path() >= Isa::Avx2
+}
+
 impl PackedWeight {
-    /// Packs w, stored [n, k] (`transposed` = false, HF `nn.Linear`) or [k, n] (true, GPT-2's
-    /// `Conv1D`).
-    pub fn new(w: &[f32], n: usize, k: usize, transposed: bool) -> Self {
+    /// Packs b [k × n], read through its strides, in its own dtype.
+    pub fn pack(b: MatRef) -> Self {
+        b.check();
+        let (k, n) = (b.rows, b.cols);
+        let lines = match b.data {
+            Data::F32(d) => Lines::F32(pack_lines(d, b)),
+            Data::Bf16(d) => Lines::Bf16(pack_lines(d, b)),
+        };
+        Self { lines, n, k }
+    }
+
+    /// Packs a weight of `n` output columns and `k` inputs stored [n, k] (`transposed` = false,
+    /// HF `nn.Linear`) or [k, n] (true, GPT-2's `Conv1D`), so that y = x·packed is x·Wᵀ.
+    pub fn new(w: Data, n: usize, k: usize, transposed: bool) -> Self {
         assert_eq!(
             w.len(),
             n * k,
             "weight of {} elements is not {n} × {k}",
             w.len()
         );
-        let panels = n.div_ceil(NR);
-        let mut lines = vec![Line([0.0; NR]); panels * k];
-        lines
-            .par_chunks_mut(k.max(1))
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for (c, j) in (p * NR..((p + 1) * NR).min(n)).enumerate() {
-                    for (q, line) in panel.iter_mut().enumerate() {
-                        line.0[c] = if transposed {
-                            w[q * n + j]
-                        } else {
-                            w[j * k + q]
-                        };
-                    }
-                }
-            });
-        Self { lines, n, k }
+        let (rs, cs) = if transposed { (n, 1) } else { (1, k) };
+        Self::pack(MatRef {
+            data: w,
+            rows: k,
+            cols: n,
+            rs,
+            cs,
+        })
     }
 
-    /// y[m × n] += x[m × k] · Wᵀ, y row-major (holding the bias, or zeros). Callers check
-    /// `available()` first.
-    pub fn matmul_acc(&self, x: &[f32], y: &mut [f32], m: usize) {
-        let n = self.n;
-        assert!(x.len() >= m * self.k && y.len() >= m * n);
+    /// Bytes the packed panels take.
+    pub fn bytes(&self) -> usize {
+        match &self.lines {
+            Lines::F32(l) => std::mem::size_of_val(&l[..]),
+            Lines::Bf16(l) => std::mem::size_of_val(&l[..]),
+        }
+    }
+
+    /// y[m × n] += x[m × k] · b on the selected path, y row-major (holding the bias, or zeros).
+    pub fn matmul_acc(&self, x: MatRef, y: &mut [f32]) {
+        self.matmul_acc_on(isa::gemm_path(), x, y)
+    }
+
+    /// `matmul_acc` on a given path, which this CPU must be able to run.
+    pub fn matmul_acc_on(&self, path: Isa, x: MatRef, y: &mut [f32]) {
+        assert!(runnable(path), "gemm path {path} cannot run on this CPU");
+        let (m, n) = (x.rows, self.n);
+        x.check();
+        assert!(x.cols == self.k && y.len() >= m * n, "matmul_acc: shapes");
         let y = SendPtr(y.as_mut_ptr());
         self.per_task(m, |panels| {
+            let mut scratch = vec![];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
+                let a = rows_f32(x, i0..i1, &mut scratch);
                 for p0 in panels.clone().step_by(GROUP) {
                     let group = p0..(p0 + GROUP).min(panels.end);
+                    let out = y.get().wrapping_add(i0 * n + p0 * NR);
                     // SAFETY: this task alone writes the columns of its panels (the tasks'
                     // panel ranges are disjoint); rows i0..i1 lie inside y.
-                    unsafe { self.panels_into(x, group, i0..i1, y.get().add(i0 * n + p0 * NR), n) }
+                    unsafe { self.panels_into(path, a, group, i1 - i0, out, n) }
                 }
             }
         });
@@ -126,38 +202,135 @@ impl PackedWeight {
     /// of a wide output would touch one cache line per row, each in another page).
     ///
     /// # Safety
-    /// `available()` holds; `out` addresses rows.len() rows of `ldc` floats, the first
-    /// min(16·|panels|, n − 16·panels.start) of each written by no one else during the call.
+    /// `runnable(path)`; `x` = (pointer, row stride) addresses `rows` rows of k f32s (from
+    /// `rows_f32`); `out` addresses `rows` rows of `ldc` floats, the first
+    /// min(16·|panels|, n − 16·panels.start) of each written by no one else meanwhile.
     unsafe fn panels_into(
         &self,
-        x: &[f32],
+        path: Isa,
+        (a, lda): (*const f32, usize),
         panels: Range<usize>,
-        rows: Range<usize>,
+        rows: usize,
         out: *mut f32,
         ldc: usize,
     ) {
         let k = self.k;
         let cols = (self.n - panels.start * NR).min(panels.len() * NR);
-        let lines = &self.lines[panels.start * k..panels.end * k];
         let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
         for q0 in (0..k).step_by(kc) {
             let q1 = (q0 + kc).min(k);
-            #[cfg(target_arch = "x86_64")]
-            avx2::strip(
-                x[rows.start * k + q0..].as_ptr(),
-                k,
-                (lines[q0..].as_ptr() as *const f32, k * NR),
-                q1 - q0,
-                out,
-                ldc,
-                rows.len(),
-                cols,
-            );
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (q1, lines, out, ldc, cols);
+            let a = a.wrapping_add(q0);
+            let at = panels.start * k + q0;
+            let dims = (q1 - q0, rows, cols);
+            match &self.lines {
+                Lines::F32(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
+                Lines::Bf16(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
+            }
         }
     }
 }
+
+/// The lines of b's panels, each panel filled by one rayon task.
+fn pack_lines<L: Line>(d: &[L::Elem], b: MatRef) -> Vec<L> {
+    let (k, n) = (b.rows, b.cols);
+    let mut lines = vec![L::ZERO; n.div_ceil(NR) * k];
+    lines
+        .par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(p, panel)| {
+            let cols = p * NR..((p + 1) * NR).min(n);
+            for (q, line) in panel.iter_mut().enumerate() {
+                for (c, j) in cols.clone().enumerate() {
+                    line.set(c, d[q * b.rs + j * b.cs]);
+                }
+            }
+        });
+    lines
+}
+
+/// The rows of x (all k columns) as row-major f32: in place (pointer, row stride) when x is f32
+/// with unit column stride, else staged into `scratch`.
+fn rows_f32(
+    x: MatRef,
+    rows: Range<usize>,
+    scratch: &mut Vec<f32>,
+) -> (*const f32, usize) {
+    if let (Data::F32(d), 1) = (x.data, x.cs) {
+        return (d[rows.start * x.rs..].as_ptr(), x.rs);
+    }
+    let w = x.cols;
+    scratch.clear();
+    scratch.resize(rows.len() * w, 0.0);
+    match x.data {
+        Data::F32(d) => stage(d, |v| v, x, rows, scratch),
+        Data::Bf16(d) => stage(d, widen, x, rows, scratch),
+    }
+    (scratch.as_ptr(), w)
+}
+
+/// bf16 → f32 is exact: the bf16 bits are the f32's upper half.
+#[inline(always)]
+fn widen(v: bf16) -> f32 {
+    f32::from_bits((v.to_bits() as u32) << 16)
+}
+
+/// Copies x's rows into `out` (row-major, x.cols wide), reading along x's shorter stride.
+fn stage<T: Copy>(d: &[T], f: impl Fn(T) -> f32, x: MatRef, rows: Range<usize>, out: &mut [f32]) {
+    let w = x.cols;
+    if x.cs == 1 {
+        // Contiguous rows: a plain conversion loop, which vectorises.
+        for (r, o) in rows.zip(out.chunks_mut(w)) {
+            for (o, &v) in o.iter_mut().zip(&d[r * x.rs..r * x.rs + w]) {
+                *o = f(v);
+            }
+        }
+    } else if x.cs <= x.rs {
+        for (r, o) in rows.zip(out.chunks_mut(w)) {
+            for (q, o) in o.iter_mut().enumerate() {
+                *o = f(d[r * x.rs + q * x.cs]);
+            }
+        }
+    } else {
+        for q in 0..w {
+            for (i, r) in rows.clone().enumerate() {
+                out[i * w + q] = f(d[r * x.rs + q * x.cs]);
+            }
+        }
+    }
+}
+
+/// out[rows × cols] += a[rows × kc] · panels on `path`: the microkernels' one entry.
+///
+/// # Safety
+/// `runnable(path)`; a holds `rows` rows of `lda` floats, at least kc of each; `panels` holds
+/// kc lines from its start for each of the cols/16 panels `stride` lines apart; out as in
+/// `panels_into`.
+unsafe fn strip<L: Line>(
+    path: Isa,
+    a: *const f32,
+    lda: usize,
+    (panels, stride): (&[L], usize),
+    (kc, rows, cols): (usize, usize, usize),
+    out: *mut f32,
+    ldc: usize,
+) {
+    let panel = (panels.as_ptr(), stride);
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::strip(a, lda, panel, kc, out, ldc, rows, cols),
+        _ => generic::strip(a, lda, panel, kc, out, ldc, rows, cols),
+    }
+}
+
+/// What the AVX2 microkernel needs of a line: its 16 columns as two f32 vectors.
+#[cfg(target_arch = "x86_64")]
+use avx2::Load;
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait Load {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Load for LineF32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Load for LineBf16 {}
 
 /// A packed weight shared by the clones of a layer, made on first use.
 pub type PackedCache = Arc<std::sync::OnceLock<PackedWeight>>;
@@ -171,54 +344,5 @@ impl SendPtr {
     /// Through a method, so closures capture the wrapper (Sync), not its raw field.
     fn get(self) -> *mut f32 {
         self.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Against a plain triple loop, in both stored layouts, over shapes with every edge: rows not
-    /// a multiple of 6 or of a row block, columns not a multiple of 16, k split into blocks.
-    #[test]
-    fn matches_the_definition() {
-        if !available() {
-            return;
-        }
-        let mut rng = crate::rng::Rng::seed(7);
-        for (m, n, k) in [
-            (1, 1, 1),
-            (5, 7, 13),
-            (33, 200, 64),
-            (6, 16, 8),
-            (300, 35, 1300),
-            (9, 4099, 21),
-        ] {
-            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32() - 0.5).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform_f32() - 0.5).collect();
-            let bias: Vec<f32> = (0..m * n).map(|_| rng.uniform_f32()).collect();
-            for transposed in [false, true] {
-                let at = |j: usize, p: usize| {
-                    if transposed {
-                        w[p * n + j]
-                    } else {
-                        w[j * k + p]
-                    }
-                };
-                let mut y = bias.clone();
-                PackedWeight::new(&w, n, k, transposed).matmul_acc(&x, &mut y, m);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f32 =
-                            bias[i * n + j] + (0..k).map(|p| x[i * k + p] * at(j, p)).sum::<f32>();
-                        let got = y[i * n + j];
-                        assert!(
-                            (got - want).abs() < 1e-3,
-                            "({m},{n},{k}) transposed {transposed} [{i},{j}]: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
     }
 }

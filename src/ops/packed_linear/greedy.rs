@@ -1,22 +1,33 @@
 //! Greedy decoding's reduction fused into the packed GEMM: the first maximum of each row of
 //! x·Wᵀ + b and its log-probability, without writing the [m × n] product.
 
-use super::{PackedWeight, MC, NR};
+use super::{rows_f32, runnable, PackedWeight, MC, NR};
 use crate::ops::cpu;
+use crate::ops::gemm::{isa, Isa, MatRef};
 
 impl PackedWeight {
     /// What greedy decoding needs from each row of x·Wᵀ + b, without writing the [m × n]
     /// product: the first maximum, its column and its log-probability max − ln Σⱼ exp(yⱼ).
     /// Each task folds its panels into per-row running statistics (the running sum rescaled
     /// whenever the maximum grows, in f64), and the tasks' statistics merge in column order, so
-    /// the first maximum stays first. Callers check `available()` first.
-    pub fn greedy_rows(&self, x: &[f32], bias: Option<&[f32]>, m: usize) -> Vec<Greedy> {
-        assert!(x.len() >= m * self.k && bias.is_none_or(|b| b.len() == self.n));
+    /// the first maximum stays first.
+    pub fn greedy_rows(&self, x: MatRef, bias: Option<&[f32]>) -> Vec<Greedy> {
+        self.greedy_rows_on(isa::gemm_path(), x, bias)
+    }
+
+    /// `greedy_rows` on a given path, which this CPU must be able to run.
+    pub fn greedy_rows_on(&self, path: Isa, x: MatRef, bias: Option<&[f32]>) -> Vec<Greedy> {
+        assert!(runnable(path), "gemm path {path} cannot run on this CPU");
+        x.check();
+        assert!(x.cols == self.k && bias.is_none_or(|b| b.len() == self.n));
+        let m = x.rows;
         let parts = self.per_task(m, |panels| {
+            let mut scratch = vec![];
             let mut stats = vec![RowMax::EMPTY; m];
             let mut tile = vec![0f32; MC.min(m) * NR];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
+                let a = rows_f32(x, i0..i1, &mut scratch);
                 for p in panels.clone() {
                     let (j0, cols) = (p * NR, (self.n - p * NR).min(NR));
                     let tile = &mut tile[..(i1 - i0) * NR];
@@ -26,8 +37,9 @@ impl PackedWeight {
                             None => row.fill(0.0),
                         }
                     }
+                    let out = tile.as_mut_ptr();
                     // SAFETY: the tile holds i1 − i0 rows of 16.
-                    unsafe { self.panels_into(x, p..p + 1, i0..i1, tile.as_mut_ptr(), NR) }
+                    unsafe { self.panels_into(path, a, p..p + 1, i1 - i0, out, NR) }
                     cpu::simd(|| {
                         for (s, row) in stats[i0..i1].iter_mut().zip(tile.chunks(NR)) {
                             s.fold(&row[..cols], j0);
@@ -118,16 +130,13 @@ impl RowMax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::packed_linear::available;
+    use crate::ops::gemm::{runnable_paths, Data};
 
     /// The fused greedy statistics against the written product reduced row by row: same token
     /// (the first of two tied maxima, which sit in different tasks' panels), log-probabilities
     /// within 1e-5, with and without a bias.
     #[test]
     fn greedy_rows_match_the_product() {
-        if !available() {
-            return;
-        }
         let mut rng = crate::rng::Rng::seed(3);
         let (m, n, k) = (13, 100, 40);
         let x: Vec<f32> = (0..m * k).map(|_| rng.uniform_f32()).collect();
@@ -138,16 +147,20 @@ mod tests {
             w[70 * k + p] = 3.0;
         }
         let bias: Vec<f32> = (0..n).map(|_| rng.uniform_f32()).collect();
-        let packed = PackedWeight::new(&w, n, k, false);
-        for b in [None, Some(&bias[..])] {
+        let packed = PackedWeight::new(Data::F32(&w), n, k, false);
+        let xm = MatRef::row_major(Data::F32(&x), m, k);
+        for (b, path) in [None, Some(&bias[..])]
+            .into_iter()
+            .flat_map(|b| runnable_paths().0.into_iter().map(move |p| (b, p)))
+        {
             let mut y: Vec<f32> = (0..m)
                 .flat_map(|_| b.map_or(vec![0.0; n], <[f32]>::to_vec))
                 .collect();
-            packed.matmul_acc(&x, &mut y, m);
-            let fused = packed.greedy_rows(&x, b, m);
+            packed.matmul_acc_on(path, xm, &mut y);
+            let fused = packed.greedy_rows_on(path, xm, b);
             for (i, g) in fused.iter().enumerate() {
                 let want = Greedy::of(&y[i * n..(i + 1) * n]);
-                assert_eq!(g.token, want.token, "row {i}");
+                assert_eq!(g.token, want.token, "{path} row {i}");
                 assert!(
                     (g.logprob - want.logprob).abs() < 1e-5,
                     "row {i}: {g:?} vs {want:?}"

@@ -1,0 +1,169 @@
+//! dlm's own GEMM layer: one packed-panel kernel family for inference and training, f32 or bf16
+//! operands, f32 accumulation, its path chosen once at start-up (isa.rs).
+//!
+//! Every product is c[m×n] += a[m×k]·b[k×n] with b packed into the kernel's panels in its own
+//! dtype (packed_linear.rs): a model's weights once, on first use; training's operands per call.
+//! A linear layer's three products are all of that form, with a and b read in place through
+//! strides (`MatRef`):
+//!
+//!   forward           y  = x·Wᵀ      a = x,    b = Wᵀ
+//!   input gradient    dx = dy·W      a = dy,   b = W
+//!   weight gradient   dW = dyᵀ·x     a = dyᵀ,  b = x     (GPT-2's Conv1D: dW = xᵀ·dy)
+//!
+//! Paths written: `generic` (portable Rust) and `avx2` (AVX2 + FMA; bf16 panels widened in
+//! registers by a 16-bit shift). Slots detected and reported but without kernels yet, so their
+//! CPUs run `avx2`:
+//! - `avx512`: the same microkernel with 16-lane vectors and a 14 × 32 tile.
+//! - `avx512bf16`: VDPBF16PS over bf16 pairs of k (panels interleaved two k per lane, a staged
+//!   in bf16), f32 accumulators.
+//! - `amx-bf16`: TDPBF16PS on 16 × 32 bf16 tiles (a staged into tiles, b's panels in AMX's
+//!   VNNI layout), after isa.rs's ARCH_REQ_XCOMP_PERM.
+//!
+//! Each needs a CPU with the unit to be tested on, against tests/gemm_paths.rs.
+
+pub mod isa;
+pub mod peak;
+
+pub use half::bf16;
+pub use isa::Isa;
+
+pub use crate::ops::packed_linear::PackedWeight;
+
+/// A matrix's elements in their stored dtype.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl Data<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(d) => d.len(),
+            Data::Bf16(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A rows × cols matrix read in place: element (i, j) is data[i·rs + j·cs].
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: Data<'a>,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A contiguous row-major matrix.
+    pub fn row_major(data: Data<'a>, rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, read in place.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Panics unless every element lies inside the data (the kernels index it unchecked).
+    pub(crate) fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(
+                last < self.data.len(),
+                "{} × {} matrix at strides ({}, {}) overruns its {} elements",
+                self.rows,
+                self.cols,
+                self.rs,
+                self.cs,
+                self.data.len()
+            );
+        }
+    }
+}
+
+/// c[m×n] += a[m×k]·b[k×n] on `path`, c row-major: b packed here, in its own dtype.
+pub fn matmul_acc_on(path: Isa, a: MatRef, b: MatRef, c: &mut [f32]) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    PackedWeight::pack(b).matmul_acc_on(path, a, c);
+}
+
+/// `matmul_acc_on` the selected path.
+pub fn matmul_acc(a: MatRef, b: MatRef, c: &mut [f32]) {
+    matmul_acc_on(isa::gemm_path(), a, b, c)
+}
+
+/// The paths with kernels that this CPU can run, lowest first, and a line for each other path
+/// saying why it is skipped: what tests and benchmarks iterate over.
+pub fn runnable_paths() -> (Vec<Isa>, Vec<String>) {
+    let best = isa::features().best();
+    let (mut run, mut skipped) = (vec![], vec![]);
+    for path in Isa::ALL {
+        if path > best {
+            let lacks: Vec<_> = path
+                .requires()
+                .iter()
+                .filter(|f| !isa::features().has(f))
+                .copied()
+                .collect();
+            skipped.push(format!(
+                "gemm path {path}: skipped (CPU lacks {})",
+                lacks.join(", ")
+            ));
+        } else if !path.has_kernels() {
+            skipped.push(format!("gemm path {path}: skipped (no kernel written yet)"));
+        } else {
+            run.push(path);
+        }
+    }
+    (run, skipped)
+}
+
+/// Which path each CPU kernel family runs now: (kernel, path), for `dlm info --system` and the
+/// bench headers.
+pub fn kernel_paths() -> Vec<(&'static str, String)> {
+    let path = isa::gemm_path();
+    let f32_linear = if path >= Isa::Avx2 {
+        path.name().to_string()
+    } else {
+        "candle (gemm crate, its own dispatch)".into()
+    };
+    let simd = if isa::selected() >= Isa::Avx2 {
+        "avx2 (loops compiled for AVX2 + FMA)"
+    } else {
+        "generic"
+    };
+    vec![
+        ("linear, f32 weights, inference (packed)", f32_linear),
+        (
+            "linear, bf16 weights, inference (packed bf16)",
+            path.to_string(),
+        ),
+        (
+            "linear, bf16 training (x·Wᵀ, dy·W, dyᵀ·x)",
+            path.to_string(),
+        ),
+        (
+            "linear, f32 training, attention products",
+            "candle (gemm crate, its own dispatch)".into(),
+        ),
+        ("fused norms, softmax, activations, loss", simd.into()),
+    ]
+}
