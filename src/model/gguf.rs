@@ -13,7 +13,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::quantized::{parse_quantized_name, quantized_name};
 use crate::error::Result;
+use crate::ops::quant::QuantType;
 pub use reader::GgufFile;
 pub use value::{GgufValue, TensorInfo};
 
@@ -36,6 +38,37 @@ pub struct GgufLlamaParams {
     /// No `output.weight`: the LM head is the token embedding.
     pub tied: bool,
     pub name: Option<String>,
+}
+
+impl GgufLlamaParams {
+    /// The HF `LlamaConfig` a GGUF's hyper-parameters describe.
+    pub fn hf_config(&self) -> serde_json::Value {
+        let p = self;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": p.vocab,
+            "hidden_size": p.hidden,
+            "intermediate_size": p.ffn,
+            "num_hidden_layers": p.n_layer,
+            "num_attention_heads": p.n_head,
+            "num_key_value_heads": p.n_kv_head,
+            "head_dim": p.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": p.context_length,
+            "rms_norm_eps": p.rms_eps,
+            "rope_theta": p.rope_theta,
+            "rope_scaling": null,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "tie_word_embeddings": p.tied,
+            "bos_token_id": p.bos_id,
+            "eos_token_id": p.eos_id,
+            "pad_token_id": p.pad_id,
+            "initializer_range": 0.02,
+            "use_cache": true,
+        })
+    }
 }
 
 /// Everything a GGUF file provides for building a model (the tokenizer is
@@ -75,6 +108,29 @@ pub fn llama_params(f: &GgufFile) -> Result<GgufLlamaParams> {
 /// Every tensor, dequantised, in HF names, shapes and row order; all that `p` implies must be
 /// there.
 pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, Tensor)>> {
+    read_tensors(f, p, false)
+}
+
+/// As [`llama_tensors`], but every Q8_0/Q4_0/Q4_1/Q4_K matrix stays as its blocks, a U8 tensor
+/// under its `model::quantized` name; other types are dequantised as there.
+pub fn llama_tensors_kept(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, Tensor)>> {
+    read_tensors(f, p, true)
+}
+
+/// The blocks of a quantised matrix with HF shape `[rows, cols]`, rows unpermuted as `name` needs.
+fn kept_blocks(f: &GgufFile, p: &GgufLlamaParams, t: &TensorInfo, ty: QuantType) -> Result<Tensor> {
+    let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+    let row_bytes = ty.row_bytes(cols);
+    let mut data = f.tensor_bytes(t)?.to_vec();
+    if t.name.ends_with(".attn_q.weight") {
+        data = unpermute_rows(&data, p.n_head, p.head_dim, row_bytes);
+    } else if t.name.ends_with(".attn_k.weight") {
+        data = unpermute_rows(&data, p.n_kv_head, p.head_dim, row_bytes);
+    }
+    Ok(Tensor::from_vec(data, (rows, row_bytes), &Device::Cpu)?)
+}
+
+fn read_tensors(f: &GgufFile, p: &GgufLlamaParams, keep: bool) -> Result<Vec<(String, Tensor)>> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
     for t in &f.tensors {
         let (hf, expect) = hf_name(f, p, &t.name)?;
@@ -86,6 +142,10 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
                 t.name
             )));
         }
+        if let Some(ty) = QuantType::from_ggml_id(t.dtype).filter(|_| keep && shape.len() == 2) {
+            tensors.push((quantized_name(&hf, ty), kept_blocks(f, p, t, ty)?));
+            continue;
+        }
         let mut data = f.dequantize(t)?;
         if t.name.ends_with(".attn_q.weight") {
             data = unpermute_rows(&data, p.n_head, p.head_dim, p.hidden);
@@ -96,7 +156,11 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
     }
     let mut missing: Vec<String> = expected_names(p)
         .into_iter()
-        .filter(|n| !tensors.iter().any(|(h, _)| h == n))
+        .filter(|n| {
+            !tensors
+                .iter()
+                .any(|(h, _)| h == n || parse_quantized_name(h).is_some_and(|(base, _)| base == n))
+        })
         .collect();
     if !missing.is_empty() {
         missing.truncate(8);
@@ -283,7 +347,8 @@ fn expected_names(p: &GgufLlamaParams) -> Vec<String> {
 /// Undoes llama.cpp's permutation of Q/K rows (made for interleaved-pair RoPE) so HF's
 /// `rotate_half` RoPE applies: `W_hf = W.reshape(heads, hd/2, 2, in).swapaxes(1, 2)`, i.e.
 /// HF row `h*hd + s*hd/2 + i` is GGUF row `h*hd + 2*i + s`. Shapes were checked by the caller.
-fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// `cols` is a row's width in elements of `w` (bytes, for quantised blocks).
+fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(w.len());
     let half = head_dim / 2;
     for h in 0..heads {
