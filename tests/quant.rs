@@ -10,7 +10,8 @@ mod common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use dlm::ops::quant::{
-    dequantize, dequantize_block, quantize_block, QuantActs, QuantKernel, QuantMatrix, QuantType,
+    dequantize, dequantize_block, quantize_block, QuantActivations, QuantActs, QuantKernel,
+    QuantMatrix, QuantType,
 };
 use dlm::rng::Rng;
 
@@ -59,9 +60,10 @@ fn block_layouts_match_candle() {
 
 /// y = x·Wᵀ on each kernel, M = 1, 3, 17 and N not a multiple of 8, against two f64
 /// references: (a) the dequantised weights times the int8-quantised activations, which the
-/// kernel computes exactly up to f32 summation (relative 1e-5 of Σ|w·x|); (b) the dequantised
-/// weights times the exact activations, within the activation rounding bound
-/// Σ_blocks (d_x / 2)·Σ|w| (+ the same f32 slack).
+/// int8 path computes exactly up to f32 summation (relative 1e-5 of Σ|w·x|); (b) the
+/// dequantised weights times the exact activations, within the activation rounding bound
+/// Σ_blocks (d_x / 2)·Σ|w| (+ the same f32 slack) for the int8 path, and within the f32 slack
+/// alone for the f32-activation path.
 #[test]
 fn products_match_f64_reference_on_every_kernel() {
     let mut rng = Rng::seed(2);
@@ -89,20 +91,25 @@ fn check_product(kernel: QuantKernel, ty: QuantType, m: usize, n: usize, k: usiz
     let q = random_matrix(ty, n, k, rng);
     let w = q.dequantize().unwrap();
     let x = normal(m * k, rng);
-    let y = q.matmul_with(kernel, &x, m).unwrap();
-    assert_eq!(y.len(), m * n);
+    let y = q
+        .matmul_with(kernel, QuantActivations::Int8, &x, m)
+        .unwrap();
+    let y32 = q.matmul_with(kernel, QuantActivations::F32, &x, m).unwrap();
+    assert_eq!((y.len(), y32.len()), (m * n, m * n));
     let acts = QuantActs::new(&x, k);
     for i in 0..m {
         let a = acts.row(i);
         for j in 0..n {
             let wr = &w[j * k..(j + 1) * k];
             let (mut exact, mut on_int8, mut mag, mut bound) = (0f64, 0f64, 0f64, 0f64);
+            let mut mag32 = 0f64;
             for (b, wb) in wr.chunks(32).enumerate() {
                 let mut wabs = 0f64;
                 for (t, &wv) in wb.iter().enumerate() {
                     let col = b * 32 + t;
                     let xq = a.d[b] as f64 * a.qs[col] as f64;
                     exact += wv as f64 * x[i * k + col] as f64;
+                    mag32 += (wv as f64 * x[i * k + col] as f64).abs();
                     on_int8 += wv as f64 * xq;
                     mag += (wv as f64 * xq).abs();
                     wabs += (wv as f64).abs();
@@ -113,6 +120,12 @@ fn check_product(kernel: QuantKernel, ty: QuantType, m: usize, n: usize, k: usiz
             let slack = 1e-5 * mag + 1e-6;
             let what = format!("{} {ty:?} m {m} n {n} k {k} at ({i}, {j})", kernel.name());
             assert!((got - on_int8).abs() <= slack, "{what}: {got} vs {on_int8}");
+            let got32 = y32[i * n + j] as f64;
+            let slack32 = 1e-5 * mag32 + 1e-6;
+            assert!(
+                (got32 - exact).abs() <= slack32,
+                "{what} f32: {got32} vs {exact}"
+            );
             assert!(
                 (got - exact).abs() <= bound + slack,
                 "{what}: {got} vs exact {exact}, bound {bound}"
@@ -185,64 +198,10 @@ fn bad_shapes_are_refused() {
     let e = QuantMatrix::from_blocks(QuantType::Q4_0, blocks.clone(), 2, 32).unwrap_err();
     assert!(e.to_string().contains("U8 CPU tensor"), "{e}");
     let q = QuantMatrix::from_blocks(QuantType::Q8_0, blocks, 2, 32).unwrap();
-    assert!(q.matmul_with(QuantKernel::Scalar, &[0.0; 31], 1).is_err());
+    assert!(q
+        .matmul_with(QuantKernel::Scalar, QuantActivations::Int8, &[0.0; 31], 1)
+        .is_err());
     assert!(QuantMatrix::quantize(QuantType::Q4K, &[0.0; 256], 1, 256).is_err());
-}
-
-/// The fixture's prompts: (ids, 20-token greedy continuation of the f32 model).
-fn smollm2_prompts() -> Vec<(Vec<u32>, Vec<u32>)> {
-    let g = common::golden_json("smollm2-135m");
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    g["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (ids(&p["prompt_ids"]), ids(&p["greedy_ids"])))
-        .collect()
-}
-
-/// The largest difference of the last-position logits from the fixture's f32 ones, over the
-/// prompts.
-fn last_logit_diff(m: &dyn dlm::model::LanguageModel) -> f32 {
-    let golden = common::golden("smollm2-135m");
-    let mut worst = 0f32;
-    for (i, (ids, _)) in smollm2_prompts().iter().enumerate() {
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let h = m
-            .hidden(&x, &dlm::ops::AttentionMask::Causal, None)
-            .unwrap();
-        let last = m.head(&h.narrow(1, ids.len() - 1, 1).unwrap()).unwrap();
-        let want = golden["last_logits"].get(i).unwrap();
-        worst = worst.max(common::max_abs_diff(&last.flatten_all().unwrap(), &want));
-    }
-    worst
-}
-
-/// Greedy continuations that equal the fixture's, and tokens that do (up to the first
-/// difference), over the prompts.
-fn greedy_agreement(m: &dyn dlm::model::LanguageModel) -> (usize, usize) {
-    use dlm::sample::autoregressive::{generate, ArOptions};
-    let opts = ArOptions {
-        max_new_tokens: 20,
-        choice: dlm::sample::filter::TokenChoice::Greedy,
-        stop_ids: vec![],
-    };
-    let (mut same, mut tokens) = (0, 0);
-    for (ids, want) in smollm2_prompts() {
-        let got = generate(m, &ids, &opts, &mut Rng::seed(0), &Device::Cpu, |_| {}).unwrap();
-        same += usize::from(got == want);
-        tokens += got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-    }
-    (same, tokens)
 }
 
 /// SmolLM2 served from its Q4_1 GGUF with every matrix kept quantised (the head is the Q8_0
@@ -260,8 +219,8 @@ fn smollm2_gguf_kept_quantised_matches_f32() {
     )
     .unwrap();
     assert!(dlm::model::quantized::is_quantized(&m.weights));
-    let diff = last_logit_diff(m.model.as_ref());
-    let (same, tokens) = greedy_agreement(m.model.as_ref());
+    let diff = common::smollm2::last_logit_diff(m.model.as_ref());
+    let (same, tokens) = common::smollm2::greedy_agreement(m.model.as_ref());
     println!("Q4_1 kept: last-logit max diff {diff:.4}; greedy {same}/3 equal, {tokens}/60 tokens");
     assert!(diff < 1.2, "last logits differ by {diff}");
     assert!(
@@ -291,7 +250,7 @@ fn smollm2_q8_0_within_tolerance_of_f32() {
         weights.var_builder(candle_core::DType::F32, &Device::Cpu),
     )
     .unwrap();
-    let diff = last_logit_diff(m.as_ref());
+    let diff = common::smollm2::last_logit_diff(m.as_ref());
     println!("Q8_0: last-logit max diff {diff:.4}");
     assert!(diff < 1.2, "last logits differ by {diff}");
 }
@@ -400,7 +359,7 @@ fn keep_quant_directory_and_gguf_entry_point() {
     common::dlm(["convert", "--gguf", g, "--keep-quant", "--out", out]);
     let dir = dlm::model::load_dir(tmp.path(), candle_core::DType::F32, &Device::Cpu).unwrap();
     let direct = dlm::model::load_gguf(&gguf, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let (ids, _) = &smollm2_prompts()[0];
+    let (ids, _) = &common::smollm2::prompts()[0];
     let x = Tensor::new(ids.as_slice(), &Device::Cpu)
         .unwrap()
         .unsqueeze(0)

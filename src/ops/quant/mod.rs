@@ -68,6 +68,48 @@ impl QuantKernel {
     }
 }
 
+/// What the blocks are multiplied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantActivations {
+    /// Input rows quantised to int8 in 32-wide blocks, integer dot products (llama.cpp's way;
+    /// the fast path, and the default).
+    Int8,
+    /// Input rows kept f32, each weight row dequantised once per call and multiplied in f32:
+    /// the f32 model of the dequantised weights up to summation order, at more compute.
+    F32,
+}
+
+impl QuantActivations {
+    pub const ALL: [QuantActivations; 2] = [Self::Int8, Self::F32];
+
+    /// Int8, or F32 when `DLM_QUANT_ACT=f32` asks for exactness over speed (read once).
+    pub fn selected() -> Self {
+        static CHOICE: OnceLock<QuantActivations> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("DLM_QUANT_ACT").as_deref() {
+            Ok("f32") => Self::F32,
+            _ => Self::Int8,
+        })
+    }
+}
+
+/// Σ a·b in eight independent lanes, so the loop vectorises without reassociating a float sum.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// A `[rows, cols]` weight (rows = outputs) kept as its blocks: a U8 tensor `[rows, row_bytes]`,
 /// so that it is stored, shared and saved like any other tensor.
 #[derive(Debug, Clone)]
@@ -151,8 +193,14 @@ impl QuantMatrix {
         })
     }
 
-    /// y = x·Wᵀ for `x` row-major `[m, cols]`: `[m, rows]`, on the given kernel.
-    pub fn matmul_with(&self, kernel: QuantKernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    /// y = x·Wᵀ for `x` row-major `[m, cols]`: `[m, rows]`, on the given kernel and activations.
+    pub fn matmul_with(
+        &self,
+        kernel: QuantKernel,
+        activations: QuantActivations,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>> {
         if x.len() != m * self.cols {
             return Err(bail_shape(format!(
                 "input of {} values is not [{m}, {}]",
@@ -166,7 +214,10 @@ impl QuantMatrix {
                 kernel.name()
             )));
         }
-        let acts = QuantActs::new(x, self.cols);
+        let acts = match activations {
+            QuantActivations::Int8 => Some(QuantActs::new(x, self.cols)),
+            QuantActivations::F32 => None,
+        };
         let (n, rb) = (self.rows, self.ty.row_bytes(self.cols));
         // Weight rows in chunks small enough to stay in L1 while every x row passes over them.
         let threads = rayon::current_num_threads().max(1);
@@ -177,11 +228,16 @@ impl QuantMatrix {
                 .map(|w| {
                     let nw = w.len() / rb;
                     let mut out = vec![0f32; m * nw];
-                    for (i, o) in out.chunks_exact_mut(nw).enumerate() {
-                        let a = acts.row(i);
-                        for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
-                            *y = kernel.dot(self.ty, wr, a);
+                    match &acts {
+                        Some(acts) => {
+                            for (i, o) in out.chunks_exact_mut(nw).enumerate() {
+                                let a = acts.row(i);
+                                for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
+                                    *y = kernel.dot(self.ty, wr, a);
+                                }
+                            }
                         }
+                        None => self.f32_rows(kernel, w, x, &mut out),
                     }
                     out
                 })
@@ -195,6 +251,28 @@ impl QuantMatrix {
             }
         }
         Ok(y)
+    }
+
+    /// `out[i, j]` = x row i · W row j for the weight rows `w`, each dequantised once.
+    fn f32_rows(&self, kernel: QuantKernel, w: &[u8], x: &[f32], out: &mut [f32]) {
+        let rb = self.ty.row_bytes(self.cols);
+        let nw = w.len() / rb;
+        let mut work = move || {
+            let mut row = Vec::with_capacity(self.cols);
+            for (j, wr) in w.chunks_exact(rb).enumerate() {
+                row.clear();
+                for b in wr.chunks_exact(self.ty.block_bytes()) {
+                    dequantize_block(self.ty, b, &mut row);
+                }
+                for (i, xr) in x.chunks_exact(self.cols).enumerate() {
+                    out[i * nw + j] = dot_f32(&row, xr);
+                }
+            }
+        };
+        match kernel {
+            QuantKernel::Avx2 => crate::ops::cpu::simd(work),
+            QuantKernel::Scalar => work(),
+        }
     }
 
     /// x [..., cols] → x·Wᵀ (+ bias) [..., rows] in x's dtype, on the selected kernel. Refuses
@@ -218,8 +296,9 @@ impl QuantMatrix {
         }
         let m = x.elem_count() / self.cols;
         let xf = x.to_dtype(DType::F32)?;
-        let mut y =
-            crate::ops::cpu::with_data(&xf, |x| self.matmul_with(QuantKernel::selected(), x, m))?;
+        let mut y = crate::ops::cpu::with_data(&xf, |x| {
+            self.matmul_with(QuantKernel::selected(), QuantActivations::selected(), x, m)
+        })?;
         if let Some(b) = bias {
             crate::ops::cpu::with_data(&b.to_dtype(DType::F32)?, |b| {
                 for row in y.chunks_exact_mut(self.rows) {
