@@ -9,13 +9,13 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{f16_at, scale_min_k4, ActRow, QuantType, ACT_BLOCK};
+use super::blocks::{scale_min_k4, ActRow, QuantType, ACT_BLOCK};
 
 /// Σ w·x over one row, as `dot_scalar::dot` (same blocks, float sums in another order).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
     match ty {
         QuantType::Q8_0 => dot_q8_0(w, a),
@@ -25,8 +25,16 @@ pub unsafe fn dot(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
     }
 }
 
+/// The f16 at byte `i` of `b`, converted by F16C (exact, as the software conversion).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -36,7 +44,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// Eight partial sums of u·x (u unsigned bytes, x signed), as f32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sum_u8_i8(u: __m256i, x: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(u, x);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
@@ -44,14 +52,14 @@ unsafe fn sum_u8_i8(u: __m256i, x: __m256i) -> __m256 {
 
 /// Eight partial sums of w·x, both signed.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sum_i8_i8(w: __m256i, x: __m256i) -> __m256 {
     sum_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
 }
 
 /// 16 nibble bytes as 32 bytes: the low nibbles (elements 0..16), then the high ones (16..32).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles_16(p: *const u8) -> __m256i {
     let lo = _mm_loadu_si128(p as *const __m128i);
     let hi = _mm_srli_epi16(lo, 4);
@@ -59,13 +67,13 @@ unsafe fn nibbles_16(p: *const u8) -> __m256i {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_x(a: ActRow<'_>, block: usize) -> __m256i {
     let x = &a.qs[block * ACT_BLOCK..(block + 1) * ACT_BLOCK];
     _mm256_loadu_si256(x.as_ptr() as *const __m256i)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (i, b) in w.chunks_exact(34).enumerate() {
@@ -76,7 +84,7 @@ unsafe fn dot_q8_0(w: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(w: &[u8], a: ActRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let eight = _mm256_set1_epi8(8);
@@ -88,7 +96,7 @@ unsafe fn dot_q4_0(w: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(w: &[u8], a: ActRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
@@ -101,7 +109,7 @@ unsafe fn dot_q4_1(w: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc) + mins
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(w: &[u8], a: ActRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;

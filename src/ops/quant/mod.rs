@@ -20,7 +20,7 @@ pub use blocks::{dequantize, dequantize_block, quantize_block, QuantActs, QuantT
 pub enum QuantKernel {
     /// Portable Rust (dot_scalar.rs).
     Scalar,
-    /// AVX2 + FMA (dot_avx2.rs).
+    /// AVX2 + FMA + F16C (dot_avx2.rs).
     Avx2,
 }
 
@@ -32,7 +32,11 @@ impl QuantKernel {
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Self::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx2 => false,
         }
