@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::data::tokenizer::Tokenizer;
 use crate::model::runtime::{DeviceSpec, WeightDtype};
-use crate::model::{load_dir, LoadedModel};
+use crate::model::{load_dir, load_gguf, LoadedModel};
 
 /// `Default` is f32 on the CPU, as the flags' defaults.
 #[derive(Debug, Clone, Default, Args)]
@@ -25,12 +25,28 @@ pub fn builtin_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/dlm-shakespeare-10m")
 }
 
+/// Whether `path` names a GGUF file (served kept quantised) rather than a model directory.
+pub fn is_gguf_file(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// A model directory, or a `.gguf` file loaded with its quantised matrices kept quantised.
 pub fn load_model(dir: &Path, runtime: &RuntimeArgs) -> anyhow::Result<LoadedModel> {
     let device = runtime.device.open()?;
+    if is_gguf_file(dir) {
+        return Ok(load_gguf(dir, runtime.dtype.dtype(), &device)?);
+    }
     Ok(load_dir(dir, runtime.dtype.dtype(), &device)?)
 }
 
+/// The tokenizer of a model directory, or the one embedded in a `.gguf` file.
 pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
+    if is_gguf_file(dir) {
+        return Ok(crate::data::gguf_tokenizer::import_gguf_tokenizer(dir)?);
+    }
     let path: PathBuf = dir.join("tokenizer.json");
     if !path.exists() {
         bail!(

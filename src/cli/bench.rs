@@ -181,6 +181,13 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
 
 fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
     let m = load_model(&a.model, &a.runtime)?;
+    println!(
+        "bench generate {} ({}, {} threads): loaded, peak RSS {:.0} MB",
+        a.model.display(),
+        a.runtime.dtype,
+        rayon::current_num_threads(),
+        peak_rss_mb().unwrap_or(f64::NAN)
+    );
     let device = a.runtime.device.open()?;
     let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| 100 + i).collect();
     let opts = ArOptions {
@@ -234,7 +241,36 @@ fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
         stream * 1e3,
         decode / stream
     );
+    // The weight-streaming bound: every weight byte crosses memory once per token, at the
+    // bandwidth a parallel copy reaches in this run (read + write bytes per second).
+    let bandwidth = copy_bandwidth(bytes.max(1 << 26))?;
+    let bound = bandwidth / bytes.max(1) as f64;
+    println!(
+        "copy bandwidth {:.1} GB/s: weight-streaming bound {:.1} tokens/s; decode {:.1} tokens/s \
+         ({:.0}% of the bound); quantised-kernel {}; peak RSS {:.0} MB",
+        bandwidth / 1e9,
+        bound,
+        1.0 / decode,
+        100.0 / decode / bound,
+        crate::ops::quant::QuantKernel::selected().name(),
+        peak_rss_mb().unwrap_or(f64::NAN)
+    );
     Ok(())
+}
+
+/// Bytes per second (read plus written) of a parallel copy of `n` bytes, best of three.
+fn copy_bandwidth(n: usize) -> anyhow::Result<f64> {
+    use rayon::prelude::*;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    let chunk = n.div_ceil(rayon::current_num_threads().max(1));
+    let secs = best_of(3, || {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        Ok(())
+    })?;
+    Ok(2.0 * n as f64 / secs)
 }
 
 /// Peak resident memory of this process, from /proc (Linux).

@@ -1,8 +1,10 @@
 //! `dlm convert --gguf FILE --out DIR`: a llama, llada or dream GGUF becomes an HF-layout directory
 //! (config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat template,
 //! generation_config.json) that dlm and HF transformers both load.
+//! With `--keep-quant` the quantised matrices stay as their blocks (model::quantized's format).
 //! `dlm convert --model DIR --out DIR --dtype f16`: an HF directory (a training checkpoint, say)
-//! becomes a clean model directory stored in another dtype, without optimizer or trainer state.
+//! becomes a clean model directory stored in another dtype, without optimizer or trainer state;
+//! kept-quantised matrices are dequantised.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,14 +15,16 @@ use serde_json::{json, Value};
 
 use crate::atomic::write_atomic;
 use crate::data::gguf_tokenizer::gguf_tokenizer;
-use crate::model::gguf::{llama_params, llama_tensors, GgufFile, GgufLlamaParams};
+use crate::model::gguf::{llama_params, llama_tensors, llama_tensors_kept, GgufFile};
 use crate::model::mask_token::known_mask_id;
+use crate::model::quantized::{dequantize_weights, is_quantized, quantization_config};
 use crate::model::runtime::WeightDtype;
-use crate::model::{llada, Architecture, ModelConfig, Weights};
+use crate::model::{Architecture, ModelConfig, Weights};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A GGUF file with `general.architecture` llama, llada or dream (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors).
+    /// A GGUF file with `general.architecture` llama, llada or dream (F32, F16, BF16, Q8_0,
+    /// Q4_0, Q4_1, Q4_K tensors).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub gguf: Option<PathBuf>,
     /// An HF-layout model directory (config.json, safetensors, tokenizer) to store anew.
@@ -29,80 +33,14 @@ pub struct ConvertArgs {
     /// Output model directory (created if absent).
     #[arg(long)]
     pub out: PathBuf,
-    /// Storage dtype of model.safetensors: f32, bf16 or f16.
+    /// Storage dtype of model.safetensors: f32, bf16 or f16 (of the float tensors, with
+    /// --keep-quant).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
-}
-
-/// The HF config a GGUF's hyper-parameters describe: `LlamaConfig` keys (Dream's are Qwen2's,
-/// the same), LLaDA's own.
-fn hf_config(p: &GgufLlamaParams) -> Value {
-    let (class, model_type) = match p.arch {
-        Architecture::Llada => return llada_config(p),
-        Architecture::Dream => ("DreamModel", "Dream"),
-        _ => ("LlamaForCausalLM", "llama"),
-    };
-    let mut config = json!({
-        "architectures": [class],
-        "model_type": model_type,
-        "vocab_size": p.vocab,
-        "hidden_size": p.hidden,
-        "intermediate_size": p.ffn,
-        "num_hidden_layers": p.n_layer,
-        "num_attention_heads": p.n_head,
-        "num_key_value_heads": p.n_kv_head,
-        "head_dim": p.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": p.context_length,
-        "rms_norm_eps": p.rms_eps,
-        "rope_theta": p.rope_theta,
-        "rope_scaling": null,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "tie_word_embeddings": p.tied,
-        "bos_token_id": p.bos_id,
-        "eos_token_id": p.eos_id,
-        "pad_token_id": p.pad_id,
-        "initializer_range": 0.02,
-        "use_cache": true,
-    });
-    if p.arch == Architecture::Dream {
-        // Qwen2 has q/k/v biases and no `attention_bias` key.
-        if let Some(c) = config.as_object_mut() {
-            c.remove("attention_bias");
-        }
-        config["mask_token_id"] = p.mask_id.into();
-    }
-    config
-}
-
-/// LLaDA's `ModelConfig` keys for the LLaMA block it uses.
-fn llada_config(p: &GgufLlamaParams) -> Value {
-    json!({
-        "architectures": ["LLaDAModelLM"],
-        "model_type": "llada",
-        "block_type": "llama",
-        "activation_type": "silu",
-        "layer_norm_type": "rms",
-        "rope": true,
-        "include_bias": false,
-        "include_qkv_bias": false,
-        "d_model": p.hidden,
-        "n_heads": p.n_head,
-        "n_kv_heads": p.n_kv_head,
-        "n_layers": p.n_layer,
-        "mlp_hidden_size": p.ffn,
-        "embedding_size": p.vocab,
-        "vocab_size": p.vocab,
-        "max_sequence_length": p.context_length,
-        "rms_norm_eps": p.rms_eps,
-        "rope_theta": p.rope_theta,
-        "weight_tying": p.tied,
-        "bos_token_id": p.bos_id,
-        "eos_token_id": p.eos_id,
-        "pad_token_id": p.pad_id,
-        "mask_token_id": p.mask_id,
-    })
+    /// Keep the GGUF's Q8_0/Q4_0/Q4_1/Q4_K matrices as their blocks (U8 tensors
+    /// `NAME_<type>`, loaded back kept quantised) instead of dequantising them.
+    #[arg(long, requires = "gguf")]
+    pub keep_quant: bool,
 }
 
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
@@ -119,16 +57,27 @@ const TOKENIZER_FILES: [&str; 3] = [
     "generation_config.json",
 ];
 
-fn restore_dir(dir: &Path, out: &Path, dtype: WeightDtype) -> anyhow::Result<()> {
-    // Loading builds the model, so a directory whose tensors do not fit its config fails here.
-    let m = crate::model::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-    m.weights.save_dir(out, &m.config, dtype.dtype())?;
+/// Copies the tokenizer files `dir` has into `out`.
+pub(super) fn copy_tokenizer_files(dir: &Path, out: &Path) -> anyhow::Result<()> {
     for f in TOKENIZER_FILES {
         if dir.join(f).exists() {
             std::fs::copy(dir.join(f), out.join(f))
                 .with_context(|| format!("copying {}", dir.join(f).display()))?;
         }
     }
+    Ok(())
+}
+
+fn restore_dir(dir: &Path, out: &Path, dtype: WeightDtype) -> anyhow::Result<()> {
+    // Loading builds the model, so a directory whose tensors do not fit its config fails here.
+    let m = crate::model::load_dir(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    // Kept-quantised matrices come back as floats: the output is a plain model directory.
+    let weights = match is_quantized(&m.weights) {
+        true => dequantize_weights(&m.weights, &m.config)?,
+        false => m.weights,
+    };
+    weights.save_dir(out, &m.config, dtype.dtype())?;
+    copy_tokenizer_files(dir, out)?;
     println!(
         "wrote {} ({} parameters, {dtype}) from {}",
         out.display(),
@@ -149,16 +98,14 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let params = llama_params(&f)?;
     // The tokenizer before the tensors: an unsupported one is refused before any dequantising.
     let tokenizer = gguf_tokenizer(&f)?;
-    let tensors: BTreeMap<String, candle_core::Tensor> = llama_tensors(&f, &params)?
-        .into_iter()
-        .map(|(name, t)| match params.arch {
-            Architecture::Llada => (llada::name_from_llama(&name), t),
-            _ => (name, t),
-        })
-        .collect();
+    let tensors = match a.keep_quant {
+        true => llama_tensors_kept(&f, &params)?,
+        false => llama_tensors(&f, &params)?,
+    };
+    let tensors: BTreeMap<String, candle_core::Tensor> = tensors.into_iter().collect();
     let chat_template = f.str_value("tokenizer.chat_template").map(str::to_owned);
     drop(f); // unmap the file
-    let mut config = ModelConfig::from_json(hf_config(&params), gguf)?;
+    let mut config = ModelConfig::from_json(params.hf_config(), gguf)?;
     if config.arch != Architecture::Llama && config.mask_token_id.is_none() {
         // llama.cpp's converter does not record LLaDA's mask id.
         config.mask_token_id = known_mask_id(&config);
@@ -195,8 +142,12 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
             "pad_token_id": params.pad_id,
         }),
     )?;
+    let kept = match quantization_config(&weights) {
+        Some(q) => format!(", matrices kept as {} blocks", q["types"]),
+        None => String::new(),
+    };
     println!(
-        "wrote {} ({} tensors, {} parameters, {}) from {}",
+        "wrote {} ({} tensors, {} parameters, {}{kept}) from {}",
         a.out.display(),
         n_tensors,
         config.num_parameters(),

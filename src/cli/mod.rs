@@ -16,6 +16,7 @@ mod info_system;
 mod named;
 mod plot;
 mod pretrain;
+mod quantize;
 mod sampling;
 mod score;
 mod score_loss;
@@ -46,6 +47,8 @@ pub struct Cli {
 pub enum Command {
     /// Import a GGUF (llama architecture) into an HF-layout model directory.
     Convert(convert::ConvertArgs),
+    /// Keep a model directory's matrices as q8_0/q4_0/q4_1 blocks, for CPU inference.
+    Quantize(quantize::QuantizeArgs),
     /// Adapt an AR model into a diffusion LM (Algorithm 1).
     Adapt(adapt::AdaptArgs),
     /// Train from random initialisation (AR or diffusion objective).
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Convert(a) => convert::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Adapt(a) => adapt::run(a),
         Command::Pretrain(a) => pretrain::run(a),
         Command::Sft(a) => sft::run(a),

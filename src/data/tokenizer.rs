@@ -50,9 +50,16 @@ impl Tokenizer {
         Ok(Self { inner })
     }
 
-    /// A model directory's `tokenizer.json`, or None when it has none (the model then takes
-    /// token ids); a malformed one is an error.
+    /// A model directory's `tokenizer.json` (or the tokenizer a `.gguf` model file embeds), or
+    /// None when it has none (the model then takes token ids); a malformed one is an error.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return super::gguf_tokenizer::import_gguf_tokenizer(dir).map(Some);
+        }
         let path = dir.join("tokenizer.json");
         match path.exists() {
             true => Self::from_file(&path).map(Some),

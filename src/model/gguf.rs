@@ -2,11 +2,12 @@
 //! hyper-parameters from `llama.*` metadata, every tensor dequantised to f32 in HF names and
 //! `[out, in]` layout with llama.cpp's Q/K row permutation undone. llama.cpp's `llada` and
 //! `dream` files use the same tensor names under their own metadata prefix (Dream adds q/k/v
-//! biases, and its converter leaves Q/K unpermuted); they import to the same LLaMA names. The embedded tokenizer is
-//! rebuilt from the same metadata by `data::gguf_tokenizer`. Anything dlm cannot serve faithfully
+//! biases, and its converter leaves Q/K unpermuted); Dream's import to the LLaMA (Qwen2) names,
+//! LLaDA's to its own. The embedded tokenizer is rebuilt from the same metadata by `data::gguf_tokenizer`. Anything dlm cannot serve faithfully
 //! is refused by name rather than approximated.
 
 mod dequant;
+mod hf_config;
 mod metadata;
 mod reader;
 mod value;
@@ -15,8 +16,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::quantized::{parse_quantized_name, quantized_name};
 use crate::error::Result;
-use crate::model::Architecture;
+use crate::model::{llada, Architecture};
+use crate::ops::quant::QuantType;
 pub use reader::GgufFile;
 pub use value::{GgufValue, TensorInfo};
 
@@ -86,6 +89,42 @@ pub fn llama_params(f: &GgufFile) -> Result<GgufLlamaParams> {
 /// Every tensor, dequantised, in HF names, shapes and row order; all that `p` implies must be
 /// there.
 pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, Tensor)>> {
+    read_tensors(f, p, false)
+}
+
+/// As [`llama_tensors`], but every Q8_0/Q4_0/Q4_1/Q4_K matrix stays as its blocks, a U8 tensor
+/// under its `model::quantized` name; other types are dequantised as there.
+pub fn llama_tensors_kept(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, Tensor)>> {
+    read_tensors(f, p, true)
+}
+
+/// The blocks of a quantised matrix with HF shape `[rows, cols]`, rows unpermuted as `name` needs.
+fn kept_blocks(f: &GgufFile, p: &GgufLlamaParams, t: &TensorInfo, ty: QuantType) -> Result<Tensor> {
+    let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+    let row_bytes = ty.row_bytes(cols);
+    let mut data = f.tensor_bytes(t)?.to_vec();
+    if let Some(heads) = permuted_heads(p, &t.name) {
+        data = unpermute_rows(&data, heads, p.head_dim, row_bytes);
+    }
+    Ok(Tensor::from_vec(data, (rows, row_bytes), &Device::Cpu)?)
+}
+
+/// The head count whose rows llama.cpp's converter permuted in tensor `name` (Q and K of LLaMA
+/// and LLaDA); None for every other tensor, and for Qwen2 (Dream), which it leaves as they are.
+fn permuted_heads(p: &GgufLlamaParams, name: &str) -> Option<usize> {
+    if p.arch == Architecture::Dream {
+        return None;
+    }
+    if name.ends_with(".attn_q.weight") {
+        Some(p.n_head)
+    } else if name.ends_with(".attn_k.weight") {
+        Some(p.n_kv_head)
+    } else {
+        None
+    }
+}
+
+fn read_tensors(f: &GgufFile, p: &GgufLlamaParams, keep: bool) -> Result<Vec<(String, Tensor)>> {
     let mut tensors = Vec::with_capacity(f.tensors.len());
     for t in &f.tensors {
         let (hf, expect) = hf_name(f, p, &t.name)?;
@@ -97,19 +136,23 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
                 t.name
             )));
         }
+        if let Some(ty) = QuantType::from_ggml_id(t.dtype).filter(|_| keep && shape.len() == 2) {
+            tensors.push((quantized_name(&hf, ty), kept_blocks(f, p, t, ty)?));
+            continue;
+        }
         let mut data = f.dequantize(t)?;
-        // llama.cpp's converter permutes Q/K rows of LLaMA and LLaDA, not of Qwen2 (Dream).
-        let permuted = p.arch != Architecture::Dream;
-        if permuted && t.name.ends_with(".attn_q.weight") {
-            data = unpermute_rows(&data, p.n_head, p.head_dim, p.hidden);
-        } else if permuted && t.name.ends_with(".attn_k.weight") {
-            data = unpermute_rows(&data, p.n_kv_head, p.head_dim, p.hidden);
+        if let Some(heads) = permuted_heads(p, &t.name) {
+            data = unpermute_rows(&data, heads, p.head_dim, p.hidden);
         }
         tensors.push((hf, Tensor::from_vec(data, shape, &Device::Cpu)?));
     }
     let mut missing: Vec<String> = expected_names(p)
         .into_iter()
-        .filter(|n| !tensors.iter().any(|(h, _)| h == n))
+        .filter(|n| {
+            !tensors
+                .iter()
+                .any(|(h, _)| h == n || parse_quantized_name(h).is_some_and(|(base, _)| base == n))
+        })
         .collect();
     if !missing.is_empty() {
         missing.truncate(8);
@@ -118,7 +161,22 @@ pub fn llama_tensors(f: &GgufFile, p: &GgufLlamaParams) -> Result<Vec<(String, T
             missing.join(", ")
         )));
     }
-    Ok(tensors)
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| (family_name(p.arch, &name), t))
+        .collect())
+}
+
+/// The name the model family gives a weight imported under its LLaMA name (LLaDA has its own;
+/// Dream's are LLaMA's), kept-quantised suffix included.
+fn family_name(arch: Architecture, name: &str) -> String {
+    if arch != Architecture::Llada {
+        return name.to_owned();
+    }
+    match parse_quantized_name(name) {
+        Some((base, ty)) => quantized_name(&llada::name_from_llama(base), ty),
+        None => llada::name_from_llama(name),
+    }
 }
 
 /// The vocabulary size and the bos/eos/padding ids, from the tokenizer metadata.
@@ -315,7 +373,8 @@ fn expected_names(p: &GgufLlamaParams) -> Vec<String> {
 /// Undoes llama.cpp's permutation of Q/K rows (made for interleaved-pair RoPE) so HF's
 /// `rotate_half` RoPE applies: `W_hf = W.reshape(heads, hd/2, 2, in).swapaxes(1, 2)`, i.e.
 /// HF row `h*hd + s*hd/2 + i` is GGUF row `h*hd + 2*i + s`. Shapes were checked by the caller.
-fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// `cols` is a row's width in elements of `w` (bytes, for quantised blocks).
+fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(w.len());
     let half = head_dim / 2;
     for h in 0..heads {

@@ -10,6 +10,7 @@ pub mod llama;
 pub mod mask_token;
 mod pass;
 pub mod preset;
+pub mod quantized;
 pub mod runtime;
 pub mod weights;
 
@@ -88,12 +89,15 @@ fn linear(
     bias: bool,
     layout: WeightLayout,
 ) -> candle_core::Result<Linear> {
-    let weight = vb.get(layout.shape(d_in, d_out), "weight")?;
     let bias = if bias {
         Some(vb.get(d_out, "bias")?)
     } else {
         None
     };
+    if let Some(q) = quantized::find_quantized(&vb, d_in, d_out)? {
+        return Linear::quantized(q, bias);
+    }
+    let weight = vb.get(layout.shape(d_in, d_out), "weight")?;
     Ok(Linear::new(weight, bias, layout))
 }
 
@@ -105,15 +109,22 @@ fn embedding_and_head(
     cfg: &ModelConfig,
 ) -> candle_core::Result<(Embedding, Linear)> {
     let shape = (cfg.vocab_size, cfg.hidden_size);
+    // A quantised table is dequantised once for look-ups; a tied head keeps the blocks.
+    let (v, d) = shape;
+    if let Some(q) = quantized::find_quantized(&vb, d, v)? {
+        let table = Tensor::from_vec(q.dequantize()?, shape, vb.device())?.to_dtype(vb.dtype())?;
+        let head = match cfg.tie_word_embeddings {
+            true => Linear::quantized(q, None)?,
+            false => linear(root.pp("lm_head"), d, v, false, WeightLayout::OutIn)?,
+        };
+        return Ok((Embedding::new(table), head));
+    }
     let embedding = vb.get(shape, "weight")?;
     let head = match cfg.tie_word_embeddings {
-        true => embedding.clone(),
-        false => root.get(shape, "lm_head.weight")?,
+        true => Linear::new(embedding.clone(), None, WeightLayout::OutIn),
+        false => linear(root.pp("lm_head"), d, v, false, WeightLayout::OutIn)?,
     };
-    Ok((
-        Embedding::new(embedding),
-        Linear::new(head, None, WeightLayout::OutIn),
-    ))
+    Ok((Embedding::new(embedding), head))
 }
 
 /// One block per layer, block i under `vb`'s `i`.
@@ -137,6 +148,7 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Box<dy
 
 /// A model directory in HF layout, loaded: config, weights by HF name, and the built model.
 pub struct LoadedModel {
+    /// The model directory (or the GGUF file it was loaded from).
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub weights: Weights,
@@ -148,6 +160,12 @@ pub struct LoadedModel {
 pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::load_dir(dir, config.arch, dtype, device)?;
+    if quantized::is_quantized(&weights) && !device.is_cpu() {
+        return Err(Error::checkpoint(
+            weights.source(),
+            "kept-quantised weights run on the CPU only (dlm convert --model dequantises)",
+        ));
+    }
     if config.mask_token_id.is_none() {
         config.mask_token_id = mask_token::known_mask_id(&config);
     }
@@ -155,6 +173,34 @@ pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel
         .map_err(|e| Error::checkpoint(weights.source(), e))?;
     Ok(LoadedModel {
         dir: dir.to_path_buf(),
+        config,
+        weights,
+        model,
+    })
+}
+
+/// A llama-architecture GGUF file loaded for inference with its Q8_0/Q4_0/Q4_1/Q4_K matrices
+/// kept quantised (CPU only); the rest of the weights take `dtype`.
+pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    if !device.is_cpu() {
+        return Err(Error::Input(format!(
+            "{}: kept-quantised GGUF weights run on the CPU only (dlm convert --gguf dequantises)",
+            path.display()
+        )));
+    }
+    let f = gguf::GgufFile::open(path)?;
+    let params = gguf::llama_params(&f)?;
+    let tensors = gguf::llama_tensors_kept(&f, &params)?;
+    drop(f);
+    let mut config = ModelConfig::from_json(params.hf_config(), path)?;
+    if config.mask_token_id.is_none() {
+        config.mask_token_id = mask_token::known_mask_id(&config);
+    }
+    let weights = Weights::new(tensors.into_iter().collect(), path);
+    let model = build(&config, weights.var_builder(dtype, device))
+        .map_err(|e| Error::checkpoint(path, e))?;
+    Ok(LoadedModel {
+        dir: path.to_path_buf(),
         config,
         weights,
         model,

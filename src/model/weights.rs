@@ -190,8 +190,14 @@ impl Weights {
             stored.push((name.clone(), t.contiguous()?));
         }
         write_safetensors(&dir.join(SINGLE_FILE), &stored)?;
-        let json = serde_json::to_string_pretty(&config.to_hf_json(dtype_name))
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let mut hf = config.to_hf_json(dtype_name);
+        if let Some(obj) = hf.as_object_mut() {
+            match super::quantized::quantization_config(self) {
+                Some(q) => obj.insert("quantization_config".into(), q),
+                None => obj.remove("quantization_config"),
+            };
+        }
+        let json = serde_json::to_string_pretty(&hf).map_err(|e| Error::Input(e.to_string()))?;
         write_atomic(&dir.join("config.json"), json.as_bytes())
     }
 }

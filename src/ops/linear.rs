@@ -9,6 +9,7 @@ use super::gemm::Data;
 use super::linear_bf16;
 use super::linear_fused::FusedLinear;
 use super::packed_linear::{self, Greedy, PackedCache, PackedWeight};
+use super::quant::QuantMatrix;
 
 /// How a linear weight is laid out. HF `nn.Linear` stores `[out, in]` (y = x·Wᵀ); GPT-2's `Conv1D`
 /// stores `[in, out]` (y = x·W). The layout travels with the weight instead of transposing it at
@@ -63,6 +64,9 @@ pub struct Linear {
     /// The weight in the inference GEMM's layout, made on the first forward that needs no
     /// gradient (packed_linear.rs).
     packed: PackedCache,
+    /// Kept-quantised blocks (quant/): when present they are the weight, every forward takes
+    /// them, and `weight` is a zero placeholder of the right shape that holds no memory.
+    quant: Option<QuantMatrix>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for Linear {
             .field("bias", &self.bias)
             .field("layout", &self.layout)
             .field("packed", &self.packed.get().is_some())
+            .field("quant", &self.quant.as_ref().map(|q| q.ty))
             .finish()
     }
 }
@@ -83,7 +88,22 @@ impl Linear {
             bias,
             layout,
             packed: PackedCache::default(),
+            quant: None,
         }
+    }
+
+    /// A linear whose weight stays quantised (inference only; `[out, in]` = `[q.rows, q.cols]`).
+    pub fn quantized(q: QuantMatrix, bias: Option<Tensor>) -> Result<Self> {
+        let placeholder = Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?
+            .broadcast_as((q.rows, q.cols))?;
+        let mut lin = Self::new(placeholder, bias, WeightLayout::OutIn);
+        lin.quant = Some(q);
+        Ok(lin)
+    }
+
+    /// The quantised weight, when the weight is kept quantised.
+    pub fn quantized_weight(&self) -> Option<&QuantMatrix> {
+        self.quant.as_ref()
     }
 
     /// x: [..., in] → [..., out]. Leading dimensions are flattened so one 2-D GEMM does the work;
@@ -92,6 +112,9 @@ impl Linear {
     /// from one), which is every forward of a model being run, uses the weight packed once.
     /// bf16 CPU tensors take dlm's bf16 GEMM either way (linear_bf16.rs).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.quant {
+            return q.forward(x, self.bias.as_ref());
+        }
         if self.packable(x)
             && (x.dtype() == DType::BF16 || self.output_elems(x) <= PACKED_MAX_OUTPUT)
         {
@@ -154,7 +177,8 @@ impl Linear {
     fn packable(&self, x: &Tensor) -> bool {
         let mut ts = vec![x, &self.weight];
         ts.extend(self.bias.as_ref());
-        ((packed_linear::f32_fast() && cpu::fusable(&ts)) || linear_bf16::fusable(&ts))
+        self.quant.is_none()
+            && ((packed_linear::f32_fast() && cpu::fusable(&ts)) || linear_bf16::fusable(&ts))
             && !ts.iter().any(|t| t.track_op())
     }
 

@@ -18,6 +18,7 @@ mod linear_fused;
 mod norm;
 mod norm_fused;
 mod packed_linear;
+pub mod quant;
 mod rope;
 mod rope_fused;
 mod softmax;

@@ -96,6 +96,13 @@ pub fn load_base(
 ) -> Result<(ModelConfig, Weights, Tokenizer, u32)> {
     let loaded = load_dir(base, DType::F32, &Device::Cpu)?;
     let (mut config, mut weights) = (loaded.config, loaded.weights);
+    if crate::model::quantized::is_quantized(&weights) {
+        return Err(crate::error::Error::checkpoint(
+            weights.source(),
+            "is kept quantised and cannot be trained; dequantise it first \
+             (dlm convert --model DIR --out DIR2)",
+        ));
+    }
     let mut tokenizer = Tokenizer::from_file(&base.join("tokenizer.json"))?;
     let mask_id = set_mask_token(mask, &mut config, &mut weights, &mut tokenizer, seed)?;
     Ok((config, weights, tokenizer, mask_id))

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod smollm2;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -1,13 +1,13 @@
-//! ggml tensor types: their names, block layouts, and f32 dequantisation of the ones dlm imports.
+//! ggml tensor types: their names, block layouts, and f32 dequantisation of the ones dlm imports
+//! (the quantised blocks through `ops::quant`).
 //! All arithmetic is f32, as in ggml's reference dequantisers, so results match them bit for bit.
 
 use half::{bf16, f16};
 
+use crate::ops::quant::QuantType;
+
 pub const F32: u32 = 0;
 pub const F16: u32 = 1;
-pub const Q4_0: u32 = 2;
-pub const Q4_1: u32 = 3;
-pub const Q8_0: u32 = 8;
 pub const BF16: u32 = 30;
 
 /// ggml type names by id (ids 4 and 5 were removed from ggml and stay unnamed).
@@ -57,10 +57,7 @@ pub fn type_layout(id: u32) -> Option<(u64, u64)> {
     match id {
         F32 => Some((1, 4)),
         F16 | BF16 => Some((1, 2)),
-        Q4_0 => Some((32, 18)),
-        Q4_1 => Some((32, 20)),
-        Q8_0 => Some((32, 34)),
-        _ => None,
+        _ => QuantType::from_ggml_id(id).map(|t| (t.block_elems() as u64, t.block_bytes() as u64)),
     }
 }
 
@@ -82,31 +79,11 @@ pub fn dequantize(id: u32, bytes: &[u8], n: usize) -> Option<Vec<f32>> {
         F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
         BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        Q4_0 => {
-            // f16 d, 16 bytes: element j = low nibble of byte j, element j+16 = high nibble.
-            for b in blocks {
-                let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|&q| d * ((q & 0x0F) as f32 - 8.0)));
-                out.extend(qs.iter().map(|&q| d * ((q >> 4) as f32 - 8.0)));
-            }
+        _ => {
+            // The quantised types: block layouts live with their kernels (ops::quant).
+            let ty = QuantType::from_ggml_id(id)?;
+            out = crate::ops::quant::dequantize(ty, bytes)?;
         }
-        Q4_1 => {
-            // f16 d, f16 m, 16 bytes of nibbles laid out as in Q4_0; w = d*q + m.
-            for b in blocks {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
-                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
-            }
-        }
-        Q8_0 => {
-            for b in blocks {
-                let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
-            }
-        }
-        _ => return None,
     }
     Some(out)
 }

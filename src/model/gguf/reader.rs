@@ -203,7 +203,7 @@ impl GgufFile {
     pub(crate) fn unsupported(&self, t: &TensorInfo) -> Error {
         self.err(format!(
             "tensor {} has quantisation type {} ({}), which dlm does not import; \
-             supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1",
+             supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K",
             t.name,
             t.type_name(),
             t.dtype

@@ -1,0 +1,318 @@
+//! Weights kept quantised in memory (GGUF's Q8_0, Q4_0, Q4_1, Q4_K blocks) and the product
+//! y = x·Wᵀ computed from them without dequantising the matrix: each row of x is quantised to
+//! int8 in 32-wide blocks, and every (x row, W row) pair is an integer dot product per block,
+//! scaled and summed in f32 (as llama.cpp's CPU backend does). Inference only: nothing here
+//! carries a gradient.
+
+mod blocks;
+mod dot_avx2;
+mod dot_scalar;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+pub use blocks::{dequantize, dequantize_block, quantize_block, QuantActs, QuantType, ACT_BLOCK};
+
+/// Which dot-product kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKernel {
+    /// Portable Rust (dot_scalar.rs).
+    Scalar,
+    /// AVX2 + FMA + F16C (dot_avx2.rs).
+    Avx2,
+}
+
+impl QuantKernel {
+    pub const ALL: [QuantKernel; 2] = [Self::Scalar, Self::Avx2];
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx2 => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+        }
+    }
+
+    /// The kernel inference uses, chosen once: the fastest the CPU has, or the scalar one when
+    /// `DLM_CPU_ISA=generic` asks for the portable path.
+    pub fn selected() -> Self {
+        static CHOICE: OnceLock<QuantKernel> = OnceLock::new();
+        *CHOICE.get_or_init(|| {
+            let forced_generic = std::env::var("DLM_CPU_ISA").is_ok_and(|v| v == "generic");
+            match forced_generic {
+                false if Self::Avx2.available() => Self::Avx2,
+                _ => Self::Scalar,
+            }
+        })
+    }
+
+    fn dot(self, ty: QuantType, w: &[u8], a: blocks::ActRow<'_>) -> f32 {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers reach Avx2 only through `available()` (checked in `matmul`).
+            Self::Avx2 => unsafe { dot_avx2::dot(ty, w, a) },
+            _ => dot_scalar::dot(ty, w, a),
+        }
+    }
+}
+
+/// What the blocks are multiplied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantActivations {
+    /// Input rows quantised to int8 in 32-wide blocks, integer dot products (llama.cpp's way;
+    /// the fast path, and the default).
+    Int8,
+    /// Input rows kept f32, each weight row dequantised once per call and multiplied in f32:
+    /// the f32 model of the dequantised weights up to summation order, at more compute.
+    F32,
+}
+
+impl QuantActivations {
+    pub const ALL: [QuantActivations; 2] = [Self::Int8, Self::F32];
+
+    /// Int8, or F32 when `DLM_QUANT_ACT=f32` asks for exactness over speed (read once).
+    pub fn selected() -> Self {
+        static CHOICE: OnceLock<QuantActivations> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("DLM_QUANT_ACT").as_deref() {
+            Ok("f32") => Self::F32,
+            _ => Self::Int8,
+        })
+    }
+}
+
+/// Σ a·b in eight independent lanes, so the loop vectorises without reassociating a float sum.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A `[rows, cols]` weight (rows = outputs) kept as its blocks: a U8 tensor `[rows, row_bytes]`,
+/// so that it is stored, shared and saved like any other tensor.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    pub ty: QuantType,
+    pub rows: usize,
+    pub cols: usize,
+    blocks: Tensor,
+}
+
+fn bail_shape(what: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("quantised weight: {what}"))
+}
+
+impl QuantMatrix {
+    /// Wraps a U8 tensor `[rows, row_bytes]` of `ty` blocks holding a `[rows, cols]` matrix.
+    pub fn from_blocks(ty: QuantType, blocks: Tensor, rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(ty.block_elems()) || cols == 0 {
+            return Err(bail_shape(format!(
+                "{cols} columns are not a multiple of the {} block size {}",
+                ty.name(),
+                ty.block_elems()
+            )));
+        }
+        let want = [rows, ty.row_bytes(cols)];
+        if blocks.dtype() != DType::U8 || blocks.dims() != want || !blocks.device().is_cpu() {
+            return Err(bail_shape(format!(
+                "{} blocks of a [{rows}, {cols}] matrix must be a U8 CPU tensor {want:?}, got {:?} {:?}",
+                ty.name(),
+                blocks.dtype(),
+                blocks.dims()
+            )));
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            blocks: blocks.contiguous()?,
+        })
+    }
+
+    /// Quantises a row-major `[rows, cols]` f32 matrix (Q8_0, Q4_0 or Q4_1).
+    pub fn quantize(ty: QuantType, w: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if ty == QuantType::Q4K {
+            return Err(bail_shape("dlm reads Q4_K but does not write it"));
+        }
+        if w.len() != rows * cols || !cols.is_multiple_of(ty.block_elems()) {
+            return Err(bail_shape(format!(
+                "cannot quantise {} values as [{rows}, {cols}] in blocks of {}",
+                w.len(),
+                ty.block_elems()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(rows * ty.row_bytes(cols));
+        for b in w.chunks_exact(ty.block_elems()) {
+            quantize_block(ty, b, &mut bytes);
+        }
+        let blocks =
+            Tensor::from_vec(bytes, (rows, ty.row_bytes(cols)), &candle_core::Device::Cpu)?;
+        Self::from_blocks(ty, blocks, rows, cols)
+    }
+
+    /// The blocks, U8 `[rows, row_bytes]`.
+    pub fn blocks(&self) -> &Tensor {
+        &self.blocks
+    }
+
+    /// Runs `f` on the blocks' bytes.
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+        let (storage, layout) = self.blocks.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => f(crate::ops::cpu::slice::<u8>(s, layout)?),
+            _ => Err(bail_shape("blocks are not on the CPU")),
+        }
+    }
+
+    /// The matrix in f32, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        self.with_bytes(|b| {
+            Ok(dequantize(self.ty, b).expect("whole blocks, checked at construction"))
+        })
+    }
+
+    /// y = x·Wᵀ for `x` row-major `[m, cols]`: `[m, rows]`, on the given kernel and activations.
+    pub fn matmul_with(
+        &self,
+        kernel: QuantKernel,
+        activations: QuantActivations,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>> {
+        if x.len() != m * self.cols {
+            return Err(bail_shape(format!(
+                "input of {} values is not [{m}, {}]",
+                x.len(),
+                self.cols
+            )));
+        }
+        if !kernel.available() {
+            return Err(bail_shape(format!(
+                "this CPU lacks the {} kernel",
+                kernel.name()
+            )));
+        }
+        let acts = match activations {
+            QuantActivations::Int8 => Some(QuantActs::new(x, self.cols)),
+            QuantActivations::F32 => None,
+        };
+        let (n, rb) = (self.rows, self.ty.row_bytes(self.cols));
+        // Weight rows in chunks small enough to stay in L1 while every x row passes over them.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(4 * threads).clamp(1, 64);
+        let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
+            Ok(bytes
+                .par_chunks(chunk * rb)
+                .map(|w| {
+                    let nw = w.len() / rb;
+                    let mut out = vec![0f32; m * nw];
+                    match &acts {
+                        Some(acts) => {
+                            for (i, o) in out.chunks_exact_mut(nw).enumerate() {
+                                let a = acts.row(i);
+                                for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
+                                    *y = kernel.dot(self.ty, wr, a);
+                                }
+                            }
+                        }
+                        None => self.f32_rows(kernel, w, x, &mut out),
+                    }
+                    out
+                })
+                .collect())
+        })?;
+        let mut y = vec![0f32; m * n];
+        for (c, part) in parts.iter().enumerate() {
+            let nw = part.len() / m.max(1);
+            for (i, row) in part.chunks_exact(nw.max(1)).enumerate() {
+                y[i * n + c * chunk..i * n + c * chunk + nw].copy_from_slice(row);
+            }
+        }
+        Ok(y)
+    }
+
+    /// `out[i, j]` = x row i · W row j for the weight rows `w`, each dequantised once.
+    fn f32_rows(&self, kernel: QuantKernel, w: &[u8], x: &[f32], out: &mut [f32]) {
+        let rb = self.ty.row_bytes(self.cols);
+        let nw = w.len() / rb;
+        let mut work = move || {
+            let mut row = Vec::with_capacity(self.cols);
+            for (j, wr) in w.chunks_exact(rb).enumerate() {
+                row.clear();
+                for b in wr.chunks_exact(self.ty.block_bytes()) {
+                    dequantize_block(self.ty, b, &mut row);
+                }
+                for (i, xr) in x.chunks_exact(self.cols).enumerate() {
+                    out[i * nw + j] = dot_f32(&row, xr);
+                }
+            }
+        };
+        match kernel {
+            QuantKernel::Avx2 => crate::ops::cpu::simd(work),
+            QuantKernel::Scalar => work(),
+        }
+    }
+
+    /// x [..., cols] → x·Wᵀ (+ bias) [..., rows] in x's dtype, on the selected kernel. Refuses
+    /// an x that carries a gradient: quantised weights are for inference only.
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if x.track_op() {
+            return Err(bail_shape(
+                "no gradient flows through kept-quantised weights; train from a float \
+                 checkpoint (dlm convert --model DIR --out DIR2 dequantises)",
+            ));
+        }
+        if !x.device().is_cpu() {
+            return Err(bail_shape("kept-quantised weights run on the CPU only"));
+        }
+        if x.dims().last() != Some(&self.cols) {
+            return Err(bail_shape(format!(
+                "input {:?} does not end in the weight's {} columns",
+                x.dims(),
+                self.cols
+            )));
+        }
+        let m = x.elem_count() / self.cols;
+        let xf = x.to_dtype(DType::F32)?;
+        let mut y = crate::ops::cpu::with_data(&xf, |x| {
+            self.matmul_with(QuantKernel::selected(), QuantActivations::selected(), x, m)
+        })?;
+        if let Some(b) = bias {
+            crate::ops::cpu::with_data(&b.to_dtype(DType::F32)?, |b| {
+                for row in y.chunks_exact_mut(self.rows) {
+                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+                Ok(())
+            })?;
+        }
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("checked above") = self.rows;
+        Tensor::from_vec(y, dims, x.device())?.to_dtype(x.dtype())
+    }
+}
