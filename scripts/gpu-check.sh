@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The first run of dlm on a GPU made cheap and decisive (issue 18): build here, run there.
 #
-#   bash scripts/gpu-check.sh build [--device cuda|cpu]   # on an ordinary machine
+#   bash scripts/gpu-check.sh build [--device cuda|cpu] [--profile release|dev]   # on an ordinary machine
 #   bash scripts/gpu-check.sh run   [--device cuda|cpu]   # on the GPU machine: repository + gpu-bundle/
 #
 # build --device cuda (the default) makes the stripped release binary with `--features cuda,nccl`
 # through scripts/build-cuda.sh (CUDA_COMPUTE_CAP, default 90: H100/H200) and puts it, with the
 # wheel's libcudart, in gpu-bundle/ (ignored by git). build --device cpu makes the CPU release
 # binary (with `--features mpi` where OpenMPI and libclang are installed) in the same layout, so CI
-# runs the same path. The checks use only tracked files (tests/fixtures, weights/, bench/); the
+# runs the same path; `--profile dev` (CPU only) takes the debug binary instead, which CI has
+# already built for its tests, so the check costs CI no release build. The checks use only tracked files (tests/fixtures, weights/, bench/); the
 # repository plus the bundle must stay under 64 MiB, which build checks.
 #
 # run finds the CUDA 13 libraries (the Python's nvidia-* wheels, CUDA_HOME or /usr/local/cuda),
@@ -25,17 +26,20 @@ bundle=gpu-bundle
 budget_mib=64
 
 usage() {
-    echo "usage: bash scripts/gpu-check.sh build|run [--device cuda|cpu]" >&2
+    echo "usage: bash scripts/gpu-check.sh build|run [--device cuda|cpu] [--profile release|dev]" >&2
     exit 2
 }
 [ $# -ge 1 ] || usage
 cmd=$1
 shift
 device=cuda
+profile=release
 while [ $# -gt 0 ]; do
     case $1 in
     --device) device=${2:-}; shift 2 || usage ;;
     --device=*) device=${1#--device=}; shift ;;
+    --profile) profile=${2:-}; shift 2 || usage ;;
+    --profile=*) profile=${1#--profile=}; shift ;;
     *) usage ;;
     esac
 done
@@ -44,6 +48,15 @@ cpu) kind=cpu ;;
 cuda | cuda:*) kind=cuda ;;
 *) echo "error: --device must be cpu, cuda or cuda:N, not \`$device\`" >&2; exit 2 ;;
 esac
+case $profile in
+release) profile_dir=release; profile_flag=--release ;;
+dev) profile_dir=debug; profile_flag= ;;
+*) echo "error: --profile must be release or dev, not \`$profile\`" >&2; exit 2 ;;
+esac
+if [ "$kind" = cuda ] && [ "$profile" != release ]; then
+    echo "error: the CUDA bundle is built in release only" >&2
+    exit 2
+fi
 
 build() {
     mkdir -p "$bundle/$kind"
@@ -64,17 +77,18 @@ build() {
         features=default
         if command -v mpicc >/dev/null && ldconfig -p | grep libclang >/dev/null; then
             features=mpi
-            cargo build --release --features mpi
+            cargo build $profile_flag --features mpi
         else
             echo "no OpenMPI or libclang here: building without the mpi feature (check 5 will skip)" >&2
-            cargo build --release
+            cargo build $profile_flag
         fi
     fi
-    cp "$target/release/dlm" "$bundle/$kind/dlm"
+    cp "$target/$profile_dir/dlm" "$bundle/$kind/dlm"
     strip "$bundle/$kind/dlm"
     {
         echo "kind=$kind"
         echo "features=$features"
+        echo "profile=$profile"
         echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
         echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
     } >"$bundle/$kind/BUILD"
