@@ -250,11 +250,7 @@ fn pack_lines<L: Line>(d: &[L::Elem], b: MatRef) -> Vec<L> {
 
 /// The rows of x (all k columns) as row-major f32: in place (pointer, row stride) when x is f32
 /// with unit column stride, else staged into `scratch`.
-fn rows_f32(
-    x: MatRef,
-    rows: Range<usize>,
-    scratch: &mut Vec<f32>,
-) -> (*const f32, usize) {
+fn rows_f32(x: MatRef, rows: Range<usize>, scratch: &mut Vec<f32>) -> (*const f32, usize) {
     if let (Data::F32(d), 1) = (x.data, x.cs) {
         return (d[rows.start * x.rs..].as_ptr(), x.rs);
     }
