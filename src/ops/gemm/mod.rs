@@ -161,6 +161,10 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
             path.to_string(),
         ),
         (
+            "linear, kept-quantised weights (Q8_0, Q4_0, Q4_1, Q4_K)",
+            super::quant::QuantKernel::selected().name().to_string(),
+        ),
+        (
             "linear, f32 training, attention products",
             "candle (gemm crate, its own dispatch)".into(),
         ),

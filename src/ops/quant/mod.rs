@@ -10,6 +10,7 @@ mod dot_scalar;
 
 use std::sync::OnceLock;
 
+use super::gemm::isa::{self, Isa};
 use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -49,17 +50,13 @@ impl QuantKernel {
         }
     }
 
-    /// The kernel inference uses, chosen once: the fastest the CPU has, or the scalar one when
-    /// `DLM_CPU_ISA=generic` asks for the portable path.
+    /// The kernel inference uses: the fastest at or below the CPU path `ops::gemm::isa` chose
+    /// (so `DLM_CPU_ISA=generic` forces the scalar one, as it does every kernel).
     pub fn selected() -> Self {
-        static CHOICE: OnceLock<QuantKernel> = OnceLock::new();
-        *CHOICE.get_or_init(|| {
-            let forced_generic = std::env::var("DLM_CPU_ISA").is_ok_and(|v| v == "generic");
-            match forced_generic {
-                false if Self::Avx2.available() => Self::Avx2,
-                _ => Self::Scalar,
-            }
-        })
+        match isa::selected() >= Isa::Avx2 {
+            true => Self::Avx2,
+            false => Self::Scalar,
+        }
     }
 
     fn dot(self, ty: QuantType, w: &[u8], a: blocks::ActRow<'_>) -> f32 {
