@@ -26,6 +26,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 TINY = ["gpt2-tiny", "llama-tiny", "llama-tiny-tied"]
+# fixtures/README §7: each family's own PyTorch code, its own golden layout, its mask id in config.json.
+FAMILIES = ["llada-tiny", "dream-tiny"]
+# Each family's sampler cases (§7.5), with the CLI arguments beyond the prompt, length and steps
+# that reproduce them (tests/parity_family_samplers.rs); a model gets its family's sampler unasked.
+FAMILY_SAMPLES = {
+    "llada-tiny": [("base", ["--block-length", "8"]), ("cfg", ["--block-length", "8", "--cfg-scale", "1"]),
+                   ("uneven", ["--block-length", "12"])],
+    "dream-tiny": [(case, ["--alg", case.replace("_", "-")]) for case in ["entropy", "maskgit_plus", "topk_margin"]],
+}
 BUILTIN = os.path.join(ROOT, "weights", "dlm-shakespeare-10m")
 DATA = os.path.join(FIXTURES, "data")
 MASK = 7
@@ -35,11 +44,16 @@ F32_ATOL = 1e-5
 GRAD_RTOL = 1e-4
 STEP_ATOL = 2e-4
 SMOLLM2_ATOL = 5e-4
+# fixtures/README §7.7, the families' logits (reaching 20), CE, losses and gradients: |Δ| ≤ 2e-5 ·
+# max|golden entry|; their sampler scores follow the logit error: atol 2e-4.
+FAMILY_RTOL = 2e-5
+FAMILY_SCORE_ATOL = 2e-4
 # bf16 keeps 8 significant bits: one rounding is up to 2^-9 relative, and a logit is a sum of
 # products that each went through a few such roundings (weights converted on load, activations
 # after every op). The bound is 2^-4 of the largest golden logit of the sequence (32 roundings at
-# that scale): the CPU's bf16 path measured at most 0.27 of it (the table prints Δ/tol), and a
-# wrong mask or a dropped term moves logits by a good part of their size.
+# that scale): the CPU's bf16 path measured at most 0.27 of it on the DiffuLLaMA fixtures and 0.70
+# on LLaDA's and Dream's (random weights of std 0.25 and a head of std 1: larger activations; the
+# table prints Δ/tol), and a wrong mask or a dropped term moves logits by a good part of their size.
 BF16_LOGIT_REL = 2.0 ** -4
 # tests/parity_training.rs, bf16 over f32 master weights: loss within 0.5%, every gradient within
 # 10% relative L2.
@@ -95,6 +109,26 @@ def flat(x):
 
 def l2(v):
     return math.sqrt(sum(x * x for x in v))
+
+
+def max_abs(v):
+    return max((abs(x) for x in v), default=0.0)
+
+
+def grad_quotient(grads, g, dtype, f32_tol):
+    """The worst gradient's error over its bound, for every `grad.*` of the golden `g` (inf when the
+    reported names differ): f32 max |Δ| ≤ f32_tol(max|golden|), bf16 relative L2 ≤ BF16_GRAD_RTOL.
+    A gradient that is all zero also fails: it was not computed."""
+    names = sorted(k[5:] for k in g if k.startswith("grad."))
+    if sorted(grads) != names or not all(l2(grads[n]["data"]) > 0 for n in names):
+        return math.inf, len(names)
+    if dtype == "f32":
+        q = max(max_abs_diff(grads[n]["data"], g["grad." + n][1]) / f32_tol(max_abs(g["grad." + n][1]))
+                for n in names)
+    else:
+        q = max(l2([a - w for a, w in zip(grads[n]["data"], g["grad." + n][1])]) / l2(g["grad." + n][1])
+                for n in names) / BF16_GRAD_RTOL
+    return q, len(names)
 
 
 def error_line(err, rc):
@@ -174,6 +208,8 @@ class Checker:
     def forward(self, dtype):
         for name in TINY:
             self.guarded(f"1 forward {name}", dtype, lambda name=name: self.forward_one(name, dtype))
+        for name in FAMILIES:
+            self.guarded(f"1 forward {name}", dtype, lambda name=name: self.forward_family(name, dtype))
         if dtype == "f32":  # its golden is an f32 run
             self.guarded("1 forward smollm2-135m", dtype, self.forward_smollm2)
 
@@ -201,6 +237,25 @@ class Checker:
         tol = f"atol {F32_ATOL:.0e}" if dtype == "f32" else "2^-4·max logit"
         self.add(f"1 forward {name}", dtype, bound_ok,
                  f"3 masks × {b} rows, max Δ {worst:.2e} ({tol}); Δ/tol: {', '.join(parts)}")
+
+    def forward_family(self, name, dtype):
+        """A family's `logits` of `input_ids` (§7.2: bidirectional; LLaDA ignores the mask), one row
+        per request. f32 within 2e-5 of the entry's largest logit (§7.7), bf16 as above."""
+        g = read_safetensors(os.path.join(FIXTURES, name, "golden.safetensors"))
+        (b, l), ids = g["input_ids"]
+        (_, _, v), want_all = g["logits"]
+        worst, worst_q = 0.0, 0.0
+        for r in range(b):
+            req = self.write("score.json", {"ids": ids[r * l:(r + 1) * l], "attention": "bidirectional"})
+            out = self.dlm_json(["score", os.path.join(FIXTURES, name), "--request", req, "--json", "--full"],
+                                dtype=dtype)[0]
+            want = want_all[r * l * v:(r + 1) * l * v]
+            d = max_abs_diff(flat(out["logits"]), want)
+            tol = FAMILY_RTOL * max_abs(want_all) if dtype == "f32" else BF16_LOGIT_REL * max_abs(want)
+            worst, worst_q = max(worst, d), max(worst_q, d / tol)
+        tol = "2e-5·max|logits|" if dtype == "f32" else "2^-4·max logit"
+        self.add(f"1 forward {name}", dtype, worst_q <= 1.0,
+                 f"bidirectional, {b} rows, max Δ {worst:.2e} ({tol}); Δ/tol {worst_q:.2f}")
 
     def forward_smollm2(self, dtype="f32"):
         assets = os.environ.get("DLM_ASSETS", os.path.expanduser("~/.cache/dlm-assets"))
@@ -232,6 +287,8 @@ class Checker:
     def training(self, dtype):
         for name in TINY:
             self.guarded(f"2 loss+grads+AdamW {name}", dtype, lambda name=name: self.training_one(name, dtype))
+        for name in FAMILIES:
+            self.guarded(f"2 loss+grads {name}", dtype, lambda name=name: self.family_training_one(name, dtype))
 
     def training_one(self, name, dtype):
         g = read_safetensors(os.path.join(FIXTURES, name, "golden.safetensors"))
@@ -250,27 +307,70 @@ class Checker:
                   (noshift["loss_unweighted"], gj["loss_unweighted_noshift"])]
         loss_d = max(abs(a - w) for a, w in losses)
         grads = out["grads"]
-        want_names = sorted(k[5:] for k in g if k.startswith("grad."))
-        ok &= sorted(grads) == want_names
         if dtype == "f32":
             ok &= loss_d <= F32_ATOL
-            grad_q = max(max_abs_diff(grads[n]["data"], g["grad." + n][1])
-                         / (F32_ATOL + GRAD_RTOL * max(abs(x) for x in g["grad." + n][1])) for n in want_names)
         else:
             ok &= all(abs(a - w) <= BF16_LOSS_RTOL * abs(w) for a, w in losses)
-            grad_q = max(l2([a - w for a, w in zip(grads[n]["data"], g["grad." + n][1])])
-                         / l2(g["grad." + n][1]) for n in want_names) / BF16_GRAD_RTOL
+        grad_q, n_params = grad_quotient(grads, g, dtype, lambda m: F32_ATOL + GRAD_RTOL * m)
         ok &= grad_q <= 1.0
-        ok &= all(l2(grads[n]["data"]) > 0 for n in want_names)
         norm_d = abs(out["grad_norm"] - gj["grad_norm_before_clip"]) / gj["grad_norm_before_clip"]
         numbers = (f"losses max Δ {loss_d:.1e}, grad norm rel Δ {norm_d:.1e}, worst grad Δ/tol {grad_q:.2f} "
-                   f"({'atol 1e-5 + 1e-4·max' if dtype == 'f32' else 'rel L2 0.1'}, {len(want_names)} params)")
+                   f"({'atol 1e-5 + 1e-4·max' if dtype == 'f32' else 'rel L2 0.1'}, {n_params} params)")
         if dtype == "f32":
             ok &= norm_d <= 1e-5
             step_d = self.adamw_step(fixture, g, grads, out["grad_norm"])
             ok &= step_d <= STEP_ATOL
             numbers += f"; AdamW step 1 from these grads max Δ {step_d:.1e} (atol {STEP_ATOL:.0e})"
         self.add(f"2 loss+grads+AdamW {name}", dtype, ok, numbers)
+
+    def family_training_one(self, name, dtype):
+        """A family's loss under its own convention (§7.3: LLaDA unshifted ÷ B·L, its SFT loss and
+        the paper's normaliser as a negative control; Dream shifted ÷ B), the per-position CE, and
+        every gradient (§7.4; Dream's pad row exactly zero), the fixture's draws fed in."""
+        g = read_safetensors(os.path.join(FIXTURES, name, "golden.safetensors"))
+        gj = json.load(open(os.path.join(FIXTURES, name, "golden.json")))["scalars"]
+        fixture = os.path.join(FIXTURES, name)
+        llada = name == "llada-tiny"
+        (b, l), x0 = g["loss_x0"]
+        # The request's `t` is the masking probability: the families' p_mask.
+        req = {"x0": rows(x0, l), "t": g["p_mask"][1], "mask_draws": rows(g["mask_draws"][1], l)}
+
+        def score(extra):
+            path = self.write("loss.json", {**req, **extra})
+            return self.dlm_json(["score", fixture, "--request", path, "--full"], dtype=dtype)[0]
+        out = score({})
+        ok = out["loss_convention"] == ("llada" if llada else "dream") and out["shift"] == (not llada)
+        ok &= flat(out["x_t"]) == g["noisy_input_ids"][1] and out["n_masked_targets"] == gj["n_masked"]
+        # (name, got, golden) losses and per-position CE rows.
+        losses = [("loss", out["loss_weighted"], gj["loss"])]
+        ces = [(flat(out["ce"]), g["ce" if llada else "ce_shifted"][1])]
+        if llada:
+            src = [[int(i < p) for i in range(l)] for p in g["sft_prompt_lengths"][1]]
+            sft = score({"src_mask": src})
+            ok &= flat(sft["x_t"]) == g["sft_noisy_input_ids"][1]
+            losses.append(("sft_loss", sft["loss_weighted"], gj["sft_loss"]))
+            ces.append((flat(sft["ce"]), g["sft_ce"][1]))
+            control = score({"loss": "masked-targets", "shift": False})
+            losses.append(("÷ n masked", control["loss_weighted"], gj["loss_if_normalised_by_n_masked"]))
+        else:
+            # nn.Embedding(padding_idx): the pad row gets no gradient, though the pad is an input.
+            pad = json.load(open(os.path.join(fixture, "config.json")))["pad_token_id"]
+            embed = out["grads"]["model.embed_tokens.weight"]
+            hidden = embed["shape"][1]
+            ok &= pad in x0 and all(x == 0 for x in embed["data"][pad * hidden:(pad + 1) * hidden])
+        if dtype == "f32":
+            loss_q = max(abs(a - w) / (FAMILY_RTOL * abs(w)) for _, a, w in losses)
+            ce_q = max(max_abs_diff(a, w) / (FAMILY_RTOL * max_abs(w)) for a, w in ces)
+        else:  # bf16: the losses within 0.5%; CE, per position, is not bounded in bf16
+            loss_q = max(abs(a - w) / (BF16_LOSS_RTOL * abs(w)) for _, a, w in losses)
+            ce_q = 0.0
+        grad_q, n_params = grad_quotient(out["grads"], g, dtype, lambda m: FAMILY_RTOL * m)
+        ok &= max(loss_q, ce_q, grad_q) <= 1.0
+        rule = "2e-5·max|golden|" if dtype == "f32" else "losses 0.5%, grads rel L2 0.1"
+        numbers = (f"{', '.join(f'{k} {a:.4f}' for k, a, _ in losses)} ({rule}); Δ/tol: losses {loss_q:.2f}, "
+                   + (f"CE {ce_q:.2f}, " if dtype == "f32" else "")
+                   + f"worst grad {grad_q:.2f} ({n_params} params)" + ("" if llada else ", pad row grad 0"))
+        self.add(f"2 loss+grads {name}", dtype, ok, numbers)
 
     @staticmethod
     def adamw_step(fixture, g, grads, norm):
@@ -407,6 +507,8 @@ class Checker:
     def sampler(self):
         for name in TINY:
             self.guarded(f"3 sampler trace {name}", "f32", lambda name=name: self.sampler_one(name))
+        for name in FAMILIES:
+            self.guarded(f"3 sampler trace {name}", "f32", lambda name=name: self.family_sampler_one(name))
 
     def sampler_one(self, name):
         g = read_safetensors(os.path.join(FIXTURES, name, "golden.safetensors"))
@@ -427,6 +529,37 @@ class Checker:
             same += sum(a == b for a, b in zip(got, want)) if len(got) == len(want) else 0
         self.add(f"3 sampler trace {name}", "f32", same == total,
                  f"prefix+infill, T=8: {same}/{total} canvases (each step and x0) exact")
+
+    def family_sampler_one(self, name):
+        """The family's own sampler (§7.5), no `--sampler` given: every canvas of the trace, the
+        output, the commits per step and the argmax x0 exact; the ranking scores within atol 2e-4."""
+        g = read_safetensors(os.path.join(FIXTURES, name, "golden.safetensors"))
+        score_key = "x0_p" if name == "llada-tiny" else "confidence"
+        same, total, score_d, parts = 0, 0, 0.0, []
+        for case, args in FAMILY_SAMPLES[name]:
+            key = lambda k, case=case: g[f"sample_{case}_{k}"]
+            prompt, output = key("prompt")[1], key("output")[1]
+            (n_rows, width), trace = key("trace")
+            steps = n_rows - 1
+            out = self.dlm_json(["generate", os.path.join(FIXTURES, name), "--prompt-ids", ",".join(map(str, prompt)),
+                                 "--length", str(len(output) - len(prompt)), "--steps", str(steps), "--exact",
+                                 "--json", "--trace", *args])[0]
+            # Row k of the fixture's trace is the canvas after step k, as dlm's step k reports it.
+            want = rows(trace, width)[1:] + [output]
+            got = [t["tokens"] for t in out["trace"]] + [out["canvas"]]
+            masked = [[i >= len(prompt) for i in range(width)]] + [t["masked"] for t in out["trace"]]
+            commits = [sum(a and not b for a, b in zip(m0, m1)) for m0, m1 in zip(masked, masked[1:])]
+            scores = [math.inf if x is None else x for t in out["trace"] for x in t["confidence"]]
+            good = sum(a == b for a, b in zip(got, want)) if len(got) == len(want) else 0
+            exact = (commits == key("num_transfer_tokens")[1]
+                     and flat([t["x0"] for t in out["trace"]]) == key("x0")[1])
+            same += good if exact else 0
+            total += len(want)
+            score_d = max(score_d, max_abs_diff(scores, key(score_key)[1]))
+            parts.append(f"{case} {good}/{len(want)}{'' if exact else ' (commits or x0 differ)'}")
+        self.add(f"3 sampler trace {name}", "f32", same == total and score_d <= FAMILY_SCORE_ATOL,
+                 f"{', '.join(parts)} canvases (each step and the output) exact, commits and x0 exact; "
+                 f"{score_key} max Δ {score_d:.1e} (atol {FAMILY_SCORE_ATOL:.0e})")
 
     # ---- 4. speed ------------------------------------------------------------------------------
 
