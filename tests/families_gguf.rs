@@ -93,29 +93,18 @@ fn byte_tokens() -> Vec<String> {
 fn write_family_gguf(name: &str, arch: &'static str, path: &Path) {
     let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
     let c = &m.config;
-    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str, v: usize| (format!("{arch}.{k}"), V::U32(v as u32));
+    let float = |k: &str, v: f64| (format!("{arch}.{k}"), V::F32(v as f32));
     let mut kv = vec![
         ("general.architecture".to_string(), V::Str(arch)),
-        (key("block_count"), V::U32(c.num_layers as u32)),
-        (
-            key("context_length"),
-            V::U32(c.max_position_embeddings as u32),
-        ),
-        (key("embedding_length"), V::U32(c.hidden_size as u32)),
-        (
-            key("feed_forward_length"),
-            V::U32(c.intermediate_size as u32),
-        ),
-        (key("attention.head_count"), V::U32(c.num_heads as u32)),
-        (
-            key("attention.head_count_kv"),
-            V::U32(c.num_kv_heads as u32),
-        ),
-        (key("rope.freq_base"), V::F32(c.rope_theta as f32)),
-        (
-            key("attention.layer_norm_rms_epsilon"),
-            V::F32(c.norm_eps as f32),
-        ),
+        int("block_count", c.num_layers),
+        int("context_length", c.max_position_embeddings),
+        int("embedding_length", c.hidden_size),
+        int("feed_forward_length", c.intermediate_size),
+        int("attention.head_count", c.num_heads),
+        int("attention.head_count_kv", c.num_kv_heads),
+        float("rope.freq_base", c.rope_theta),
+        float("attention.layer_norm_rms_epsilon", c.norm_eps),
         ("tokenizer.ggml.model".to_string(), V::Str("gpt2")),
         ("tokenizer.ggml.pre".to_string(), V::Str("gpt2")),
         ("tokenizer.ggml.tokens".to_string(), V::Strs(byte_tokens())),
