@@ -28,26 +28,17 @@ fn cuda_is_refused_clearly_without_the_cuda_feature() {
     let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-10m");
     let tmp = tempfile::tempdir().unwrap();
     let tok = train_tokenizer(tmp.path());
-    let out = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
-    let (pretrain_out, adapt_out) = (out("pretrain"), out("adapt"));
+    let adapt_out = tmp.path().join("adapt").to_str().unwrap().to_owned();
     let data = training_data();
     let train = ["--seq-len", "32", "--max-steps", "1", "--no-progress"];
-    let pretrain_args: Vec<&str> = [
-        "pretrain",
-        "--arch",
-        "gpt2",
-        "--config",
-        "tiny",
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--data",
-        &data,
-        "--out",
-        &pretrain_out,
-    ]
-    .into_iter()
-    .chain(train)
-    .collect();
+    // `ar` is pretrain's default objective.
+    let pretrain = tiny_pretrain_args(
+        &tok,
+        "ar",
+        tmp.path().join("pretrain").as_path(),
+        &["--max-steps", "1"],
+    );
+    let pretrain_args: Vec<&str> = pretrain.iter().map(String::as_str).collect();
     let adapt_args: Vec<&str> = [
         "adapt", "--base", builtin, "--data", &data, "--out", &adapt_out,
     ]

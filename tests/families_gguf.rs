@@ -9,76 +9,23 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::gguf::{Gguf, V};
 use common::*;
 use dlm::model::{load_dir, Architecture};
 use dlm::ops::AttentionMask;
 
-/// A GGUF v3 metadata value.
-enum V {
-    U32(u32),
-    F32(f32),
-    Str(&'static str),
-    Strs(Vec<String>),
-    I32s(Vec<i32>),
-}
-
-fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend((s.len() as u64).to_le_bytes());
-    b.extend(s.as_bytes());
-}
-
 /// A GGUF v3 file of F32 tensors given in HF order ([out, in], row-major).
-fn write_gguf(path: &Path, kv: &[(String, V)], tensors: &[(String, Tensor)]) {
-    let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend((tensors.len() as u64).to_le_bytes());
-    b.extend((kv.len() as u64).to_le_bytes());
-    for (k, v) in kv {
-        put_str(&mut b, k);
-        match v {
-            V::U32(x) => b.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
-            V::F32(x) => b.extend(6u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
-            V::Str(s) => {
-                b.extend(8u32.to_le_bytes());
-                put_str(&mut b, s);
-            }
-            V::Strs(a) => {
-                b.extend(9u32.to_le_bytes().into_iter().chain(8u32.to_le_bytes()));
-                b.extend((a.len() as u64).to_le_bytes());
-                a.iter().for_each(|s| put_str(&mut b, s));
-            }
-            V::I32s(a) => {
-                b.extend(9u32.to_le_bytes().into_iter().chain(5u32.to_le_bytes()));
-                b.extend((a.len() as u64).to_le_bytes());
-                a.iter().for_each(|x| b.extend(x.to_le_bytes()));
-            }
-        }
-    }
-    let data: Vec<Vec<u8>> = tensors
+fn write_gguf(path: &Path, kv: Vec<(String, V)>, tensors: &[(String, Tensor)]) {
+    let tensors = tensors
         .iter()
-        .map(|(_, t)| {
+        .map(|(name, t)| {
+            let dims = t.dims().iter().rev().map(|&d| d as u64).collect();
             let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().flat_map(f32::to_le_bytes).collect()
+            let data = v.into_iter().flat_map(f32::to_le_bytes).collect();
+            (name.clone(), dims, 0, data) // type 0: F32
         })
         .collect();
-    let mut offset = 0u64;
-    for ((name, t), d) in tensors.iter().zip(&data) {
-        put_str(&mut b, name);
-        b.extend((t.rank() as u32).to_le_bytes());
-        t.dims()
-            .iter()
-            .rev()
-            .for_each(|&d| b.extend((d as u64).to_le_bytes()));
-        b.extend(0u32.to_le_bytes()); // F32
-        b.extend(offset.to_le_bytes());
-        offset += (d.len() as u64).div_ceil(32) * 32;
-    }
-    b.resize(b.len().div_ceil(32) * 32, 0);
-    for d in &data {
-        b.extend(d);
-        b.resize(b.len().div_ceil(32) * 32, 0);
-    }
-    std::fs::write(path, b).unwrap();
+    std::fs::write(path, Gguf { kv, tensors }.write().0).unwrap();
 }
 
 /// llama.cpp's `permute` of Q/K rows for its interleaved RoPE:
@@ -146,29 +93,18 @@ fn byte_tokens() -> Vec<String> {
 fn write_family_gguf(name: &str, arch: &'static str, path: &Path) {
     let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
     let c = &m.config;
-    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str, v: usize| (format!("{arch}.{k}"), V::U32(v as u32));
+    let float = |k: &str, v: f64| (format!("{arch}.{k}"), V::F32(v as f32));
     let mut kv = vec![
         ("general.architecture".to_string(), V::Str(arch)),
-        (key("block_count"), V::U32(c.num_layers as u32)),
-        (
-            key("context_length"),
-            V::U32(c.max_position_embeddings as u32),
-        ),
-        (key("embedding_length"), V::U32(c.hidden_size as u32)),
-        (
-            key("feed_forward_length"),
-            V::U32(c.intermediate_size as u32),
-        ),
-        (key("attention.head_count"), V::U32(c.num_heads as u32)),
-        (
-            key("attention.head_count_kv"),
-            V::U32(c.num_kv_heads as u32),
-        ),
-        (key("rope.freq_base"), V::F32(c.rope_theta as f32)),
-        (
-            key("attention.layer_norm_rms_epsilon"),
-            V::F32(c.norm_eps as f32),
-        ),
+        int("block_count", c.num_layers),
+        int("context_length", c.max_position_embeddings),
+        int("embedding_length", c.hidden_size),
+        int("feed_forward_length", c.intermediate_size),
+        int("attention.head_count", c.num_heads),
+        int("attention.head_count_kv", c.num_kv_heads),
+        float("rope.freq_base", c.rope_theta),
+        float("attention.layer_norm_rms_epsilon", c.norm_eps),
         ("tokenizer.ggml.model".to_string(), V::Str("gpt2")),
         ("tokenizer.ggml.pre".to_string(), V::Str("gpt2")),
         ("tokenizer.ggml.tokens".to_string(), V::Strs(byte_tokens())),
@@ -196,7 +132,7 @@ fn write_family_gguf(name: &str, arch: &'static str, path: &Path) {
             (g, t)
         })
         .collect();
-    write_gguf(path, &kv, &tensors);
+    write_gguf(path, kv, &tensors);
 }
 
 #[test]
@@ -243,7 +179,7 @@ fn unknown_gguf_architectures_list_the_served_ones() {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("model.gguf");
     let kv = vec![("general.architecture".to_string(), V::Str("qwen3"))];
-    write_gguf(&gguf, &kv, &[]);
+    write_gguf(&gguf, kv, &[]);
     let e = dlm_fails([
         "convert",
         "--gguf",

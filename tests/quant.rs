@@ -365,22 +365,11 @@ fn keep_quant_directory_and_gguf_entry_point() {
         .unsqueeze(0)
         .unwrap();
     let mask = dlm::ops::AttentionMask::Causal;
-    let a: Vec<f32> = dir
-        .model
-        .forward(&x, &mask)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = direct
-        .model
-        .forward(&x, &mask)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let logits = |m: &dlm::model::LoadedModel| -> Vec<f32> {
+        let y = m.model.forward(&x, &mask).unwrap();
+        y.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let (a, b) = (logits(&dir), logits(&direct));
     assert!(a == b, "the directory and the GGUF give different logits");
     let stored = std::fs::metadata(tmp.path().join("model.safetensors"))
         .unwrap()

@@ -38,13 +38,7 @@ struct Prompt {
 
 fn prompts() -> Vec<Prompt> {
     let g = common::golden_json("smollm2-135m");
-    let ids = |v: &serde_json::Value| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = common::smollm2::ids;
     g["prompts"]
         .as_array()
         .unwrap()

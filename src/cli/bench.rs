@@ -91,8 +91,11 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Best wall time of `iters` runs of `f`, after one warm-up run.
-fn best_of(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// Best wall time in seconds of `iters` runs of `f`, after one warm-up run.
+pub(super) fn best_of(
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     f()?;
     let mut best = f64::INFINITY;
     for _ in 0..iters.max(1) {

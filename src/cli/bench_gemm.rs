@@ -7,6 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
+use super::bench::best_of;
 use crate::ops::gemm::{self, bf16, isa, peak, Data, Isa, MatRef};
 use crate::rng::Rng;
 
@@ -52,18 +53,6 @@ fn shapes(model: &str) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
         .iter()
         .map(|&(name, k, n)| (format!("{model} {name}"), m, k, n))
         .collect())
-}
-
-/// Best wall time in seconds of `iters` runs of `f`, after one warm-up run.
-fn best_of(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    f()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..iters.max(1) {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(best)
 }
 
 /// GFLOP/s of `path`'s FMA loop on every rayon thread at once.

@@ -86,7 +86,7 @@ impl FamilySettings {
 mod tests {
     use super::*;
     use crate::named::Named;
-    use crate::sample::kv_reuse::CacheMode;
+    use crate::sample::request::tests::greedy_confidence;
     use crate::sample::request::SamplerSettings;
 
     #[test]
@@ -104,18 +104,7 @@ mod tests {
 
     #[test]
     fn family_settings_reach_their_sampler_only() {
-        let ok = SamplerSettings {
-            steps: 4,
-            sampler: Some(SamplerName::Confidence),
-            temperature: 0.0,
-            top_p: None,
-            top_k: None,
-            threshold: None,
-            block_length: None,
-            exact: false,
-            cache: CacheMode::None,
-            family: FamilySettings::default(),
-        };
+        let ok = greedy_confidence();
         let gpt2 = Architecture::Gpt2;
         let bad = [
             // A family setting with another sampler, or a value its reference refuses.

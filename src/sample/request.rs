@@ -301,8 +301,24 @@ pub fn render(tok: Option<&Tokenizer>, ids: &[u32]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Valid settings to vary in the option checks: 4 greedy confidence steps, nothing else set.
+    pub(crate) fn greedy_confidence() -> SamplerSettings {
+        SamplerSettings {
+            steps: 4,
+            sampler: Some(SamplerName::Confidence),
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            threshold: None,
+            block_length: None,
+            exact: false,
+            cache: CacheMode::None,
+            family: FamilySettings::default(),
+        }
+    }
 
     #[test]
     fn spans_are_split_at_fixed_tokens() {
@@ -345,18 +361,7 @@ mod tests {
 
     #[test]
     fn settings_are_checked_before_sampling() {
-        let ok = SamplerSettings {
-            steps: 4,
-            sampler: Some(SamplerName::Confidence),
-            temperature: 0.0,
-            top_p: None,
-            top_k: None,
-            threshold: None,
-            block_length: None,
-            exact: false,
-            cache: CacheMode::None,
-            family: FamilySettings::default(),
-        };
+        let ok = greedy_confidence();
         let gpt2 = Architecture::Gpt2;
         assert!(ok.options(gpt2).is_ok());
         let bad = [

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod gguf;
 pub mod smollm2;
 
 pub fn fixture(name: &str) -> PathBuf {

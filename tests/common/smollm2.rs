@@ -3,16 +3,18 @@
 
 use candle_core::{Device, Tensor};
 
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// The fixture's prompts: (ids, 20-token greedy continuation of the f32 model).
 pub fn prompts() -> Vec<(Vec<u32>, Vec<u32>)> {
     let g = super::golden_json("smollm2-135m");
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     g["prompts"]
         .as_array()
         .unwrap()
