@@ -55,13 +55,19 @@ impl Size {
                 "rope_theta": 500000.0, "include_bias": false, "include_qkv_bias": false, "weight_tying": true,
                 "eos_token_id": eos, "pad_token_id": eos,
             }),
-            Architecture::Dream => json!({
-                "model_type": "Dream", "architectures": ["DreamModel"], "vocab_size": vocab,
-                "hidden_size": d, "intermediate_size": d * 8 / 3 / 64 * 64 + 64, "num_hidden_layers": layers,
-                "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": context,
-                "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "tie_word_embeddings": true,
-                "bos_token_id": eos, "eos_token_id": eos,
-            }),
+            // Qwen2's keys are LLaMA's; Dream differs in its type, norm epsilon and rope base.
+            Architecture::Dream => {
+                let mut config = self.hf_config(Architecture::Llama, vocab, context, eos);
+                for (key, value) in [
+                    ("model_type", json!("Dream")),
+                    ("architectures", json!(["DreamModel"])),
+                    ("rms_norm_eps", json!(1e-6)),
+                    ("rope_theta", json!(1000000.0)),
+                ] {
+                    config[key] = value;
+                }
+                config
+            }
         }
     }
 }
