@@ -161,7 +161,7 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
             path.to_string(),
         ),
         (
-            "linear, kept-quantised weights (Q8_0, Q4_0, Q4_1, Q4_K)",
+            "linear, kept-quantised (Q8_0, Q4_0, Q4_1, Q4_K)",
             super::quant::QuantKernel::selected().name().to_string(),
         ),
         (
