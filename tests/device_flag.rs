@@ -77,4 +77,11 @@ fn cuda_is_refused_clearly_without_the_cuda_feature() {
     ] {
         assert_refused(args);
     }
+    // Refused before the run directories are written: nothing is left to clean up.
+    for run in ["pretrain", "adapt"] {
+        assert!(
+            !tmp.path().join(run).join("run_config.json").exists(),
+            "{run} wrote its run directory before refusing the device"
+        );
+    }
 }

@@ -87,6 +87,10 @@ impl<S: ExampleSource> Run<S> {
     ) -> Result<Self> {
         let comm = connect(opts.world_size, opts.device.is_cuda())?;
         let parts = on_every_rank(comm.as_ref(), || {
+            // An unusable device is refused before the run directory is written.
+            opts.device
+                .for_rank(comm.world_size(), local_rank())
+                .open()?;
             if comm.rank() == 0 {
                 RunFiles::create(dir, &new.run, &new.tokenizer)?;
             }
