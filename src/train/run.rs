@@ -88,15 +88,22 @@ impl<S: ExampleSource> Run<S> {
         let comm = connect(opts.world_size, opts.device.is_cuda())?;
         let parts = on_every_rank(comm.as_ref(), || {
             // An unusable device is refused before the run directory is written.
-            opts.device
-                .for_rank(comm.world_size(), local_rank())
-                .open()?;
+            let device = rank_device(opts, comm.as_ref())?;
             if comm.rank() == 0 {
                 RunFiles::create(dir, &new.run, &new.tokenizer)?;
             }
             let sources = sources(&new.run, &new.config, &new.tokenizer)?;
             let model = (new.config, new.weights);
-            Parts::new(opts, new.run, dir, model, sources, None, comm.as_ref())
+            Parts::new(
+                opts,
+                device,
+                new.run,
+                dir,
+                model,
+                sources,
+                None,
+                comm.as_ref(),
+            )
         })?;
         Ok(Self { parts, comm })
     }
@@ -128,7 +135,17 @@ impl<S: ExampleSource> Run<S> {
         let comm = connect(opts.world_size, opts.device.is_cuda())?;
         let parts = on_every_rank(comm.as_ref(), || {
             let model = (config, weights);
-            Parts::new(opts, run, dir, model, sources, Some(ckpt), comm.as_ref())
+            let device = rank_device(opts, comm.as_ref())?;
+            Parts::new(
+                opts,
+                device,
+                run,
+                dir,
+                model,
+                sources,
+                Some(ckpt),
+                comm.as_ref(),
+            )
         })?;
         Ok(Self { parts, comm })
     }
@@ -186,11 +203,18 @@ impl<S: ExampleSource> Run<S> {
     }
 }
 
+/// This rank's device, opened.
+fn rank_device(opts: &RunOptions, comm: &dyn Communicator) -> Result<Device> {
+    opts.device.for_rank(comm.world_size(), local_rank()).open()
+}
+
 impl<S: ExampleSource> Parts<S> {
     /// The model on its device (LoRA over its frozen base where configured), the optimizer, the
     /// loader and its state, fresh or from checkpoint `resume_from`, and the validation batches.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         opts: &RunOptions,
+        device: Device,
         run: RunConfig,
         dir: &Path,
         (config, weights): (ModelConfig, Weights),
@@ -199,7 +223,6 @@ impl<S: ExampleSource> Parts<S> {
         comm: &dyn Communicator,
     ) -> Result<Self> {
         let (rank, world) = (comm.rank(), comm.world_size());
-        let device = opts.device.for_rank(world, local_rank()).open()?;
         let mut model = match run.lora {
             None => TrainableModel::new(&config, &weights, &device)?,
             Some(lora) => {
