@@ -34,6 +34,7 @@ fn every_task_file_reads_and_builds_without_malformed_records() {
         ("sat-math", 220),
         ("rocstories", 1871),
         ("code-infill", 1033),
+        ("infill", 400),
     ];
     let gen = GenSettings {
         steps: None,

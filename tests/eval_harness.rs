@@ -192,6 +192,11 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
     let code = vec![json!({
         "prompt": "def add ( x , y ) :", "suffix": "", "canonical_solution": "return x + y",
         "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"})];
+    let infill = vec![
+        json!({"prefix": "the cat", "middle": " sat on", "suffix": " the mat"}),
+        json!({"prefix": "he", "middle": " went", "suffix": ""}),
+        json!({"prefix": "no middle"}),
+    ];
     let ar = || settings(true, Estimator::Ar { mean: true });
     let reference = || settings(false, Estimator::Reference { steps: 4 });
     let elbo = settings(false, Estimator::Elbo { samples: 4 });
@@ -204,6 +209,8 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
         ("lambada", &lambada, ar(), 2, 1),
         ("rocstories", &rocstories, reference(), 1, 0),
         ("code-infill", &code, ar(), 1, 0),
+        ("infill", &infill, reference(), 2, 1),
+        ("infill", &infill, ar(), 2, 1),
     ];
     for (task, records, s, n, skipped) in cases {
         let spec = find_task(task).unwrap();

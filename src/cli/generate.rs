@@ -12,8 +12,6 @@ use clap::Args;
 
 use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
 
-/// Generated positions when neither `--length` nor a request says.
-const DEFAULT_LENGTH: usize = 64;
 use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::data::chat::{ChatMessage, ChatTemplate};
 use crate::rng::Rng;
@@ -40,8 +38,8 @@ pub struct GenerateArgs {
     /// With --ar: the most tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Diffusion: generated positions after the prompt (the canvas length is fixed) [default: 64,
-    /// or a JSONL request's own `length`].
+    /// Diffusion: generated positions after the prompt (the canvas length is fixed) [default: a
+    /// JSONL request's own `length`, else the model's generation_config.json, else 64].
     #[arg(long)]
     pub length: Option<usize>,
     #[command(flatten)]
@@ -80,7 +78,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let device = a.runtime.device.open()?;
     let opts = ArOptions {
         max_new_tokens: a.max_new_tokens,
-        choice: TokenChoice::from_flags(a.choice.temperature, a.choice.top_k, a.choice.top_p),
+        choice: TokenChoice::from_flags(
+            a.choice.temperature.unwrap_or(0.0),
+            a.choice.top_k,
+            a.choice.top_p,
+        ),
         stop_ids: m.config.eos_token_id.into_iter().collect(),
     };
     let mut rng = Rng::seed(a.choice.seed);
@@ -142,7 +144,7 @@ fn run_diffusion(a: GenerateArgs) -> anyhow::Result<()> {
         &a.diffusion,
         &a.choice,
         requests,
-        a.length.or(Some(DEFAULT_LENGTH)),
+        a.length,
         true,
     )
 }

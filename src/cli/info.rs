@@ -1,5 +1,6 @@
 //! `dlm info MODEL_DIR`: what a model directory holds.
 
+use crate::sample::generation_config::GenerationDefaults;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -61,6 +62,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     if let (Some(conventions), serde_json::Value::Object(map)) = (family_conventions(c), &mut info)
     {
         map.extend(conventions);
+    }
+    // What generate/infill/serve use for the settings a user leaves out.
+    let defaults = GenerationDefaults::load(&model)?;
+    if defaults != GenerationDefaults::default() {
+        info["generation_defaults"] = serde_json::to_value(&defaults)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

@@ -19,6 +19,7 @@ use crate::sample::denoise::Denoiser;
 use crate::sample::dream::Alg;
 use crate::sample::events::StepEvent;
 use crate::sample::family::FamilySettings;
+use crate::sample::generation_config::GenerationDefaults;
 use crate::sample::kv_reuse::CacheMode;
 use crate::sample::llada::Remasking;
 use crate::sample::options::DiffusionOptions;
@@ -29,13 +30,19 @@ use crate::sample::request::{
 
 /// Canvases sampled in one batched forward, at most.
 const MAX_BATCH: usize = 16;
+/// T when neither `--steps` nor the model's generation_config.json says.
+const DEFAULT_STEPS: usize = 64;
+/// Generated positions of `dlm generate` when neither `--length`, a request nor the model's
+/// generation_config.json (`max_new_tokens`) says.
+const DEFAULT_LENGTH: usize = 64;
 
 /// Token-choice flags, shared with `--ar`.
 #[derive(Debug, Clone, Args)]
 pub struct ChoiceArgs {
-    /// Softmax temperature; 0 means greedy (argmax).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
+    /// Softmax temperature; 0 means greedy (argmax) [default: the model's
+    /// generation_config.json, else 0].
+    #[arg(long)]
+    pub temperature: Option<f32>,
     /// Nucleus filtering threshold.
     #[arg(long)]
     pub top_p: Option<f32>,
@@ -48,11 +55,13 @@ pub struct ChoiceArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DiffusionArgs {
-    /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions.
-    #[arg(long, default_value_t = 64)]
-    pub steps: usize,
-    /// The commit rule [default: the model family's own: llada for LLaDA, dream for Dream,
-    /// topk-confidence otherwise].
+    /// T: denoising steps (forwards). Clamped, with a warning, to the number of masked positions
+    /// [default: the model's generation_config.json, else 64].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The commit rule [default: the model's generation_config.json, else the model family's
+    /// own: llada for LLaDA, dream for Dream, topk-confidence otherwise]. Naming another sampler
+    /// than the model's default also drops its temperature, top-p, top-k and block length.
     #[arg(long, value_parser = named::<SamplerName>())]
     pub sampler: Option<SamplerName>,
     /// llada: what ranks the masked positions [default: low-confidence].
@@ -137,19 +146,26 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Request>> {
 }
 
 impl DiffusionArgs {
-    /// Folds the flags into sampler options for a model of `arch`, once, before any loop.
-    pub fn options(&self, c: &ChoiceArgs, arch: Architecture) -> anyhow::Result<DiffusionOptions> {
+    /// Folds the flags, over the model's `defaults` (its generation_config.json), into sampler
+    /// options for a model of `arch`, once, before any loop.
+    pub fn options(
+        &self,
+        c: &ChoiceArgs,
+        arch: Architecture,
+        defaults: &GenerationDefaults,
+    ) -> anyhow::Result<DiffusionOptions> {
         if self.trace && !self.json {
             bail!("--trace needs --json");
         }
+        let g = defaults.for_sampler(self.sampler);
         let settings = SamplerSettings {
-            steps: self.steps,
-            sampler: self.sampler,
-            temperature: c.temperature,
-            top_p: c.top_p,
-            top_k: c.top_k,
+            steps: self.steps.or(g.steps).unwrap_or(DEFAULT_STEPS),
+            sampler: self.sampler.or(g.sampler),
+            temperature: c.temperature.or(g.temperature).unwrap_or(0.0),
+            top_p: c.top_p.or(g.top_p),
+            top_k: c.top_k.or(g.top_k),
             threshold: self.threshold,
-            block_length: self.block_length,
+            block_length: self.block_length.or(g.block_length),
             exact: self.exact,
             cache: self.cache,
             family: FamilySettings {
@@ -181,22 +197,30 @@ fn draw(tok: Option<&Tokenizer>, tokens: &[u32], masked: &[bool]) -> String {
     cells.join(if tok.is_some() { "" } else { " " })
 }
 
-/// Samples every request and prints the results. `prompt_only` prints only the generated part.
+/// Samples every request and prints the results. `completion` (`dlm generate`) prints only the
+/// generated part, and `length` falls back to the model's `max_new_tokens`, else 64.
 pub fn run(
     model_dir: &Path,
     runtime: &RuntimeArgs,
     d: &DiffusionArgs,
     choice: &ChoiceArgs,
     requests: Vec<Request>,
-    default_length: Option<usize>,
-    prompt_only: bool,
+    length: Option<usize>,
+    completion: bool,
 ) -> anyhow::Result<()> {
     // A named sampler's flags are checked before the model loads; the family default after.
     if d.sampler.is_some() {
-        d.options(choice, Architecture::Gpt2)?;
+        d.options(choice, Architecture::Gpt2, &GenerationDefaults::default())?;
     }
     let m = load_model(model_dir, runtime)?;
-    let opts = d.options(choice, m.config.arch)?;
+    let defaults = GenerationDefaults::load(model_dir)?;
+    let opts = d.options(choice, m.config.arch, &defaults)?;
+    let default_length = match completion {
+        true => length
+            .or(defaults.for_sampler(d.sampler).max_new_tokens)
+            .or(Some(DEFAULT_LENGTH)),
+        false => length,
+    };
     let device = runtime.device.open()?;
     let mask_id = mask_id(&m.config, model_dir, d.mask_id)?;
     let tokenizer = if model_dir.join("tokenizer.json").exists() {
@@ -214,8 +238,8 @@ pub fn run(
     for (k, r) in requests.iter().enumerate() {
         let c = builder.build(r).with_context(|| format!("request {k}"))?;
         let n = c.num_masked();
-        if d.steps > n && !opts.sampler.is_family() {
-            eprintln!("warning: request {k}: --steps {} > {n} masked positions; using {n} steps (each step commits at least one token)", d.steps);
+        if opts.steps > n && !opts.sampler.is_family() {
+            eprintln!("warning: request {k}: --steps {} > {n} masked positions; using {n} steps (each step commits at least one token)", opts.steps);
         }
         canvases.push(c);
     }
@@ -268,7 +292,7 @@ pub fn run(
     let out = std::io::stdout();
     let mut out = out.lock();
     for (k, c) in canvases.iter().enumerate() {
-        let text_ids = if prompt_only {
+        let text_ids = if completion {
             completion_ids(c, &m.config).0
         } else {
             visible_ids(c, &m.config, builder.starts_with_bos(c))

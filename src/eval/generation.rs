@@ -11,6 +11,11 @@
 //! | sat-math | 4 tokens after "The answer is (" | 4 | temperature | choice letter |
 //! | rocstories | oracle tokens of s3 | 32 | temperature | ROUGE-1/2/L |
 //! | code-infill | oracle tokens of the line | 32 | temperature | pass@1 |
+//! | infill | oracle tokens of `middle` | = hole | argmax | exact span |
+//!
+//! `infill` is dlm's own task (not the paper's): records `{"prefix", "middle", "suffix"}` of any
+//! text, e.g. held-out lines with a word or span removed (`examples/make_infill_eval.rs`); an
+//! empty `suffix` measures the DLM with the suffix withheld.
 
 use serde_json::Value;
 
@@ -37,6 +42,7 @@ pub enum GenTask {
     SatMath,
     Rocstories,
     CodeInfill,
+    TextInfill,
 }
 
 /// What a prediction is checked against.
@@ -233,6 +239,23 @@ pub fn gen_item(
                 steps: s.steps.unwrap_or(32),
                 gold: Gold::Code(program),
                 temperature: temp,
+            }
+        }
+        GenTask::TextInfill => {
+            let (Some(prefix), Some(middle)) = (field(r, "prefix"), field(r, "middle")) else {
+                return Ok(None);
+            };
+            let hole = tok.encode(middle)?;
+            if hole.is_empty() {
+                return Ok(None);
+            }
+            GenItem {
+                prefix: tok.encode(prefix)?,
+                length: hole.len(),
+                suffix: tok.encode(field(r, "suffix").unwrap_or(""))?,
+                steps: hole.len(),
+                gold: Gold::Word(middle.to_string()),
+                temperature: None,
             }
         }
     };

@@ -207,7 +207,9 @@ fn steps_label(spec: &TaskSpec, s: &EvalSettings) -> Value {
     match (spec.kind, s.estimator) {
         (TaskKind::MultipleChoice(_), Estimator::Reference { steps }) => steps.into(),
         (TaskKind::MultipleChoice(_), _) => Value::Null,
-        (TaskKind::Generation(GenTask::Lambada | GenTask::Triviaqa), _) => "hole".into(),
+        (TaskKind::Generation(GenTask::Lambada | GenTask::Triviaqa | GenTask::TextInfill), _) => {
+            "hole".into()
+        }
         (TaskKind::Generation(GenTask::SatMath), _) => 4.into(),
         (TaskKind::Generation(GenTask::Gsm8k), _) => s.gen.steps.unwrap_or(64).into(),
         (TaskKind::Generation(_), _) => s.gen.steps.unwrap_or(32).into(),

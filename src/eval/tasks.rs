@@ -49,7 +49,7 @@ const fn spec(
 use DataSource::{Asset, Shipped};
 use TaskKind::{Generation as G, MultipleChoice as M};
 
-pub const TASKS: [TaskSpec; 10] = [
+pub const TASKS: [TaskSpec; 11] = [
     spec(
         "hellaswag",
         M(McTask::Hellaswag),
@@ -108,6 +108,12 @@ pub const TASKS: [TaskSpec; 10] = [
         "code-infill",
         G(GenTask::CodeInfill),
         Shipped("HumanEval-SingleLineInfilling.jsonl.gz"),
+        None,
+    ),
+    spec(
+        "infill",
+        G(GenTask::TextInfill),
+        Shipped("shakespeare-infill-word.jsonl.gz"),
         None,
     ),
 ];

@@ -9,6 +9,7 @@ pub mod dream;
 pub mod events;
 pub mod family;
 pub mod filter;
+pub mod generation_config;
 pub mod head_rows;
 pub mod kv_reuse;
 pub mod llada;

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
 use super::family::{family_sampler, FamilySettings};
@@ -21,7 +21,7 @@ use crate::model::{Architecture, ModelConfig};
 use crate::named::{display_and_from_str, Named};
 
 /// The commit rules by the names users type (`--sampler`, a request's `sampler`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerName {
     TopkConfidence,

@@ -98,9 +98,14 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         )));
     }
     refuse_fields(endpoint, r)?;
+    let g = s.generation.for_sampler(r.sampler);
+    let max_tokens = r
+        .max_tokens
+        .or(g.max_new_tokens)
+        .unwrap_or(lim.default_max_tokens);
     let requests: Vec<Request> = match endpoint {
         Endpoint::Completion => {
-            let length = Some(r.max_tokens.unwrap_or(lim.default_max_tokens));
+            let length = Some(max_tokens);
             let one = |prompt: Option<String>, prompt_ids: Option<Vec<u32>>| Request {
                 prompt,
                 prompt_ids,
@@ -128,7 +133,7 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
                 .map_err(|e| ApiError::bad_request(format!("this model cannot chat: {e}")))?;
             vec![Request {
                 prompt: Some(template.render(messages)?),
-                length: Some(r.max_tokens.unwrap_or(lim.default_max_tokens)),
+                length: Some(max_tokens),
                 ..Default::default()
             }]
         }
@@ -172,16 +177,16 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         canvases.push(canvas(s, q).map_err(which)?);
     }
     let masked = canvases.iter().map(Canvas::num_masked).max().unwrap_or(0);
-    let steps = r.steps.unwrap_or(masked.min(lim.max_steps));
+    let steps = r.steps.or(g.steps).unwrap_or(masked.min(lim.max_steps));
     limit("steps", steps, lim.max_steps)?;
     let settings = SamplerSettings {
         steps,
-        sampler: r.sampler,
-        temperature: r.temperature.unwrap_or(0.0),
-        top_p: r.top_p,
-        top_k: r.top_k,
+        sampler: r.sampler.or(g.sampler),
+        temperature: r.temperature.or(g.temperature).unwrap_or(0.0),
+        top_p: r.top_p.or(g.top_p),
+        top_k: r.top_k.or(g.top_k),
         threshold: r.threshold,
-        block_length: r.block_length,
+        block_length: r.block_length.or(g.block_length),
         exact: r.exact,
         cache: r.cache,
         family: FamilySettings {

@@ -28,6 +28,7 @@ use crate::data::chat::ChatTemplate;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{LoadedModel, ModelConfig};
+use crate::sample::generation_config::GenerationDefaults;
 use crate::sample::request::{mask_id, CanvasBuilder};
 use queue::Queue;
 
@@ -75,6 +76,8 @@ pub struct ServerState {
     /// The chat template, or why the model cannot chat.
     pub chat: std::result::Result<ChatTemplate, String>,
     pub mask_id: u32,
+    /// The model's generation_config.json: what a request leaves out.
+    pub generation: GenerationDefaults,
     pub limits: Limits,
     pub queue: Arc<Queue>,
     pub created: u64,
@@ -118,21 +121,25 @@ pub struct Served {
     pub tokenizer: Option<Tokenizer>,
     pub mask_id: u32,
     pub chat: std::result::Result<ChatTemplate, String>,
+    pub generation: GenerationDefaults,
 }
 
 impl Served {
     /// Reads what `dir` holds besides the model: tokenizer.json (optional: without one, requests
-    /// give token ids), tokenizer_config.json's chat template (optional), the mask id.
+    /// give token ids), tokenizer_config.json's chat template (optional), the mask id, the
+    /// sampling defaults of generation_config.json (optional).
     pub fn new(model: LoadedModel, mask_flag: Option<u32>) -> Result<Self> {
         let dir = model.dir.clone();
         let tokenizer = Tokenizer::from_model_dir(&dir)?;
         let mask_id = mask_id(&model.config, &dir, mask_flag)?;
         let chat = ChatTemplate::load(&dir).map_err(|e| e.to_string());
+        let generation = GenerationDefaults::load(&dir)?;
         Ok(Self {
             model,
             tokenizer,
             mask_id,
             chat,
+            generation,
         })
     }
 }
@@ -164,6 +171,7 @@ impl Server {
             tokenizer,
             mask_id,
             chat,
+            generation,
         } = served;
         limits.max_canvas = limits.max_canvas.min(model.config.max_position_embeddings);
         let queue = Arc::new(Queue::new(limits.queue_capacity, limits.max_batch));
@@ -173,6 +181,7 @@ impl Server {
             tokenizer: tokenizer.map(Arc::new),
             chat,
             mask_id,
+            generation,
             limits,
             queue: queue.clone(),
             created: unix_time(),
