@@ -2,13 +2,18 @@
 # The small-scale reproduction in docs/reproduction.md: the paper's central claims on a 2-core
 # machine, with dlm's own commands only. Every step is seeded and resumable: rerun to continue.
 #
-# usage: scripts/reproduce.sh [WORK_DIR] [PART...]   (default: runs/repro; parts: small smollm2)
+# usage: scripts/reproduce.sh [WORK_DIR] [PART...]   (default: runs/repro; parts: small builtin
+#        smollm2)
 #
 # small:   a 5.4M-parameter GPT-2 AR base (300 steps), then four arms of 150 steps each from the
 #          same data with the same held-out validation documents: adapted with shift + annealing,
 #          adapted without annealing, adapted without the shift, and a DLM trained from scratch
 #          (450 steps: the AR base's budget plus the adaptation's). Then `dlm eval` of the AR base
 #          and the adapted DLM on held-out plays (last-word completion, middle-line infilling).
+# builtin: the built-in model's scale (after scripts/make-builtin-model.sh, whose runs are in
+#          $BUILTIN_WORK, default runs/builtin): a DLM trained from scratch for the built-in's
+#          total steps (AR + adaptation) on the same data, and `dlm eval --task infill` of the
+#          built-in DLM against its AR base on the held-out plays, with and without the suffix.
 # smollm2: a short adaptation of SmolLM2-135M-Instruct and infilling samples before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +44,8 @@ COMMON=(--data "${TRAIN[@]}" --val-data "${VAL[@]}" --seq-len 128 --micro-batch 
 [ -f "$WORK/heldout/passages.txt" ] || python3 scripts/repro/heldout.py "$WORK/heldout" "${VAL[@]}"
 
 small() {
-    local tok=weights/dlm-shakespeare-10m/tokenizer.json
+    # The first built-in model's 8192-token BPE (dlm-shakespeare-10m, since replaced).
+    local tok=scripts/repro/tokenizer-8k.json
     run_or_resume "$WORK/ar" 300 pretrain --arch gpt2 --config scripts/repro/gpt2-5m.json \
         --tokenizer "$tok" --objective ar --lr 1e-3 --warmup 10 "${COMMON[@]}"
     local base="$WORK/ar/checkpoints/step-00000300"
@@ -60,6 +66,36 @@ small() {
             --data "$data" --limit 300 --out "$WORK/eval-$task-ar.json" --no-progress
         [ -f "$WORK/eval-$task-dlm.json" ] || $DLM eval "$dlm" --task "$task" \
             --data "$data" --limit 300 --out "$WORK/eval-$task-dlm.json" --no-progress
+    done
+}
+
+builtin() {
+    local b="${BUILTIN_WORK:-runs/builtin}"
+    source scripts/builtin/recipe.sh
+    local dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
+    local base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
+    [ -d "$dlm" ] || { echo "$dlm is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
+    local data=(--data "$b/data/train" --val-data "$b/data/heldout" "${OPT[@]}" --no-progress)
+    run_or_resume "$WORK/builtin-scratch" $((AR_STEPS + DLM_STEPS)) pretrain --arch gpt2 \
+        --config "$BUILTIN_CONFIG" --tokenizer "$b/tokenizer.json" --objective diffusion \
+        --lr 1.5e-3 --warmup 50 "${data[@]}"
+    # The ablations: the built-in's adaptation without annealing, and without the shift.
+    local adapt=(--base "$base" --mask-token 1 --lr 1e-3 --warmup 50 "${data[@]}")
+    run_or_resume "$WORK/builtin-no-anneal" $DLM_STEPS adapt --anneal-steps 0 "${adapt[@]}"
+    run_or_resume "$WORK/builtin-no-shift" $DLM_STEPS adapt --anneal-steps 200 --no-shift \
+        "${adapt[@]}"
+    $DLM plot "$b/dlm" "$WORK/builtin-no-anneal" "$WORK/builtin-no-shift" "$WORK/builtin-scratch" \
+        --out "$WORK/builtin-validation.png" \
+        --title "held-out diffusion bound (nats/token) vs training tokens"
+    # Exact recovery of a removed word and of a 3-6-token span: the DLM sees prefix and suffix
+    # (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily from the prefix.
+    local set
+    for set in word word-nosuffix span span-nosuffix; do
+        local data="data/eval/shakespeare-infill-$set.jsonl.gz"
+        [ -f "$WORK/builtin-infill-$set-dlm.json" ] || $DLM eval "$dlm" --task infill \
+            --data "$data" --out "$WORK/builtin-infill-$set-dlm.json" --no-progress
+        [[ $set == *nosuffix ]] || [ -f "$WORK/builtin-infill-$set-ar.json" ] || $DLM eval "$base" \
+            --ar --task infill --data "$data" --out "$WORK/builtin-infill-$set-ar.json" --no-progress
     done
 }
 

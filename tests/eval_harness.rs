@@ -282,7 +282,7 @@ fn cli_refuses_unknown_tasks_and_missing_data() {
 
 #[test]
 fn cli_data_replaces_one_tasks_file() {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-10m");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-4m");
     let dir = tempfile::tempdir().unwrap();
     let passages = dir.path().join("heldout.txt");
     std::fs::write(
