@@ -15,6 +15,10 @@ pub trait Named: Copy + 'static {
     fn name(self) -> &'static str;
     /// One line on what the value means, for help texts.
     fn help(self) -> &'static str;
+    /// Other spellings accepted for the value (not listed in help), e.g. a reference's own.
+    fn aliases(self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The value called `name`; the error lists the valid names.
@@ -22,7 +26,7 @@ pub fn parse<T: Named>(name: &str) -> Result<T> {
     T::ALL
         .iter()
         .copied()
-        .find(|v| v.name() == name)
+        .find(|v| v.name() == name || v.aliases().contains(&name))
         .ok_or_else(|| {
             let names: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
             Error::Input(format!(

@@ -327,3 +327,25 @@ fn cli_data_replaces_one_tasks_file() {
         "no such file",
     );
 }
+
+#[test]
+fn diffusion_scorers_use_the_model_familys_alignment() {
+    use dlm::diffusion::shift::Shift;
+    use dlm::eval::score::{mc_reduce, mc_rows};
+    // LLaDA is trained without the shift: logits at i score token i.
+    let m = load_dir(&fixture("llada-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let model = m.model.as_ref();
+    let mask = m.config.mask_token_id.unwrap();
+    let ids: Vec<u32> = vec![3, 4, 5, 6, 30, 31, 32];
+    let src: Vec<bool> = (0..ids.len()).map(|i| i < 4).collect();
+    let draws = mc_draws(4, ids.len(), &mut Rng::seed(2));
+    let (_, got) = mc_score_with_draws(model, &ids, &src, mask, &draws, &Device::Cpu).unwrap();
+    let by = |shift| {
+        let rows = mc_rows(&ids, &src, mask, &draws, shift);
+        let lp = target_logprobs(model, &rows, Attention::Diffusion, &Device::Cpu).unwrap();
+        mc_reduce(&lp).1
+    };
+    let (same, next) = (by(Shift::Same), by(Shift::Next));
+    assert!((got - same).abs() < 1e-6, "{got} vs no-shift {same}");
+    assert!((got - next).abs() > 1e-3, "the shifted score {next} should differ");
+}

@@ -7,8 +7,10 @@ use crate::named::{parse, Named};
 
 /// The value parser of a flag whose values are `T`'s names.
 pub fn named<T: Named + Send + Sync>() -> impl TypedValueParser<Value = T> {
-    let values = T::ALL
-        .iter()
-        .map(|v| PossibleValue::new(v.name()).help(v.help()));
+    let values = T::ALL.iter().map(|v| {
+        PossibleValue::new(v.name())
+            .help(v.help())
+            .aliases(v.aliases().iter().copied())
+    });
     PossibleValuesParser::new(values).try_map(|name| parse::<T>(&name))
 }

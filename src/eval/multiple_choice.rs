@@ -17,8 +17,8 @@
 use serde_json::Value;
 
 use super::score::{
-    elbo_reduce, elbo_rows, llada_elbo_rows, mc_draws, mc_reduce, mc_rows, target_logprobs,
-    Attention, ScoreRow,
+    elbo_reduce, elbo_rows, llada_elbo_rows, mc_draws, mc_reduce, mc_rows, scorer_shift,
+    target_logprobs, Attention, ScoreRow,
 };
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
@@ -313,7 +313,8 @@ pub fn score_question(
         Estimator::Reference { steps } => {
             let mut rows = Vec::new();
             for (ids, src) in &seqs {
-                rows.extend(mc_rows(ids, src, mask_id, &mc_draws(steps, ids.len(), rng)));
+                let draws = mc_draws(steps, ids.len(), rng);
+                rows.extend(mc_rows(ids, src, mask_id, &draws, scorer_shift(model)));
             }
             let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
             lp.chunks(steps)
@@ -333,7 +334,7 @@ pub fn score_question(
                         let prompt = src.iter().filter(|&&s| s).count();
                         llada_elbo_rows(ids, prompt, mask_id, n, batch, rng)
                     }
-                    _ => elbo_rows(ids, src, mask_id, n, rng),
+                    _ => elbo_rows(ids, src, mask_id, n, scorer_shift(model), rng),
                 })
                 .unzip();
             let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;

@@ -52,10 +52,6 @@ pub enum Attention {
     Autoregressive,
 }
 
-/// The alignment of the models the scorers serve: the released DiffuGPT/DiffuLLaMA checkpoints
-/// are trained with the shift.
-const SCORER_SHIFT: Shift = Shift::Next;
-
 /// At most this many tokens (rows × length) per forward.
 pub const TOKENS_PER_FORWARD: usize = 8192;
 
@@ -124,8 +120,21 @@ pub fn target_logprobs(
     Ok(out)
 }
 
-/// The reference scorer's rows: one noised copy of `ids` per step, t = T..1, rate t/T.
-pub fn mc_rows(ids: &[u32], src: &[bool], mask_id: u32, draws: &[Vec<f32>]) -> Vec<ScoreRow> {
+/// The row that scores each hidden token for `model`: its family's (the shift for DiffuGPT and
+/// DiffuLLaMA, the same position for LLaDA, Dream's concatenation).
+pub fn scorer_shift(model: &dyn LanguageModel) -> Shift {
+    Shift::for_sampling(model.config().arch)
+}
+
+/// The reference scorer's rows: one noised copy of `ids` per step, t = T..1, rate t/T, each
+/// hidden token scored by the row `shift` names.
+pub fn mc_rows(
+    ids: &[u32],
+    src: &[bool],
+    mask_id: u32,
+    draws: &[Vec<f32>],
+    shift: Shift,
+) -> Vec<ScoreRow> {
     let steps = draws.len();
     draws
         .iter()
@@ -133,7 +142,7 @@ pub fn mc_rows(ids: &[u32], src: &[bool], mask_id: u32, draws: &[Vec<f32>]) -> V
         .map(|(k, draw)| {
             let rate = (steps - k) as f32 / steps as f32;
             let x_t = mask_tokens(ids, draw, rate, src, mask_id).x_t;
-            ScoreRow::diffusion(ids, x_t, mask_id, SCORER_SHIFT)
+            ScoreRow::diffusion(ids, x_t, mask_id, shift)
         })
         .collect()
 }
@@ -164,7 +173,7 @@ pub fn mc_score_with_draws(
     draws: &[Vec<f32>],
     device: &Device,
 ) -> Result<(Vec<f32>, f32)> {
-    let rows = mc_rows(ids, src, mask_id, draws);
+    let rows = mc_rows(ids, src, mask_id, draws, scorer_shift(model));
     let lp = target_logprobs(model, &rows, Attention::Diffusion, device)?;
     Ok(mc_reduce(&lp))
 }
@@ -182,6 +191,7 @@ pub fn elbo_rows(
     src: &[bool],
     mask_id: u32,
     samples: usize,
+    shift: Shift,
     rng: &mut Rng,
 ) -> Vec<(f32, ScoreRow)> {
     (0..samples)
@@ -189,7 +199,7 @@ pub fn elbo_rows(
             let t = time_from_uniform(rng.uniform_f32());
             let draw: Vec<f32> = ids.iter().map(|_| rng.uniform_f32()).collect();
             let x_t = mask_tokens(ids, &draw, t, src, mask_id).x_t;
-            (t, ScoreRow::diffusion(ids, x_t, mask_id, SCORER_SHIFT))
+            (t, ScoreRow::diffusion(ids, x_t, mask_id, shift))
         })
         .collect()
 }

@@ -37,7 +37,9 @@ pub const DEFAULT_EPS: f32 = 1e-3;
 #[serde(rename_all = "kebab-case")]
 pub enum Alg {
     Origin,
+    #[serde(alias = "maskgit_plus")]
     MaskgitPlus,
+    #[serde(alias = "topk_margin")]
     TopkMargin,
     /// What Dream's own demos use (the library's default is `origin`).
     #[default]
@@ -68,6 +70,15 @@ impl Named for Alg {
             Self::MaskgitPlus => "Commit the positions whose token has the highest probability",
             Self::TopkMargin => "Commit by top-1 minus top-2 probability",
             Self::Entropy => "Commit the lowest-entropy positions",
+        }
+    }
+
+    /// Dream's own Python spellings (`alg="maskgit_plus"`).
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Self::MaskgitPlus => &["maskgit_plus"],
+            Self::TopkMargin => &["topk_margin"],
+            _ => &[],
         }
     }
 }

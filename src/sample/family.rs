@@ -93,7 +93,13 @@ mod tests {
     fn names_parse_as_flags_and_fields() {
         for &a in Alg::ALL {
             assert_eq!(serde_json::from_value::<Alg>(a.name().into()).unwrap(), a);
+            // Dream's Python spellings are accepted as well.
+            for &alias in a.aliases() {
+                assert_eq!(serde_json::from_value::<Alg>(alias.into()).unwrap(), a);
+                assert_eq!(alias.parse::<Alg>().unwrap(), a);
+            }
         }
+        assert_eq!("maskgit_plus".parse::<Alg>().unwrap(), Alg::MaskgitPlus);
         for &r in Remasking::ALL {
             assert_eq!(
                 serde_json::from_value::<Remasking>(r.name().into()).unwrap(),
