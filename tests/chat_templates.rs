@@ -59,6 +59,28 @@ fn smollm2_template_renders_byte_exactly() {
     );
 }
 
+/// Given the GGUF file itself (`dlm generate x.gguf --chat`), the template and its BOS/EOS come
+/// from the file's metadata and render as the converted directory's do; a GGUF without a
+/// template says so.
+#[test]
+fn gguf_files_carry_their_own_template() {
+    let path = common::smollm2_gguf();
+    let from_file = ChatTemplate::load(&path).unwrap();
+    let gguf = GgufFile::open(&path).unwrap();
+    let template = gguf.str_value("tokenizer.chat_template").unwrap();
+    let (_d, from_dir) = load(json!({"chat_template": template,
+                                     "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}));
+    let turns = [
+        msg("user", "Hi"),
+        msg("assistant", "Hello"),
+        msg("user", "Bye"),
+    ];
+    assert_eq!(
+        from_file.render(&turns).unwrap(),
+        from_dir.render(&turns).unwrap()
+    );
+}
+
 /// GSAI-ML/LLaDA-8B-Instruct's `chat_template` and special tokens as its tokenizer_config.json
 /// has them (Llama 3's headers with LLaDA's own BOS; not ChatML): the BOS before the first
 /// turn only, contents trimmed, the assistant header always opened.

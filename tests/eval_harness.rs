@@ -347,5 +347,8 @@ fn diffusion_scorers_use_the_model_familys_alignment() {
     };
     let (same, next) = (by(Shift::Same), by(Shift::Next));
     assert!((got - same).abs() < 1e-6, "{got} vs no-shift {same}");
-    assert!((got - next).abs() > 1e-3, "the shifted score {next} should differ");
+    assert!(
+        (got - next).abs() > 1e-3,
+        "the shifted score {next} should differ"
+    );
 }

@@ -152,6 +152,22 @@ fn family_ggufs_convert_to_their_own_layout() {
             "--out",
             out.to_str().unwrap(),
         ]);
+        // This GGUF has no chat template: --chat on it says so, whichever way it is given.
+        for model in [&gguf, &out] {
+            let e = dlm_fails([
+                "generate",
+                model.to_str().unwrap(),
+                "--chat",
+                "--prompt",
+                "hi",
+                "--length",
+                "2",
+            ]);
+            assert!(
+                e.contains("chat_template") && !e.contains("panicked"),
+                "{e}"
+            );
+        }
         let m = load_dir(&out, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(m.config.arch, family);
         assert_eq!(m.config.mask_token_id, mask, "{name}");

@@ -11,6 +11,7 @@ use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,13 @@ impl ChatTemplate {
     /// the model cannot chat; a file that is not a JSON object is malformed, and said to be; a
     /// template the engine rejects is refused naming its file and key.
     pub fn load(model_dir: &Path) -> Result<Self> {
+        if model_dir.is_file()
+            && model_dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::from_gguf(model_dir);
+        }
         let config_path = model_dir.join("tokenizer_config.json");
         let config = read_json_object(&config_path)?.unwrap_or_default();
         let jinja = model_dir.join("chat_template.jinja");
@@ -85,6 +93,34 @@ impl ChatTemplate {
             .iter()
             .filter_map(|&key| special_token(config.get(key)?).map(|v| (key, v)))
             .collect();
+        Self::new(source, origin, specials)
+    }
+
+    /// A llama.cpp GGUF's `tokenizer.chat_template`, with its BOS and EOS tokens (by id, as
+    /// llama.cpp renders them) as the template's `bos_token` and `eos_token`.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let f = GgufFile::open(path)?;
+        let origin = format!("{}: tokenizer.chat_template", path.display());
+        let Some(source) = f.str_value("tokenizer.chat_template") else {
+            return Err(Error::Input(format!(
+                "{} has no tokenizer.chat_template",
+                path.display()
+            )));
+        };
+        let tokens = f.strings("tokenizer.ggml.tokens")?;
+        let mut specials = Vec::new();
+        for (key, name) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token"),
+            ("tokenizer.ggml.eos_token_id", "eos_token"),
+        ] {
+            if let Some(token) = f.usize_value(key)?.and_then(|id| tokens.get(id)) {
+                specials.push((name, Value::from(token.clone())));
+            }
+        }
+        Self::new(source.to_owned(), origin, specials)
+    }
+
+    fn new(source: String, origin: String, specials: Vec<(&'static str, Value)>) -> Result<Self> {
         let mut env = jinja_environment();
         env.add_template_owned(NAME, source).map_err(|e| {
             Error::Input(format!(
