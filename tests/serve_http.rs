@@ -37,8 +37,16 @@ impl Running {
 }
 
 fn start(limits: Limits) -> Running {
+    start_with(limits, None)
+}
+
+/// A server on the tiny model, with `generation` as its generation_config.json when given.
+fn start_with(limits: Limits, generation: Option<Value>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = common::tiny_dlm_dir(dir.path());
+    if let Some(g) = generation {
+        std::fs::write(model_dir.join("generation_config.json"), g.to_string()).unwrap();
+    }
     let model = load_dir(&model_dir, DType::F32, &Device::Cpu).unwrap();
     let served = Served::new(model, None).unwrap();
     let server = Server::start(served, Device::Cpu, limits, "127.0.0.1:0").unwrap();
@@ -137,6 +145,38 @@ fn endpoints_answer_in_openai_shapes() {
         json!({"prefix": "The river", "suffix": " the sea.", "length": 4, "sampler": "entropy"}),
     ));
     assert_eq!(ps["choices"][0]["fills"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn requests_take_the_models_generation_defaults() {
+    let s = start_with(
+        Limits::default(),
+        Some(
+            json!({"sampler": "random-keep", "temperature": 0.9, "top_p": 0.9, "steps": 3,
+                    "max_new_tokens": 5}),
+        ),
+    );
+    let bare = ok_json(&s.post("/v1/completions", json!({"prompt": "The", "seed": 7})));
+    assert!(
+        bare["usage"]["dlm"]["steps"].as_u64().unwrap() <= 3,
+        "{bare}"
+    );
+    assert!(
+        bare["usage"]["completion_tokens"].as_u64().unwrap() <= 5,
+        "{bare}"
+    );
+    let spelled = ok_json(&s.post(
+        "/v1/completions",
+        json!({"prompt": "The", "seed": 7, "sampler": "random-keep", "temperature": 0.9,
+               "top_p": 0.9, "steps": 3, "max_tokens": 5}),
+    ));
+    assert_eq!(bare["choices"][0]["text"], spelled["choices"][0]["text"]);
+    // The reference sampler by name: the defaults' top_p is not carried over to it.
+    let reference = s.post(
+        "/v1/completions",
+        json!({"prompt": "The", "sampler": "topk-confidence"}),
+    );
+    assert_eq!(reference.status, 200, "{}", reference.text());
 }
 
 #[test]
