@@ -75,6 +75,16 @@ builtin() {
     local dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
     local base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
     [ -d "$dlm" ] || { echo "$dlm is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
+    # Exact recovery of a removed word and of a 3-6-token span: the DLM sees prefix and suffix
+    # (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily from the prefix.
+    local set
+    for set in word word-nosuffix span span-nosuffix; do
+        local file="data/eval/shakespeare-infill-$set.jsonl.gz"
+        [ -f "$WORK/builtin-infill-$set-dlm.json" ] || $DLM eval "$dlm" --task infill \
+            --data "$file" --out "$WORK/builtin-infill-$set-dlm.json" --no-progress
+        [[ $set == *nosuffix ]] || [ -f "$WORK/builtin-infill-$set-ar.json" ] || $DLM eval "$base" \
+            --ar --task infill --data "$file" --out "$WORK/builtin-infill-$set-ar.json" --no-progress
+    done
     local data=(--data "$b/data/train" --val-data "$b/data/heldout" "${OPT[@]}" --no-progress)
     run_or_resume "$WORK/builtin-scratch" $((AR_STEPS + DLM_STEPS)) pretrain --arch gpt2 \
         --config "$BUILTIN_CONFIG" --tokenizer "$b/tokenizer.json" --objective diffusion \
@@ -87,16 +97,6 @@ builtin() {
     $DLM plot "$b/dlm" "$WORK/builtin-no-anneal" "$WORK/builtin-no-shift" "$WORK/builtin-scratch" \
         --out "$WORK/builtin-validation.png" \
         --title "held-out diffusion bound (nats/token) vs training tokens"
-    # Exact recovery of a removed word and of a 3-6-token span: the DLM sees prefix and suffix
-    # (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily from the prefix.
-    local set
-    for set in word word-nosuffix span span-nosuffix; do
-        local data="data/eval/shakespeare-infill-$set.jsonl.gz"
-        [ -f "$WORK/builtin-infill-$set-dlm.json" ] || $DLM eval "$dlm" --task infill \
-            --data "$data" --out "$WORK/builtin-infill-$set-dlm.json" --no-progress
-        [[ $set == *nosuffix ]] || [ -f "$WORK/builtin-infill-$set-ar.json" ] || $DLM eval "$base" \
-            --ar --task infill --data "$data" --out "$WORK/builtin-infill-$set-ar.json" --no-progress
-    done
 }
 
 smollm2() {
