@@ -3,9 +3,10 @@
 
 usage: check_outputs.py OUTPUTS.jsonl TRAIN_TEXT_DIR [--min-words 25] [--min-known 0.9]
 
-Per canvas: the whitespace-separated words of the generated text, scaled to 64 generated tokens;
-the share of them that occur in the training text (compared without surrounding punctuation and
-case); and whether the canvas is blank or one repeated token. Prints a row per canvas and the
+Per canvas: the whitespace-separated words of the generated text (chunks with at least one
+letter: a lone "," or "." is not a word), scaled to 64 generated tokens; the share of them that
+occur in the training text (compared without surrounding punctuation and case); and whether the
+canvas is blank or one repeated token. Prints a row per canvas and the
 totals; exits 1 when any canvas misses the bar.
 """
 import argparse
@@ -18,8 +19,11 @@ PUNCT = string.punctuation + "\u2019\u2018\u201c\u201d"
 
 
 def norm(word):
-    core = word.strip(PUNCT).lower()
-    return core if core else word
+    return word.strip(PUNCT).lower()
+
+
+def words_of(text):
+    return [w for w in text.split() if any(c.isalpha() for c in w)]
 
 
 def main():
@@ -31,13 +35,13 @@ def main():
     a = ap.parse_args()
     known = set()
     for f in sorted(pathlib.Path(a.train_dir).iterdir()):
-        known.update(norm(w) for w in f.read_text(encoding="utf-8").split())
+        known.update(norm(w) for w in words_of(f.read_text(encoding="utf-8")))
     rows = [json.loads(l) for l in open(a.outputs, encoding="utf-8") if l.strip()]
     failed = 0
     total_words = total_known = 0
-    print(f"{'#':>2} {'words/64':>8} {'known':>6}  ok  text")
+    print(f"{'#':>2} {'words/64':>8} {'known':>6}  ok  text", flush=True)
     for r in rows:
-        words = r["text"].split()
+        words = words_of(r["text"])
         ids = r["ids"]
         per64 = len(words) * 64 / max(len(ids), 1)
         k = sum(norm(w) in known for w in words)
