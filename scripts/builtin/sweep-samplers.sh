@@ -25,6 +25,10 @@ CANDIDATES=(
     "margin-t0.7-p0.8-b16|--sampler margin --temperature 0.7 --top-p 0.8 --block-length 16"
     "margin-t0.7-p0.8-b8|--sampler margin --temperature 0.7 --top-p 0.8 --block-length 8"
     "random-keep-t0.7-p0.8|--sampler random-keep --temperature 0.7 --top-p 0.8"
+    "random-t0.8-p0.9-b4|--sampler random --temperature 0.8 --top-p 0.9 --block-length 4"
+    "random-t0.8-p0.9-b1|--sampler random --temperature 0.8 --top-p 0.9 --block-length 1"
+    "entropy-t0.8-p0.9-b4|--sampler entropy --temperature 0.8 --top-p 0.9 --block-length 4"
+    "random-t0.7-p0.9-b2|--sampler random --temperature 0.7 --top-p 0.9 --block-length 2"
 )
 for c in "${CANDIDATES[@]}"; do
     name=${c%%|*} flags=${c#*|}
