@@ -588,13 +588,13 @@ class Checker:
         return (*res, peak[0])
 
     def bench(self, dtype):
-        """dlm's benchmarks on the built-in 10M model (GPT-2 small for train), sized for the device,
+        """dlm's benchmarks on the built-in 4M model (context 256; GPT-2 small for train), sized for the device,
         each next to its PyTorch script on the same device when a Python has torch."""
         big = self.gpu
         size = (lambda gpu, cpu: gpu if big else cpu)
-        length, steps = size("256", "32"), size("64", "8")
+        length, steps = size("192", "32"), size("64", "8")
         benches = [
-            ("4 bench forward", ["bench", "forward", BUILTIN, "--seq", size("512", "64"), "--batch", size("8", "1"),
+            ("4 bench forward", ["bench", "forward", BUILTIN, "--seq", size("256", "64"), "--batch", size("8", "1"),
                                  "--iters", size("5", "2")],
              r"forward .*: ([\d.]+ ms, \d+ tokens/s)", None, None),
             ("4 bench sample", ["bench", "sample", BUILTIN, "--length", length, "--steps", steps, "--exact-only"],

@@ -161,8 +161,11 @@ impl DiffusionArgs {
         let settings = SamplerSettings {
             steps: self.steps.or(g.steps).unwrap_or(DEFAULT_STEPS),
             sampler: self.sampler.or(g.sampler),
-            temperature: c.temperature.or(g.temperature).unwrap_or(0.0),
-            top_p: c.top_p.or(g.top_p),
+            temperature: c
+                .temperature
+                .or(g.temperature.map(|t| t as f32))
+                .unwrap_or(0.0),
+            top_p: c.top_p.or(g.top_p.map(|p| p as f32)),
             top_k: c.top_k.or(g.top_k),
             threshold: self.threshold,
             block_length: self.block_length.or(g.block_length),
@@ -238,7 +241,8 @@ pub fn run(
     for (k, r) in requests.iter().enumerate() {
         let c = builder.build(r).with_context(|| format!("request {k}"))?;
         let n = c.num_masked();
-        if opts.steps > n && !opts.sampler.is_family() {
+        // A default T (dlm's or the model's) is clamped silently; a --steps the user gave, not.
+        if d.steps.is_some() && opts.steps > n && !opts.sampler.is_family() {
             eprintln!("warning: request {k}: --steps {} > {n} masked positions; using {n} steps (each step commits at least one token)", opts.steps);
         }
         canvases.push(c);

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 
 pub const FILE: &str = "generation_config.json";
 
+/// A model's sampling defaults. `temperature` and `top_p` are f64 so that `dlm info` prints them
+/// as written (0.8, not 0.800000011920929); the samplers take f32.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct GenerationDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -24,9 +26,9 @@ pub struct GenerationDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

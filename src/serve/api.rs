@@ -182,8 +182,11 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
     let settings = SamplerSettings {
         steps,
         sampler: r.sampler.or(g.sampler),
-        temperature: r.temperature.or(g.temperature).unwrap_or(0.0),
-        top_p: r.top_p.or(g.top_p),
+        temperature: r
+            .temperature
+            .or(g.temperature.map(|t| t as f32))
+            .unwrap_or(0.0),
+        top_p: r.top_p.or(g.top_p.map(|p| p as f32)),
         top_k: r.top_k.or(g.top_k),
         threshold: r.threshold,
         block_length: r.block_length.or(g.block_length),
