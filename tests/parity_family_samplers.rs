@@ -130,9 +130,9 @@ struct Steps {
 
 fn settings(case: &Case, exact: bool) -> SamplerSettings {
     SamplerSettings {
-        steps: case.steps,
+        steps: Some(case.steps),
         sampler: None,
-        temperature: 0.0,
+        temperature: Some(0.0),
         top_p: None,
         top_k: None,
         threshold: None,
@@ -289,10 +289,10 @@ fn cli_generate_traces_match_the_fixtures() {
 fn sampled_family_runs_are_seeded_and_keep_their_rules() {
     let llada = load_dir(&fixture("llada-tiny"), DType::F32, &Device::Cpu).unwrap();
     let dream = load_dir(&fixture("dream-tiny"), DType::F32, &Device::Cpu).unwrap();
-    let base = |sampler, temperature, top_p, block_length, family| SamplerSettings {
-        steps: 8,
+    let base = |sampler, temperature: f32, top_p, block_length, family| SamplerSettings {
+        steps: Some(8),
         sampler: Some(sampler),
-        temperature,
+        temperature: Some(temperature),
         top_p,
         top_k: None,
         threshold: None,

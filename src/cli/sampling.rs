@@ -30,8 +30,6 @@ use crate::sample::request::{
 
 /// Canvases sampled in one batched forward, at most.
 const MAX_BATCH: usize = 16;
-/// T when neither `--steps` nor the model's generation_config.json says.
-const DEFAULT_STEPS: usize = 64;
 /// Generated positions of `dlm generate` when neither `--length`, a request nor the model's
 /// generation_config.json (`max_new_tokens`) says.
 const DEFAULT_LENGTH: usize = 64;
@@ -157,18 +155,14 @@ impl DiffusionArgs {
         if self.trace && !self.json {
             bail!("--trace needs --json");
         }
-        let g = defaults.for_sampler(self.sampler);
         let settings = SamplerSettings {
-            steps: self.steps.or(g.steps).unwrap_or(DEFAULT_STEPS),
-            sampler: self.sampler.or(g.sampler),
-            temperature: c
-                .temperature
-                .or(g.temperature.map(|t| t as f32))
-                .unwrap_or(0.0),
-            top_p: c.top_p.or(g.top_p.map(|p| p as f32)),
-            top_k: c.top_k.or(g.top_k),
+            steps: self.steps,
+            sampler: self.sampler,
+            temperature: c.temperature,
+            top_p: c.top_p,
+            top_k: c.top_k,
             threshold: self.threshold,
-            block_length: self.block_length.or(g.block_length),
+            block_length: self.block_length,
             exact: self.exact,
             cache: self.cache,
             family: FamilySettings {
@@ -179,7 +173,7 @@ impl DiffusionArgs {
                 eps: self.eps,
             },
         };
-        Ok(settings.options(arch)?)
+        Ok(settings.with_defaults(defaults).options(arch)?)
     }
 }
 

@@ -140,7 +140,7 @@ mod tests {
             SamplerSettings {
                 sampler: Some(SamplerName::Llada),
                 top_p: Some(0.9),
-                temperature: 1.0,
+                temperature: Some(1.0),
                 ..ok.clone()
             },
             SamplerSettings {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::canvas::{parse_template, Canvas, Segment, TemplatePart};
 use super::family::{family_sampler, FamilySettings};
 use super::filter::TokenChoice;
+use super::generation_config::GenerationDefaults;
 use super::head_rows::HeadRows;
 use super::kv_reuse::CacheMode;
 use super::options::{DiffusionOptions, Sampler};
@@ -94,14 +95,19 @@ impl SamplerName {
     }
 }
 
-/// Sampler settings as given (flags or request fields), before they are folded.
+/// T when neither the user nor the model's generation_config.json says.
+pub const DEFAULT_STEPS: usize = 64;
+
+/// Sampler settings as given (flags or request fields), before they are folded; None where the
+/// user left a setting out (`with_defaults` fills those from the model's defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSettings {
-    pub steps: usize,
+    /// None: the model's default, else `DEFAULT_STEPS`.
+    pub steps: Option<usize>,
     /// None: the model family's own (`family_sampler`).
     pub sampler: Option<SamplerName>,
-    /// 0 means greedy.
-    pub temperature: f32,
+    /// 0 means greedy; None: the model's default, else greedy.
+    pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
     pub threshold: Option<f32>,
@@ -114,11 +120,27 @@ pub struct SamplerSettings {
 }
 
 impl SamplerSettings {
+    /// These settings with what the user left out taken from the model's generation defaults
+    /// (`GenerationDefaults::for_sampler`: another sampler than the defaults' keeps only steps).
+    pub fn with_defaults(self, defaults: &GenerationDefaults) -> Self {
+        let g = defaults.for_sampler(self.sampler);
+        Self {
+            steps: self.steps.or(g.steps),
+            sampler: self.sampler.or(g.sampler),
+            temperature: self.temperature.or(g.temperature.map(|t| t as f32)),
+            top_p: self.top_p.or(g.top_p.map(|p| p as f32)),
+            top_k: self.top_k.or(g.top_k),
+            block_length: self.block_length.or(g.block_length),
+            ..self
+        }
+    }
+
     /// Folds the settings into sampler options for a model of `arch`, once, before any loop;
     /// every inconsistency is an `Error::InvalidOption` naming the setting.
     pub fn options(&self, arch: Architecture) -> Result<DiffusionOptions> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            let t = self.temperature;
+        let temperature = self.temperature.unwrap_or(0.0);
+        if !temperature.is_finite() || temperature < 0.0 {
+            let t = temperature;
             let rest = format!("{t} must be a finite number ≥ 0 (0 is greedy)");
             return Err(Error::option("temperature", rest));
         }
@@ -143,9 +165,9 @@ impl SamplerSettings {
             ));
         }
         let opts = DiffusionOptions {
-            steps: self.steps,
+            steps: self.steps.unwrap_or(DEFAULT_STEPS),
             sampler,
-            choice: TokenChoice::from_flags(self.temperature, self.top_k, self.top_p),
+            choice: TokenChoice::from_flags(temperature, self.top_k, self.top_p),
             shift,
             threshold: self.threshold,
             block_length: self.block_length,
@@ -307,9 +329,9 @@ pub(crate) mod tests {
     /// Valid settings to vary in the option checks: 4 greedy confidence steps, nothing else set.
     pub(crate) fn greedy_confidence() -> SamplerSettings {
         SamplerSettings {
-            steps: 4,
+            steps: Some(4),
             sampler: Some(SamplerName::Confidence),
-            temperature: 0.0,
+            temperature: Some(0.0),
             top_p: None,
             top_k: None,
             threshold: None,
@@ -366,7 +388,7 @@ pub(crate) mod tests {
         assert!(ok.options(gpt2).is_ok());
         let bad = [
             SamplerSettings {
-                temperature: -1.0,
+                temperature: Some(-1.0),
                 ..ok.clone()
             },
             SamplerSettings {
@@ -374,7 +396,7 @@ pub(crate) mod tests {
                 ..ok.clone()
             },
             SamplerSettings {
-                steps: 0,
+                steps: Some(0),
                 ..ok.clone()
             },
             SamplerSettings {

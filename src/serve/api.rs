@@ -177,19 +177,14 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         canvases.push(canvas(s, q).map_err(which)?);
     }
     let masked = canvases.iter().map(Canvas::num_masked).max().unwrap_or(0);
-    let steps = r.steps.or(g.steps).unwrap_or(masked.min(lim.max_steps));
-    limit("steps", steps, lim.max_steps)?;
-    let settings = SamplerSettings {
-        steps,
-        sampler: r.sampler.or(g.sampler),
-        temperature: r
-            .temperature
-            .or(g.temperature.map(|t| t as f32))
-            .unwrap_or(0.0),
-        top_p: r.top_p.or(g.top_p.map(|p| p as f32)),
-        top_k: r.top_k.or(g.top_k),
+    let mut settings = SamplerSettings {
+        steps: r.steps,
+        sampler: r.sampler,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: r.top_k,
         threshold: r.threshold,
-        block_length: r.block_length.or(g.block_length),
+        block_length: r.block_length,
         exact: r.exact,
         cache: r.cache,
         family: FamilySettings {
@@ -199,7 +194,12 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
             alg_temp: r.alg_temp,
             eps: r.eps,
         },
-    };
+    }
+    .with_defaults(&s.generation);
+    // Without a default, one step per generated token, at most the limit.
+    let steps = settings.steps.unwrap_or(masked.min(lim.max_steps));
+    limit("steps", steps, lim.max_steps)?;
+    settings.steps = Some(steps);
     let stop = match &r.stop {
         None => vec![],
         Some(Stop::One(s)) => vec![s.clone()],
