@@ -160,7 +160,25 @@ pub fn relaunch_under_mpirun(world: usize) -> Result<()> {
             cmd.env(var, value);
         }
     }
-    let status = cmd.status().map_err(|e| {
+    // Each launch gets its own session directory: two mpiruns starting at once (two runs, or
+    // two tests) otherwise race to create the shared /tmp/ompi.HOST.UID and one fails with
+    // "File exists" before any rank starts.
+    let session = std::env::temp_dir().join(format!(
+        "dlm-mpi-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&session).map_err(|e| Error::io(&session, e))?;
+    for var in ["OMPI_MCA_orte_tmpdir_base", "PRTE_MCA_prte_tmpdir_base"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, &session);
+        }
+    }
+    let status = cmd.status();
+    let _ = std::fs::remove_dir_all(&session);
+    let status = status.map_err(|e| {
         Error::Distributed(format!(
             "cannot run mpirun ({e}); install OpenMPI (apt-get install openmpi-bin) or start the \
              ranks with your own launcher"
