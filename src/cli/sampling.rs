@@ -213,9 +213,7 @@ pub fn run(
     let defaults = GenerationDefaults::load(model_dir)?;
     let opts = d.options(choice, m.config.arch, &defaults)?;
     let default_length = match completion {
-        true => length
-            .or(defaults.for_sampler(d.sampler).max_new_tokens)
-            .or(Some(DEFAULT_LENGTH)),
+        true => length.or(defaults.max_new_tokens).or(Some(DEFAULT_LENGTH)),
         false => length,
     };
     let device = runtime.device.open()?;

@@ -98,10 +98,10 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         )));
     }
     refuse_fields(endpoint, r)?;
-    let g = s.generation.for_sampler(r.sampler);
+    // (Every sampler keeps the model's generated length: no `for_sampler` needed.)
     let max_tokens = r
         .max_tokens
-        .or(g.max_new_tokens)
+        .or(s.generation.max_new_tokens)
         .unwrap_or(lim.default_max_tokens);
     let requests: Vec<Request> = match endpoint {
         Endpoint::Completion => {
