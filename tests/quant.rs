@@ -87,6 +87,28 @@ fn products_match_f64_reference_on_every_kernel() {
     }
 }
 
+/// A bf16 table dequantised row by row (what a kept-quantised embedding becomes) is the f32
+/// dequantisation rounded to bf16, exactly.
+#[test]
+fn bf16_dequantisation_is_the_f32_one_rounded() {
+    let mut rng = Rng::seed(7);
+    for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+        let q = random_matrix(ty, 19, 64, &mut rng);
+        let want = Tensor::from_vec(q.dequantize().unwrap(), (19, 64), &Device::Cpu)
+            .and_then(|t| t.to_dtype(candle_core::DType::BF16))
+            .unwrap();
+        let got = q
+            .dequantize_as(candle_core::DType::BF16, &Device::Cpu)
+            .unwrap();
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+        assert_eq!(bits(&got), bits(&want), "{}", ty.name());
+        let f32_table = q
+            .dequantize_as(candle_core::DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(f32_table.dims(), [19, 64]);
+    }
+}
+
 fn check_product(kernel: QuantKernel, ty: QuantType, m: usize, n: usize, k: usize, rng: &mut Rng) {
     let q = random_matrix(ty, n, k, rng);
     let w = q.dequantize().unwrap();
@@ -242,7 +264,7 @@ fn smollm2_q8_0_within_tolerance_of_f32() {
     )
     .unwrap();
     let f32_weights = dlm::model::Weights::new(import.tensors.into_iter().collect(), "smollm2");
-    let (weights, n) = quantize_weights(&f32_weights, &config, QuantType::Q8_0).unwrap();
+    let (weights, n) = quantize_weights(f32_weights.clone(), &config, QuantType::Q8_0).unwrap();
     drop(f32_weights);
     assert_eq!(n, 30 * 7 + 1, "every block matrix and the embedding");
     let m = dlm::model::build(

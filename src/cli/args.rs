@@ -42,6 +42,14 @@ pub fn load_model(dir: &Path, runtime: &RuntimeArgs) -> anyhow::Result<LoadedMod
     Ok(load_dir(dir, runtime.dtype.dtype(), &device)?)
 }
 
+/// `load_model` for a command that only runs the model: bf16 weights are kept once, packed
+/// for the CPU kernel, and the checkpoint's copy is dropped (`LoadedModel::release_for_inference`).
+pub fn load_model_for_inference(dir: &Path, runtime: &RuntimeArgs) -> anyhow::Result<LoadedModel> {
+    let mut m = load_model(dir, runtime)?;
+    m.release_for_inference()?;
+    Ok(m)
+}
+
 /// The tokenizer of a model directory, or the one embedded in a `.gguf` file.
 pub fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
     if is_gguf_file(dir) {

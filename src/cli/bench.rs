@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model, load_model_for_inference, RuntimeArgs};
 use crate::model::{Architecture, ModelConfig};
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -138,7 +138,7 @@ fn matmul_gflops(m: usize, k: usize, n: usize, device: &Device) -> anyhow::Resul
 }
 
 fn forward(a: ForwardArgs) -> anyhow::Result<()> {
-    let m = load_model(&a.model, &a.runtime)?;
+    let m = load_model_for_inference(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
     let c = &m.config;
     let mask = match a.attention.as_str() {
@@ -183,7 +183,14 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
 }
 
 fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
-    let m = load_model(&a.model, &a.runtime)?;
+    let mut m = load_model(&a.model, &a.runtime)?;
+    // The weights' bytes, counted before a bf16 model's stored copy is released.
+    let bytes: usize = m
+        .weights
+        .iter()
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
+    m.release_for_inference()?;
     println!(
         "bench generate {} ({}, {} threads): loaded, peak RSS {:.0} MB",
         a.model.display(),
@@ -219,11 +226,6 @@ fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
     let total = run(a.tokens, &mut rng)?;
     let decode = (total - prefill).max(1e-9) / (a.tokens - 1).max(1) as f64;
     // Baseline: the time to stream every weight once, which bounds batch-1 decoding from below.
-    let bytes: usize = m
-        .weights
-        .iter()
-        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
-        .sum();
     let src = Tensor::zeros(bytes / 4, DType::F32, &device)?;
     let stream = best_of(3, || {
         let s = src.sum_all()?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model_for_inference, RuntimeArgs};
 use crate::model::ids_tensor;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
@@ -57,7 +57,9 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
     if a.pytorch.is_some() && a.batch != 1 {
         anyhow::bail!("--pytorch compares batch 1 only (the PyTorch script runs one canvas)");
     }
-    let m = load_model(&a.model, &a.runtime)?;
+    let load = Instant::now();
+    let m = load_model_for_inference(&a.model, &a.runtime)?;
+    let load_secs = load.elapsed().as_secs_f64();
     let device = a.runtime.device.open()?;
     let cfg = &m.config;
     let mask = a
@@ -134,6 +136,10 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         a.runtime.device,
         a.runtime.dtype
     );
+    println!(
+        "loaded in {load_secs:.1} s, peak RSS {:.0} MB",
+        super::bench::peak_rss_mb().unwrap_or(f64::NAN)
+    );
     let runs = &runs[..if a.exact_only { 1 } else { runs.len() }];
     // One untimed forward first: it packs the weights for the inference GEMM and faults in the
     // buffers, which every run after the first would otherwise get for free.
@@ -175,6 +181,10 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         outputs.push(batch);
         ms_per_step.push((name, secs * 1e3 / report.forwards.max(1) as f64));
     }
+    println!(
+        "peak RSS {:.0} MB (weights loaded, packed and run)",
+        super::bench::peak_rss_mb().unwrap_or(f64::NAN)
+    );
     if let (Some(py), Some(before)) = (&a.pytorch, pytorch_before) {
         let after = pytorch_ms(py, &a)?;
         let torch = (before + after) / 2.0;

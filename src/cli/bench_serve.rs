@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model_for_inference, RuntimeArgs};
 use crate::serve::client::{get, post_json, HttpResponse};
 use crate::serve::{Limits, Served, Server};
 
@@ -195,7 +195,7 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
             None
         }
         (None, Some(dir)) => {
-            let m = load_model(dir, &a.runtime)?;
+            let m = load_model_for_inference(dir, &a.runtime)?;
             let device = a.runtime.device.open()?;
             let limits = Limits {
                 queue_capacity: a.clients.max(64),

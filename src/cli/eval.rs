@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::args::{load_model, load_tokenizer, RuntimeArgs};
+use super::args::{load_model_for_inference, load_tokenizer, RuntimeArgs};
 use super::named::named;
 use crate::eval::generation::GenSettings;
 use crate::eval::harness::{run_task, EvalModel, EvalSettings};
@@ -125,7 +125,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!("--mc-steps and --mc-samples must be at least 1");
     }
 
-    let loaded = load_model(&a.model, &a.runtime)?;
+    let loaded = load_model_for_inference(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
     let tokenizer = load_tokenizer(&a.model)?;
     // GSM8K prompts use the SFT layout [BOS] question [SEP] (§1.7, §3.6).

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::args::{builtin_model, load_model, load_tokenizer, RuntimeArgs};
+use super::args::{builtin_model, load_model_for_inference, load_tokenizer, RuntimeArgs};
 
 use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::data::chat::{ChatMessage, ChatTemplate};
@@ -67,7 +67,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let Some(user) = &a.prompt else {
         bail!("--ar needs --prompt");
     };
-    let m = load_model(&a.model, &a.runtime)?;
+    let m = load_model_for_inference(&a.model, &a.runtime)?;
     let tokenizer = load_tokenizer(&a.model)?;
     let prompt = if a.chat {
         chat_prompt(&a.model, user)?

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::args::{load_model, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
 use crate::diffusion::shift::Shift;
+use crate::model::runtime::WeightDtype;
 use crate::model::{Architecture, ModelConfig};
 use crate::named::Named;
 
@@ -29,7 +30,13 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let Some(model) = a.model.filter(|_| !a.system) else {
         return super::info_system::run(a.json);
     };
-    let m = load_model(&model, &RuntimeArgs::default())?;
+    // Loaded (so a broken checkpoint is reported) in its stored dtype: a bf16 8B model is
+    // 16 GB as stored, 32 GB widened to f32.
+    let runtime = RuntimeArgs {
+        dtype: stored_dtype_of(&model).unwrap_or_default(),
+        ..RuntimeArgs::default()
+    };
+    let m = load_model(&model, &runtime)?;
     let c = &m.config;
     let stored_dtype = c
         .raw
@@ -79,6 +86,14 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The dtype a model directory's config.json says its weights are stored in (None for a GGUF
+/// file or a config that names none).
+pub fn stored_dtype_of(model: &std::path::Path) -> Option<WeightDtype> {
+    ModelConfig::from_file(&model.join("config.json"))
+        .ok()?
+        .stored_dtype()
 }
 
 /// What a diffusion family fixes, for the families that fix it (LLaDA, Dream): GPT-2 and LLaMA

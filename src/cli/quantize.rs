@@ -24,8 +24,14 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
-    let m = crate::model::load_dir(&a.model, DType::F32, &Device::Cpu)?;
-    let (weights, n) = quantize_weights(&m.weights, &m.config, a.to)?;
+    // Read in the stored dtype (bf16 stays bf16: an 8B model is 16 GB, not 32); each matrix is
+    // widened to f32 on its own as it is quantised, and its stored copy dropped.
+    let dtype = super::info::stored_dtype_of(&a.model).map_or(DType::F32, |d| d.dtype());
+    let m = crate::model::load_dir(&a.model, dtype, &Device::Cpu)?;
+    // The built model shares every tensor with the map: dropped first, so each matrix's memory
+    // goes as soon as it is quantised.
+    drop(m.model);
+    let (weights, n) = quantize_weights(m.weights, &m.config, a.to)?;
     // Build once, so what is written is known to load back.
     crate::model::build(&m.config, weights.var_builder(DType::F32, &Device::Cpu))
         .with_context(|| format!("{}: the quantised model does not build", a.model.display()))?;

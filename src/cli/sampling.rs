@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model_for_inference, RuntimeArgs};
 use super::named::named;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::Architecture;
@@ -209,7 +209,7 @@ pub fn run(
     if d.sampler.is_some() {
         d.options(choice, Architecture::Gpt2, &GenerationDefaults::default())?;
     }
-    let m = load_model(model_dir, runtime)?;
+    let m = load_model_for_inference(model_dir, runtime)?;
     let defaults = GenerationDefaults::load(model_dir)?;
     let opts = d.options(choice, m.config.arch, &defaults)?;
     let default_length = match completion {

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model, load_model_for_inference, RuntimeArgs};
 use crate::data::tokenizer::Tokenizer;
 use crate::diffusion::anneal::annealed_mask;
 use crate::diffusion::shift::Shift;
@@ -180,7 +180,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     let seed = a.seed.or(req.seed).unwrap_or(0);
     let full = a.full || req.full.unwrap_or(false);
 
-    let m = load_model(&a.model, &a.runtime)?;
+    let m = load_model_for_inference(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
     let tokenizer = Tokenizer::from_model_dir(&a.model)?;
     let ids = match (&req.ids, &req.text) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{load_model, RuntimeArgs};
+use super::args::{load_model_for_inference, RuntimeArgs};
 use crate::serve::{Limits, Served, Server};
 
 #[derive(Debug, Args)]
@@ -71,7 +71,7 @@ impl ServeArgs {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let limits = a.limits()?;
-    let m = load_model(&a.model, &a.runtime)?;
+    let m = load_model_for_inference(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
     let served = Served::new(m, a.mask_id)?;
     if served.tokenizer.is_none() {

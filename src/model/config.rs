@@ -105,6 +105,13 @@ pub(super) fn need(raw: &Map<String, Value>, path: &Path, key: &str) -> Result<u
 const SERVED: &str = "dlm serves gpt2, llama, llada and Dream";
 
 impl ModelConfig {
+    /// The dtype config.json says the weights are stored in (`torch_dtype`, or the newer
+    /// `dtype`), when it names one dlm reads.
+    pub fn stored_dtype(&self) -> Option<super::runtime::WeightDtype> {
+        let name = self.raw.get("torch_dtype").or(self.raw.get("dtype"))?;
+        name.as_str()?.parse().ok()
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let value: Value = serde_json::from_str(&text)

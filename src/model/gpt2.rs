@@ -117,7 +117,7 @@ pub struct Gpt2 {
 impl Gpt2 {
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let t = vb.pp("transformer");
-        let (wte, lm_head) = embedding_and_head(t.pp("wte"), &vb, cfg)?;
+        let (wte, lm_head) = embedding_and_head(t.pp("wte"), vb.pp("lm_head"), cfg)?;
         let wpe = t.get((cfg.max_position_embeddings, cfg.hidden_size), "wpe.weight")?;
         Ok(Self {
             config: cfg.clone(),
@@ -159,5 +159,15 @@ impl LanguageModel for Gpt2 {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = Vec::with_capacity(4 * self.h.len() + 1);
+        for block in &mut self.h {
+            let (a, m) = (&mut block.attn, &mut block.mlp);
+            all.extend([&mut a.c_attn, &mut a.c_proj, &mut m.c_fc, &mut m.c_proj]);
+        }
+        all.push(&mut self.lm_head);
+        all
     }
 }

@@ -25,25 +25,21 @@ use serde_json::{Map, Value};
 
 use super::config::{get_bool, get_f64, get_id, get_usize, need};
 use super::llama::{projection_widths, rms_norm, Attention, Block, Llama, Mlp};
-use super::{blocks, linear, Architecture, ModelConfig};
+use super::{blocks, embedding_and_head, linear, Architecture, ModelConfig};
 use crate::error::{Error, Result as DlmResult};
-use crate::ops::{Embedding, Linear, WeightLayout};
+use crate::ops::WeightLayout;
 
 /// The LLaMA model under LLaDA's names.
 pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Llama> {
     let t = vb.pp("model").pp("transformer");
-    let wte = t.get((cfg.vocab_size, cfg.hidden_size), "wte.weight")?;
     // Full paths keep the head `model.transformer.ff_out` apart from `blocks.i.ff_out`.
-    let head = match cfg.tie_word_embeddings {
-        true => wte.clone(),
-        false => t.get((cfg.vocab_size, cfg.hidden_size), "ff_out.weight")?,
-    };
+    let (wte, head) = embedding_and_head(t.pp("wte"), t.pp("ff_out"), cfg)?;
     Llama::new(
         cfg,
-        Embedding::new(wte),
+        wte,
         blocks(t.pp("blocks"), cfg, block)?,
         rms_norm(t.pp("ln_f"), cfg)?,
-        Linear::new(head, None, WeightLayout::OutIn),
+        head,
     )
 }
 

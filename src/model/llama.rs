@@ -194,7 +194,8 @@ impl Llama {
 
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
         let m = vb.pp("model");
-        let (embed_tokens, lm_head) = embedding_and_head(m.pp("embed_tokens"), &vb, cfg)?;
+        let (embed_tokens, lm_head) =
+            embedding_and_head(m.pp("embed_tokens"), vb.pp("lm_head"), cfg)?;
         Self::new(
             cfg,
             embed_tokens,
@@ -242,5 +243,16 @@ impl LanguageModel for Llama {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = Vec::with_capacity(7 * self.layers.len() + 1);
+        for block in &mut self.layers {
+            let (a, m) = (&mut block.self_attn, &mut block.mlp);
+            all.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
+            all.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+        }
+        all.push(&mut self.lm_head);
+        all
     }
 }

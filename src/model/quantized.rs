@@ -76,7 +76,7 @@ pub fn is_quantized(w: &Weights) -> bool {
 /// `w` with every matrix [`quantizable`] replaced by its `ty` blocks (tied heads are stored once,
 /// as the embedding). Returns the weights and how many matrices were quantised.
 pub fn quantize_weights(
-    w: &Weights,
+    w: Weights,
     config: &ModelConfig,
     ty: QuantType,
 ) -> Result<(Weights, usize)> {
@@ -85,18 +85,19 @@ pub fn quantize_weights(
             "dlm quantize writes q8_0, q4_0 or q4_1, not q4_k".into(),
         ));
     }
-    if is_quantized(w) {
+    if is_quantized(&w) {
         return Err(Error::checkpoint(w.source(), "is already quantised"));
     }
     let mut out = Weights::new(Default::default(), w.source());
     let mut n = 0;
-    for (name, t) in w.iter() {
-        if !quantizable(name, t, ty, config.arch) {
-            out.insert(name.clone(), t.clone());
+    // Consumed tensor by tensor: each stored matrix is freed once its blocks exist.
+    for (name, t) in w.into_tensors() {
+        if !quantizable(&name, &t, ty, config.arch) {
+            out.insert(name, t);
             continue;
         }
         let t = t.to_dtype(DType::F32)?;
-        let t = if stored_in_out(config.arch, name) {
+        let t = if stored_in_out(config.arch, &name) {
             t.t()?
         } else {
             t
@@ -104,7 +105,7 @@ pub fn quantize_weights(
         let (rows, cols) = t.dims2()?;
         let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
         let q = QuantMatrix::quantize(ty, &data, rows, cols)?;
-        out.insert(quantized_name(name, ty), q.blocks().clone());
+        out.insert(quantized_name(&name, ty), q.blocks().clone());
         n += 1;
     }
     Ok((out, n))

@@ -77,9 +77,27 @@ pub fn read_safetensors(
                 }
             })
             .map_err(|e| Error::checkpoint(path, format!("tensor `{name}`: {e}")))?;
+        release_pages(&mmap, view.data());
         out.push((name, t));
     }
     Ok(out)
+}
+
+/// Drops the mapped pages of a tensor that has been copied out, so a checkpoint's resident
+/// size does not add a whole shard (several GB for a 7-8B model) to the peak of a load. Best
+/// effort: a failure only leaves the pages to the kernel.
+fn release_pages(mmap: &memmap2::Mmap, data: &[u8]) {
+    #[cfg(unix)]
+    {
+        let offset = data.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: the map is private, read-only and never written, so dropped pages read back
+        // from the file with the same bytes: no reference into it can observe a change.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, data);
 }
 
 /// Writes tensors as one safetensors file, atomically, with the `format: pt` metadata HF expects.
@@ -118,6 +136,11 @@ impl Weights {
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
         self.tensors.iter()
+    }
+
+    /// The tensors by name, consuming the map (each is freed when its caller drops it).
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
     }
 
     /// Loads the safetensors of an HF model directory, normalising names to HF's

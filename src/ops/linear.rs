@@ -67,6 +67,9 @@ pub struct Linear {
     /// Kept-quantised blocks (quant/): when present they are the weight, every forward takes
     /// them, and `weight` is a zero placeholder of the right shape that holds no memory.
     quant: Option<QuantMatrix>,
+    /// The packed copy is the only copy (`release_for_inference`): `weight` is a placeholder
+    /// of the right shape, and a forward that would read it is an error.
+    released: bool,
 }
 
 impl std::fmt::Debug for Linear {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Linear {
             .field("layout", &self.layout)
             .field("packed", &self.packed.get().is_some())
             .field("quant", &self.quant.as_ref().map(|q| q.ty))
+            .field("released", &self.released)
             .finish()
     }
 }
@@ -89,13 +93,37 @@ impl Linear {
             layout,
             packed: PackedCache::default(),
             quant: None,
+            released: false,
         }
+    }
+
+    /// A zero placeholder of `shape` that holds one element of memory.
+    fn placeholder(shape: (usize, usize), dtype: DType) -> Result<Tensor> {
+        Tensor::zeros((), dtype, &candle_core::Device::Cpu)?.broadcast_as(shape)
+    }
+
+    /// For a model that will only be run: packs a bf16 CPU weight now and drops the stored copy,
+    /// so the weight occupies memory once (a bf16 8B model: 16 GB, not 32). The tensor's memory
+    /// is freed when no other holder (the loaded checkpoint's map, a tied embedding) is left.
+    /// Other weights (f32, whose large heads take candle's GEMM; quantised; on a GPU) are kept.
+    /// Returns whether this weight was released.
+    pub fn release_for_inference(&mut self) -> Result<bool> {
+        if self.released
+            || self.quant.is_some()
+            || self.weight.dtype() != DType::BF16
+            || !self.weight.device().is_cpu()
+        {
+            return Ok(false);
+        }
+        self.packed()?;
+        self.weight = Self::placeholder(self.weight.dims2()?, DType::BF16)?;
+        self.released = true;
+        Ok(true)
     }
 
     /// A linear whose weight stays quantised (inference only; `[out, in]` = `[q.rows, q.cols]`).
     pub fn quantized(q: QuantMatrix, bias: Option<Tensor>) -> Result<Self> {
-        let placeholder = Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?
-            .broadcast_as((q.rows, q.cols))?;
+        let placeholder = Self::placeholder((q.rows, q.cols), DType::F32)?;
         let mut lin = Self::new(placeholder, bias, WeightLayout::OutIn);
         lin.quant = Some(q);
         Ok(lin)
@@ -114,6 +142,10 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.quant {
             return q.forward(x, self.bias.as_ref());
+        }
+        if self.released {
+            self.check_released_input(x)?;
+            return self.forward_packed(x);
         }
         if self.packable(x)
             && (x.dtype() == DType::BF16 || self.output_elems(x) <= PACKED_MAX_OUTPUT)
@@ -159,7 +191,10 @@ impl Linear {
     /// [rows, out] product is never written (for a 49k-token vocabulary that is 200 KB a row);
     /// elsewhere it is the forward, reduced row by row.
     pub fn greedy_rows(&self, x: &Tensor) -> Result<Vec<Greedy>> {
-        if self.packable(x) {
+        if self.released {
+            self.check_released_input(x)?;
+        }
+        if self.released || self.packable(x) {
             let (packed, rows) = self.packed_for(x)?;
             let bias = self.bias.as_ref().map(linear_bf16::bias_f32).transpose()?;
             let d_in = self.in_out()?.0;
@@ -182,6 +217,17 @@ impl Linear {
             && !ts.iter().any(|t| t.track_op())
     }
 
+    /// A released weight serves untracked CPU inputs only: it has nothing to differentiate.
+    fn check_released_input(&self, x: &Tensor) -> Result<()> {
+        if x.track_op() || !x.device().is_cpu() {
+            candle_core::bail!(
+                "linear: this weight was packed for inference and its stored copy released; \
+                 gradients and other devices need the model loaded without release_for_inference"
+            );
+        }
+        Ok(())
+    }
+
     /// (in, out) of the weight in its layout.
     fn in_out(&self) -> Result<(usize, usize)> {
         self.layout.in_out(self.weight.shape())
@@ -197,7 +243,7 @@ impl Linear {
     /// The packed weight (made on first use) and the number of rows of x, whose last dimension
     /// must be the weight's input size.
     fn packed_for(&self, x: &Tensor) -> Result<(&PackedWeight, usize)> {
-        let (d_in, d_out) = self.in_out()?;
+        let (d_in, _) = self.in_out()?;
         if x.dims().last() != Some(&d_in) {
             candle_core::bail!(
                 "linear: input {:?}, weight {:?}",
@@ -205,26 +251,32 @@ impl Linear {
                 self.weight.dims()
             );
         }
-        let packed = match self.packed.get() {
-            Some(p) => p,
-            None => {
-                let transposed = self.layout == WeightLayout::InOut;
-                let p = match self.weight.dtype() {
-                    DType::BF16 => cpu::with_slice(&self.weight, |w| {
-                        Ok(PackedWeight::new(Data::Bf16(w), d_out, d_in, transposed))
-                    })?,
-                    _ => cpu::with_data(&self.weight, |w| {
-                        Ok(PackedWeight::new(Data::F32(w), d_out, d_in, transposed))
-                    })?,
-                };
-                self.packed.get_or_init(|| p)
-            }
+        Ok((self.packed()?, x.elem_count() / d_in.max(1)))
+    }
+
+    /// The packed weight, made from `weight` on first use.
+    fn packed(&self) -> Result<&PackedWeight> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let (d_in, d_out) = self.in_out()?;
+        let transposed = self.layout == WeightLayout::InOut;
+        let p = match self.weight.dtype() {
+            DType::BF16 => cpu::with_slice(&self.weight, |w| {
+                Ok(PackedWeight::new(Data::Bf16(w), d_out, d_in, transposed))
+            })?,
+            _ => cpu::with_data(&self.weight, |w| {
+                Ok(PackedWeight::new(Data::F32(w), d_out, d_in, transposed))
+            })?,
         };
-        Ok((packed, x.elem_count() / d_in.max(1)))
+        Ok(self.packed.get_or_init(|| p))
     }
 
     /// The composed reference.
     pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
+        if self.released {
+            candle_core::bail!("linear: the composed reference needs the released weight");
+        }
         let dims = x.dims().to_vec();
         let d_in = *dims
             .last()
@@ -379,6 +431,46 @@ mod tests {
                 "the weight is packed once the kernel ran"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn released_bf16_weight_gives_the_same_outputs() -> Result<()> {
+        let dev = Device::Cpu;
+        let (d_in, d_out) = (37, 45);
+        for (layout, with_bias) in CASES {
+            let w =
+                Tensor::randn(0f32, 1.0, layout.shape(d_in, d_out), &dev)?.to_dtype(DType::BF16)?;
+            let b = with_bias
+                .then(|| Tensor::randn(0f32, 1.0, d_out, &dev)?.to_dtype(DType::BF16))
+                .transpose()?;
+            let kept = Linear::new(w.clone(), b.clone(), layout);
+            let mut released = Linear::new(w, b, layout);
+            assert!(released.release_for_inference()?);
+            assert!(!released.release_for_inference()?, "released once");
+            assert_eq!(released.weight.dims(), kept.weight.dims());
+            let x = Tensor::randn(0f32, 1.0, (2, 5, d_in), &dev)?.to_dtype(DType::BF16)?;
+            let f32 = |y: Tensor| y.to_dtype(DType::F32);
+            let (y, want) = (f32(released.forward(&x)?)?, f32(kept.forward(&x)?)?);
+            assert_eq!(max_diff(&y, &want)?, 0.0);
+            let (g, want) = (released.greedy_rows(&x)?, kept.greedy_rows(&x)?);
+            assert_eq!(
+                g.iter().map(|g| g.token).collect::<Vec<_>>(),
+                want.iter().map(|g| g.token).collect::<Vec<_>>()
+            );
+            // Nothing to differentiate any more: a tracked input is an error, not zeros.
+            let var = candle_core::Var::from_tensor(&x)?;
+            let err = released.forward(var.as_tensor()).unwrap_err().to_string();
+            assert!(err.contains("released"), "{err}");
+            assert!(released.forward_composed(&x).is_err());
+        }
+        // f32 weights stay: their large heads take candle's GEMM, which reads them.
+        let mut f32_lin = Linear::new(
+            Tensor::zeros((4, 3), DType::F32, &dev)?,
+            None,
+            WeightLayout::OutIn,
+        );
+        assert!(!f32_lin.release_for_inference()?);
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ mod dot_scalar;
 use std::sync::OnceLock;
 
 use super::gemm::isa::{self, Isa};
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 pub use blocks::{dequantize, dequantize_block, quantize_block, QuantActs, QuantType, ACT_BLOCK};
@@ -192,6 +192,37 @@ impl QuantMatrix {
         self.with_bytes(|b| {
             Ok(dequantize(self.ty, b).expect("whole blocks, checked at construction"))
         })
+    }
+
+    /// The matrix as a `[rows, cols]` tensor of `dtype`. A bf16 one is dequantised a row at a
+    /// time, never through a whole f32 copy: a kept-quantised 8B model's embedding table is 1 GB
+    /// in bf16 and would pass through 2 GB of f32 at load.
+    pub fn dequantize_as(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        if dtype != DType::BF16 {
+            return Tensor::from_vec(self.dequantize()?, (self.rows, self.cols), device)?
+                .to_dtype(dtype);
+        }
+        let rb = self.ty.row_bytes(self.cols);
+        let table = self.with_bytes(|bytes| {
+            let mut table = vec![half::bf16::ZERO; self.rows * self.cols];
+            table
+                .par_chunks_mut(self.cols)
+                .zip(bytes.par_chunks(rb))
+                .for_each_init(
+                    || Vec::with_capacity(self.cols),
+                    |row, (out, w)| {
+                        row.clear();
+                        for b in w.chunks_exact(self.ty.block_bytes()) {
+                            dequantize_block(self.ty, b, row);
+                        }
+                        for (o, &v) in out.iter_mut().zip(row.iter()) {
+                            *o = half::bf16::from_f32(v);
+                        }
+                    },
+                );
+            Ok(table)
+        })?;
+        Tensor::from_vec(table, (self.rows, self.cols), device)
     }
 
     /// y = x·Wᵀ for `x` row-major `[m, cols]`: `[m, rows]`, on the given kernel and activations.
