@@ -290,18 +290,21 @@ fn tiny_logits(m: &dyn dlm::model::LanguageModel, vocab: usize) -> Tensor {
         .unwrap()
 }
 
-/// `dlm quantize` on the tiny LLaMA and GPT-2 fixtures (GPT-2's `[in, out]` weights are
-/// transposed into blocks): the result loads back kept quantised, says so in config.json, and
-/// its logits are within 5% of the largest f32 logit for Q8_0 (measured 3.0% and 1.4%; the
-/// dequantised weights alone 2.0% and 0.9%: a random 32-wide model amplifies small errors) and
-/// 50% for Q4_0 (measured 36%, 35% from the weights alone); `dlm convert --model` dequantises it back into a plain directory whose
-/// logits are as close; training refuses the quantised directory by name.
+/// `dlm quantize` on the tiny LLaMA, GPT-2 and LLaDA fixtures (GPT-2's `[in, out]` weights are
+/// transposed into blocks; LLaDA's embedding and head sit under its own names): the result loads
+/// back kept quantised, says so in config.json, and its logits are within a share of the
+/// largest f32 logit: Q8_0 5% for LLaMA and GPT-2 (measured 3.0% and 1.4%; the dequantised
+/// weights alone 2.0% and 0.9%: a random 32-wide model amplifies small errors) and 8% for LLaDA
+/// (measured 5.0%, 3.1% from the weights alone), Q4_0 50% (measured 36%, 35% from the weights
+/// alone). `dlm convert --model` dequantises it back into a plain directory whose logits are as
+/// close; training refuses the quantised directory by name.
 #[test]
 fn quantize_cli_round_trips_tiny_models() {
     for (fixture, to, rel) in [
         ("llama-tiny", "q8_0", 0.05),
         ("gpt2-tiny", "q8_0", 0.05),
         ("llama-tiny", "q4_0", 0.5),
+        ("llada-tiny", "q8_0", 0.08),
     ] {
         let src = common::fixture(fixture);
         let tmp = tempfile::tempdir().unwrap();
