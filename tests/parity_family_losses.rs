@@ -230,6 +230,7 @@ fn llada_elbo_of_a_one_token_answer_is_its_masked_cross_entropy() {
     let est = Estimator::LladaElbo {
         mc_num: 32,
         batch: 16,
+        cfg: 0.0,
     };
     let mut rng = Rng::seed(0);
     let out = score_question(m.model.as_ref(), &q, est, mask_id, &mut rng, &Device::Cpu).unwrap();

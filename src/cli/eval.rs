@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// Draws per choice of the ELBO estimator.
     #[arg(long, default_value_t = 32)]
     pub mc_samples: usize,
+    /// Classifier-free guidance of LLaDA's likelihood estimator (`get_log_likelihood`'s `cfg`:
+    /// the prompt masked in a second, unconditional pass); 0 = none. LLaDA models only.
+    #[arg(long, default_value_t = 0.0)]
+    pub cfg_scale: f32,
     /// AR multiple-choice score: mean or sum of the answer's log-probabilities (acc_norm always
     /// uses the sum per character).
     #[arg(long, value_enum, default_value = "mean")]
@@ -124,6 +128,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.mc_steps == 0 || a.mc_samples == 0 {
         anyhow::bail!("--mc-steps and --mc-samples must be at least 1");
     }
+    if !(a.cfg_scale >= 0.0 && a.cfg_scale.is_finite()) {
+        anyhow::bail!(
+            "--cfg-scale must be a finite number >= 0, got {}",
+            a.cfg_scale
+        );
+    }
 
     let loaded = load_model_for_inference(&a.model, &a.runtime)?;
     let device = a.runtime.device.open()?;
@@ -153,12 +163,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 } else {
                     a.mc_samples
                 },
+                cfg: a.cfg_scale,
             }
         }
         (false, McEstimator::Elbo) => Estimator::Elbo {
             samples: a.mc_samples,
         },
     };
+    if a.cfg_scale > 0.0 && !matches!(estimator, Estimator::LladaElbo { .. }) {
+        anyhow::bail!(
+            "--cfg-scale guides LLaDA's likelihood estimator only (a LLaDA model with \
+             --mc-estimator elbo)"
+        );
+    }
     let settings = EvalSettings {
         ar: a.ar,
         estimator,

@@ -193,6 +193,9 @@ fn estimator_name(spec: &TaskSpec, s: &EvalSettings) -> String {
         (TaskKind::MultipleChoice(_), true, Estimator::Ar { mean: false }) => "ar-sum".into(),
         (TaskKind::MultipleChoice(_), true, _) => "ar-mean".into(),
         (TaskKind::MultipleChoice(_), false, Estimator::Elbo { .. }) => "elbo".into(),
+        (TaskKind::MultipleChoice(_), false, Estimator::LladaElbo { cfg, .. }) if cfg > 0.0 => {
+            format!("llada-elbo-cfg{cfg}")
+        }
         (TaskKind::MultipleChoice(_), false, Estimator::LladaElbo { .. }) => "llada-elbo".into(),
         (TaskKind::MultipleChoice(_), false, _) => "reference".into(),
         (TaskKind::Generation(_), true, _) => "greedy".into(),

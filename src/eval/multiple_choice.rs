@@ -248,8 +248,12 @@ pub enum Estimator {
     /// t ~ U(0, 1), 1/t weight, `samples` draws.
     Elbo { samples: usize },
     /// LLaDA's `get_log_likelihood`: stratified mask counts, no shift, `mc_num` rows in batches
-    /// of `batch` (`llada_elbo_rows`).
-    LladaElbo { mc_num: usize, batch: usize },
+    /// of `batch`, classifier-free guidance `cfg` (0: none) (`llada_elbo_rows`).
+    LladaElbo {
+        mc_num: usize,
+        batch: usize,
+        cfg: f32,
+    },
     /// Causal log-likelihood, summed or averaged over answer tokens.
     Ar { mean: bool },
 }
@@ -330,9 +334,9 @@ pub fn score_question(
             let (times, rows): (Vec<f32>, Vec<ScoreRow>) = seqs
                 .iter()
                 .flat_map(|(ids, src)| match est {
-                    Estimator::LladaElbo { batch, .. } => {
+                    Estimator::LladaElbo { batch, cfg, .. } => {
                         let prompt = src.iter().filter(|&&s| s).count();
-                        llada_elbo_rows(ids, prompt, mask_id, n, batch, rng)
+                        llada_elbo_rows(ids, prompt, mask_id, n, batch, cfg, rng)
                     }
                     _ => elbo_rows(ids, src, mask_id, n, scorer_shift(model), rng),
                 })

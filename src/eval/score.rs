@@ -26,6 +26,17 @@ use crate::rng::Rng;
 pub struct ScoreRow {
     pub ids: Vec<u32>,
     pub targets: Vec<(usize, u32)>,
+    /// Classifier-free guidance, when the row is scored under it.
+    pub guidance: Option<Guidance>,
+}
+
+/// Classifier-free guidance of a scored row, as LLaDA's `get_logits`: the row is run again with
+/// its prompt masked (`unconditional`), and the targets are scored by
+/// `un + (scale + 1) · (cond − un)`, the logits combined before the softmax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guidance {
+    pub scale: f32,
+    pub unconditional: Vec<u32>,
 }
 
 impl ScoreRow {
@@ -33,13 +44,41 @@ impl ScoreRow {
     /// gives it (§1.3). As in the reference the test is `x_t == mask_id`.
     pub fn diffusion(x0: &[u32], x_t: Vec<u32>, mask_id: u32, shift: Shift) -> Self {
         let targets = shift.targets(x0, |j| x_t[j] == mask_id).collect();
-        Self { ids: x_t, targets }
+        Self {
+            ids: x_t,
+            targets,
+            guidance: None,
+        }
     }
 
     /// Next-token targets for positions `from..L`: row i−1 predicts token i.
     pub fn autoregressive(ids: Vec<u32>, from: usize) -> Self {
         let targets = Shift::Next.targets(&ids, |j| j >= from).collect();
-        Self { ids, targets }
+        Self {
+            ids,
+            targets,
+            guidance: None,
+        }
+    }
+
+    /// The row under classifier-free guidance of `scale`, its first `prompt_len` tokens masked
+    /// in the unconditional pass (LLaDA's `un_batch[prompt_index] = mask_id`). A scale of 0 is
+    /// no guidance, as in LLaDA (`if cfg_scale > 0.`).
+    pub fn guided(self, scale: f32, prompt_len: usize, mask_id: u32) -> Self {
+        if scale <= 0.0 {
+            return self;
+        }
+        let mut unconditional = self.ids.clone();
+        for id in unconditional.iter_mut().take(prompt_len) {
+            *id = mask_id;
+        }
+        Self {
+            guidance: Some(Guidance {
+                scale,
+                unconditional,
+            }),
+            ..self
+        }
     }
 }
 
@@ -102,11 +141,11 @@ pub fn target_logprobs(
             Attention::Diffusion => AttentionMask::Bidirectional,
             Attention::Autoregressive => AttentionMask::Causal,
         };
-        let logits = model.logits_rows(
-            &ids_tensor(&ids, device)?,
-            &mask,
-            &Tensor::new(flat_rows.as_slice(), device)?,
-        )?;
+        let flat_rows = Tensor::new(flat_rows.as_slice(), device)?;
+        let mut logits = model.logits_rows(&ids_tensor(&ids, device)?, &mask, &flat_rows)?;
+        if batch.iter().any(|&r| rows[r].guidance.is_some()) {
+            logits = guide(model, rows, batch, l, &mask, &flat_rows, logits, device)?;
+        }
         let ce: Vec<f32> =
             cross_entropy(&logits, &Tensor::new(targets.as_slice(), device)?)?.to_vec1()?;
         let mut k = 0;
@@ -118,6 +157,44 @@ pub fn target_logprobs(
         start = end;
     }
     Ok(out)
+}
+
+/// The logits of a batch's target rows under each row's guidance: the unconditional inputs run
+/// as a second batch, then `un + (scale + 1) · (cond − un)` per target (scale 0 for a row
+/// without guidance leaves its logits as they are).
+#[allow(clippy::too_many_arguments)]
+fn guide(
+    model: &dyn LanguageModel,
+    rows: &[ScoreRow],
+    batch: &[usize],
+    l: usize,
+    mask: &AttentionMask,
+    flat_rows: &Tensor,
+    cond: Tensor,
+    device: &Device,
+) -> Result<Tensor> {
+    let un_ids: Vec<Vec<u32>> = batch
+        .iter()
+        .map(|&r| {
+            let mut ids = match &rows[r].guidance {
+                Some(g) => g.unconditional.clone(),
+                None => rows[r].ids.clone(),
+            };
+            ids.resize(l, 0);
+            ids
+        })
+        .collect();
+    let scales: Vec<f32> = batch
+        .iter()
+        .flat_map(|&r| {
+            let s = rows[r].guidance.as_ref().map_or(0.0, |g| g.scale);
+            std::iter::repeat_n(s + 1.0, rows[r].targets.len())
+        })
+        .collect();
+    let un = model.logits_rows(&ids_tensor(&un_ids, device)?, mask, flat_rows)?;
+    let n = scales.len();
+    let scales = Tensor::from_vec(scales, (n, 1), device)?.to_dtype(cond.dtype())?;
+    Ok((&un + (cond - &un)?.broadcast_mul(&scales)?)?)
 }
 
 /// The row that scores each hidden token for `model`: its family's (the shift for DiffuGPT and
@@ -213,14 +290,17 @@ pub fn elbo_rows(
 /// How it differs from the paper's estimator (`elbo_rows`): the mask count is exact and
 /// stratified across a batch instead of each token being hidden independently with t ~ U, so
 /// the ratio is never below 1/n and no row hides nothing; the mean over rows of Σ CE / ratio is
-/// the same unbiased bound with lower variance. Classifier-free guidance (`cfg`) is not
-/// implemented. Rounding is half-to-even as `torch.round`; the draws come from dlm's generator.
+/// the same unbiased bound with lower variance. `cfg` > 0 scores every row under
+/// classifier-free guidance with the prompt masked in the unconditional pass
+/// (`ScoreRow::guided`). Rounding is half-to-even as `torch.round`; the draws come from dlm's
+/// generator.
 pub fn llada_elbo_rows(
     ids: &[u32],
     prompt_len: usize,
     mask_id: u32,
     mc_num: usize,
     batch: usize,
+    cfg: f32,
     rng: &mut Rng,
 ) -> Vec<(f32, ScoreRow)> {
     let n = ids.len() - prompt_len;
@@ -244,7 +324,8 @@ pub fn llada_elbo_rows(
                 x_t[j] = mask_id;
             }
             let ratio = count as f32 / n as f32;
-            out.push((ratio, ScoreRow::diffusion(ids, x_t, mask_id, Shift::Same)));
+            let row = ScoreRow::diffusion(ids, x_t, mask_id, Shift::Same);
+            out.push((ratio, row.guided(cfg, prompt_len, mask_id)));
         }
     }
     out
@@ -280,7 +361,7 @@ mod tests {
     fn llada_rows_hide_stratified_counts_of_the_answer_only() {
         let ids: Vec<u32> = (10..20).collect(); // 3 prompt tokens, 7 answer tokens
         let mut rng = Rng::seed(4);
-        let rows = llada_elbo_rows(&ids, 3, 7, 10, 4, &mut rng);
+        let rows = llada_elbo_rows(&ids, 3, 7, 10, 4, 0.0, &mut rng);
         assert_eq!(rows.len(), 10);
         for (k, batch) in rows.chunks(4).enumerate() {
             let counts: Vec<usize> = batch.iter().map(|(_, r)| r.targets.len()).collect();

@@ -186,7 +186,6 @@ impl LoadedModel {
     }
 }
 
-
 /// Loads `dir/config.json` and its safetensors (single file, sharded, or the DiffuGPT layout)
 /// into `dtype` on `device`.
 pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
