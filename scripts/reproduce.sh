@@ -72,7 +72,9 @@ small() {
 builtin() {
     local b="${BUILTIN_WORK:-runs/builtin}"
     source scripts/builtin/recipe.sh
-    local dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
+    # The built-in model (its adaptation continued, dlm2) for the infilling claim; its first
+    # adaptation stage (dlm, 2200 steps in all) against a DLM trained from scratch for as many.
+    local dlm="$b/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)"
     local base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
     [ -d "$dlm" ] || { echo "$dlm is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
     # Exact recovery of a removed word and of a 3-6-token span: the DLM sees prefix and suffix

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # How the built-in model's sampling defaults (scripts/builtin/generation_config.json) were
 # chosen: each candidate setting generates 64 tokens after each of the 21 prompts in
-# prompts.jsonl, and check_outputs.py scores the text against issue 16's bar (>= 25 words per 64
-# tokens, >= 90% of them words of the training text, no blank or one-token canvas).
+# prompts.jsonl (three seeds each), and check_outputs.py scores the text against issue 16's bar
+# (>= 25 words per 64 tokens, >= 90% of them words of the training text, no blank or one-token
+# canvas).
 #
 # usage: scripts/builtin/sweep-samplers.sh MODEL_DIR TRAIN_TEXT_DIR [OUT_DIR]
 # Every run passes every setting as a flag, so the model's own defaults do not matter here.
@@ -29,12 +30,25 @@ CANDIDATES=(
     "random-t0.8-p0.9-b1|--sampler random --temperature 0.8 --top-p 0.9 --block-length 1"
     "entropy-t0.8-p0.9-b4|--sampler entropy --temperature 0.8 --top-p 0.9 --block-length 4"
     "random-t0.7-p0.9-b2|--sampler random --temperature 0.7 --top-p 0.9 --block-length 2"
+    "random-t1.0-p0.95-b4|--sampler random --temperature 1.0 --top-p 0.95 --block-length 4"
+    "random-t1.0-k50-b4|--sampler random --temperature 1.0 --top-k 50 --block-length 4"
+    "random-t1.0-k30-b4|--sampler random --temperature 1.0 --top-k 30 --block-length 4"
+    "random-t0.9-k40-b4|--sampler random --temperature 0.9 --top-k 40 --block-length 4"
+    "random-t1.0-k40-b1|--sampler random --temperature 1.0 --top-k 40 --block-length 1"
+    "random-t1.0-k40-b16|--sampler random --temperature 1.0 --top-k 40 --block-length 16"
+    "entropy-t1.0-k40-b4|--sampler entropy --temperature 1.0 --top-k 40 --block-length 4"
 )
+# Each setting samples every prompt with seeds 0, 1 and 2 (63 canvases): one seed's pass count
+# swings by several canvases.
+SEEDS=(${SEEDS:-0 1 2})
 for c in "${CANDIDATES[@]}"; do
     name=${c%%|*} flags=${c#*|}
-    # shellcheck disable=SC2086
-    $DLM generate "$MODEL" --input scripts/builtin/prompts.jsonl --length 64 --steps 64 --json \
-        $flags > "$OUT/$name.jsonl" 2> /dev/null
+    : > "$OUT/$name.jsonl"
+    for seed in "${SEEDS[@]}"; do
+        # shellcheck disable=SC2086
+        $DLM generate "$MODEL" --input scripts/builtin/prompts.jsonl --length 64 --steps 64 \
+            --json --seed "$seed" $flags >> "$OUT/$name.jsonl" 2> /dev/null
+    done
     printf '%-28s ' "$name"
     python3 scripts/builtin/check_outputs.py "$OUT/$name.jsonl" "$TRAIN" | tail -1 || true
 done
