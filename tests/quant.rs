@@ -229,9 +229,13 @@ fn bad_shapes_are_refused() {
 /// SmolLM2 served from its Q4_1 GGUF with every matrix kept quantised (the head is the Q8_0
 /// embedding) against the f32 model of the dequantised weights (the fixture). The weights are
 /// the same, so the difference is the int8 activations alone: measured last-position logits
-/// within 0.955 (logits of magnitude ~20; tolerance 1.2), two of three 20-token greedy
-/// continuations identical and 45 of 60 tokens equal before the first divergence (tested as at
-/// least 2 and 40).
+/// within 0.76 (logits of magnitude ~20; tolerance 1.2). Teacher-forced over the fixture's three
+/// 20-token greedy continuations it predicts 57 of the 60 tokens as f32 does (tested ≥ 54), and
+/// each of the other 3 is a near-tie: the fixture's token within 0.45 of the top logit (tested
+/// < 1.2, the logit tolerance; a flip needs a gap below the two logits' errors together).
+/// Free-running, one flip changes every later token: 1 of 3 continuations identical, 28 of 60
+/// tokens before the first divergence (printed, not tested; the per-row kernel this tiled one
+/// replaced summed in another order and gave 2 of 3 and 45).
 #[test]
 fn smollm2_gguf_kept_quantised_matches_f32() {
     let m = dlm::model::load_gguf(
@@ -243,11 +247,15 @@ fn smollm2_gguf_kept_quantised_matches_f32() {
     assert!(dlm::model::quantized::is_quantized(&m.weights));
     let diff = common::smollm2::last_logit_diff(m.model.as_ref());
     let (same, tokens) = common::smollm2::greedy_agreement(m.model.as_ref());
-    println!("Q4_1 kept: last-logit max diff {diff:.4}; greedy {same}/3 equal, {tokens}/60 tokens");
+    let (agree, gap) = common::smollm2::teacher_forced(m.model.as_ref());
+    println!(
+        "Q4_1 kept: last-logit max diff {diff:.4}; greedy {same}/3 equal, {tokens}/60 tokens; \
+         teacher-forced {agree}/60, largest gap {gap:.4}"
+    );
     assert!(diff < 1.2, "last logits differ by {diff}");
     assert!(
-        same >= 2 && tokens >= 40,
-        "greedy agreement {same}/3, {tokens}/60"
+        agree >= 54 && gap < 1.2,
+        "teacher-forced agreement {agree}/60, largest gap {gap}"
     );
 }
 

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::bench::best_of;
 use crate::ops::gemm::{self, bf16, isa, peak, Data, Isa, MatRef};
+use crate::ops::quant::{QuantActivations, QuantKernel, QuantMatrix, QuantType};
 use crate::rng::Rng;
 
 #[derive(Debug, Args)]
@@ -53,6 +54,37 @@ fn shapes(model: &str) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
         .iter()
         .map(|&(name, k, n)| (format!("{model} {name}"), m, k, n))
         .collect())
+}
+
+/// The kept-quantised products y = x·Wᵀ (int8 activations) of the shape at M and at M = 1 (one
+/// decoded token), on the quantised kernel of each path run.
+fn quant_rows(
+    iters: usize,
+    paths: &[Isa],
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    row: &mut dyn FnMut(&str, Option<Isa>, f64),
+) -> anyhow::Result<()> {
+    for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+        let q = QuantMatrix::quantize(ty, w, n, k)?;
+        for &path in paths {
+            let kernel = match path {
+                Isa::Generic => QuantKernel::Scalar,
+                _ => QuantKernel::Avx2,
+            };
+            for rows in [m, 1] {
+                let secs = best_of(iters, || {
+                    q.matmul_with(kernel, QuantActivations::Int8, &x[..rows * k], rows)?;
+                    Ok(())
+                })?;
+                // Rated per the shape's M: a one-row product is scaled to M rows' FLOPs.
+                let label = format!("{} W, int8 x, M = {rows}", ty.name());
+                row(&label, Some(path), secs * (m / rows) as f64);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// GFLOP/s of `path`'s FMA loop on every rayon thread at once.
@@ -166,6 +198,7 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
                     gemm::matmul_acc_on(path, dym.t(), x16m, &mut dw)
                 })?;
             }
+            quant_rows(a.iters, &paths, &x, &w, (m, k, n), &mut row)?;
         }
     }
     let rss = super::bench::peak_rss_mb().unwrap_or(f64::NAN);

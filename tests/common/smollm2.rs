@@ -68,3 +68,41 @@ pub fn greedy_agreement(m: &dyn dlm::model::LanguageModel) -> (usize, usize) {
     }
     (same, tokens)
 }
+
+/// Teacher-forced against the fixture's greedy continuations: the model reads prompt +
+/// continuation in one causal forward and predicts each continuation token. Returns the tokens
+/// it predicts as the fixture does (of 60) and, where it does not, the largest gap between its
+/// top logit and the fixture token's: a near-tie flipped by rounding has a small gap, a wrong
+/// model a large one. Free-running agreement (`greedy_agreement`) cannot tell the two apart,
+/// since one flip changes every later token.
+pub fn teacher_forced(m: &dyn dlm::model::LanguageModel) -> (usize, f32) {
+    let (mut agree, mut worst_gap) = (0, 0f32);
+    for (ids, want) in prompts() {
+        let all: Vec<u32> = ids.iter().chain(&want).copied().collect();
+        let x = Tensor::new(all.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let h = m
+            .hidden(&x, &dlm::ops::AttentionMask::Causal, None)
+            .unwrap();
+        let logits = m
+            .head(&h.narrow(1, ids.len() - 1, want.len()).unwrap())
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (row, &t) in logits.iter().zip(&want) {
+            let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if row[t as usize] == top {
+                agree += 1;
+            } else {
+                worst_gap = worst_gap.max(top - row[t as usize]);
+            }
+        }
+    }
+    (agree, worst_gap)
+}

@@ -7,6 +7,7 @@
 mod blocks;
 mod dot_avx2;
 mod dot_scalar;
+mod tile_avx2;
 
 use std::sync::OnceLock;
 
@@ -251,9 +252,10 @@ impl QuantMatrix {
             QuantActivations::F32 => None,
         };
         let (n, rb) = (self.rows, self.ty.row_bytes(self.cols));
-        // Weight rows in chunks small enough to stay in L1 while every x row passes over them.
+        // Weight rows in chunks small enough to stay in L1 while every x row passes over them,
+        // whole tiles of three rows (tile_avx2.rs) where there are enough.
         let threads = rayon::current_num_threads().max(1);
-        let chunk = n.div_ceil(4 * threads).clamp(1, 64);
+        let chunk = n.div_ceil(4 * threads).clamp(1, 60).next_multiple_of(3);
         let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
             Ok(bytes
                 .par_chunks(chunk * rb)
@@ -261,6 +263,11 @@ impl QuantMatrix {
                     let nw = w.len() / rb;
                     let mut out = vec![0f32; m * nw];
                     match &acts {
+                        #[cfg(target_arch = "x86_64")]
+                        Some(acts) if kernel == QuantKernel::Avx2 && tile_avx2::tiled(self.ty) => {
+                            // SAFETY: `kernel.available()` was checked above; whole rows.
+                            unsafe { tile_avx2::product(self.ty, w, acts, &mut out, nw) }
+                        }
                         Some(acts) => {
                             for (i, o) in out.chunks_exact_mut(nw).enumerate() {
                                 let a = acts.row(i);

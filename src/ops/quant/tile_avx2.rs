@@ -1,0 +1,286 @@
+//! The AVX2 product of a run of quantised weight rows with every int8 activation row, in tiles of
+//! up to 3 weight rows × 2 activation rows (× 1 for Q8_0, whose weight blocks take two
+//! registers) accumulated in registers across the whole of k. A weight block is unpacked once
+//! per tile and used for every x row of it, an x block once for every weight row; per (weight
+//! row, x row, block) the work is `maddubs` + `madd` (32 int8 products into eight i32), one
+//! convert, and one multiply-add by the two blocks' scales. Each weight row's block scales are
+//! read into f32 once per tile, for every x row. (The per-row dot products of dot_avx2.rs pay a
+//! call, a horizontal sum and the unpacking per pair instead; measured 2-2.5× slower at M = 256.)
+//!
+//! `maddubs` wants its left operand unsigned. A 4-bit block's value is d·u + offset with its
+//! nibbles u ∈ 0..16 (Q4_0: offset −8·d; Q4_1: its minimum), so Σ w·x = d·Σu·x + offset·Σx: the
+//! integer part goes through `maddubs` as it is, and Σ_blocks offset·(d_x·Σq_x) is one f32 dot
+//! product per (weight row, x row) after the loop. Q8_0's signed weights go in as |q| with
+//! their signs moved onto x. Q4_K keeps the per-row path.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
+
+/// Whether `ty` has a tiled kernel.
+pub fn tiled(ty: QuantType) -> bool {
+    matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
+}
+
+/// out[i·ldo + j] = x row i · w row j for the `w.len() / row_bytes` weight rows `w` and every
+/// row of `acts`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `tiled(ty)`; `w` holds whole rows of `acts.cols` elements;
+/// `out` has room for `acts.rows()` rows of `ldo` ≥ (weight rows) floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32], ldo: usize) {
+    let rb = ty.row_bytes(acts.cols);
+    let (nw, m) = (w.len() / rb, acts.rows());
+    assert!(ldo >= nw && out.len() >= m.saturating_sub(1) * ldo + nw);
+    let job = Job {
+        w: w.as_ptr(),
+        rb,
+        nb: acts.cols / ACT_BLOCK,
+        acts,
+        out: out.as_mut_ptr(),
+        ldo,
+    };
+    match ty {
+        QuantType::Q8_0 => job.all::<Q8_0>(nw, m),
+        QuantType::Q4_0 => job.all::<Q4_0>(nw, m),
+        _ => job.all::<Q4_1>(nw, m),
+    }
+}
+
+/// One call's operands: weight rows `rb` bytes apart from `w`, the activations, the output.
+struct Job<'a> {
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    acts: &'a QuantActs,
+    out: *mut f32,
+    ldo: usize,
+}
+
+/// Runs `$job.tile::<$f, W, X>` for the tile's actual (rows, x rows), each at most (3, 2).
+macro_rules! dispatch {
+    ($job:expr, $f:ty, $scales:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
+        match ($rows, $xrows) {
+            (3, 2) => $job.tile::<$f, 3, 2>($scales, $j0, $i0),
+            (3, _) => $job.tile::<$f, 3, 1>($scales, $j0, $i0),
+            (2, 2) => $job.tile::<$f, 2, 2>($scales, $j0, $i0),
+            (2, _) => $job.tile::<$f, 2, 1>($scales, $j0, $i0),
+            (_, 2) => $job.tile::<$f, 1, 2>($scales, $j0, $i0),
+            _ => $job.tile::<$f, 1, 1>($scales, $j0, $i0),
+        }
+    };
+}
+
+impl Job<'_> {
+    /// Every weight row against every x row, in tiles of at most 3 × 2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn all<F: Format>(&self, nw: usize, m: usize) {
+        const TW: usize = 3;
+        let tx = if F::PAIRS { 2 } else { 1 };
+        // Per weight row of a tile: its block scales (and offsets) as f32, read once.
+        let mut scales = vec![0f32; 2 * TW * self.nb];
+        for j0 in (0..nw).step_by(TW) {
+            let rows = (nw - j0).min(TW);
+            for r in 0..rows {
+                for b in 0..self.nb {
+                    let block = self.w.add((j0 + r) * self.rb + b * F::BYTES);
+                    scales[r * self.nb + b] = f16(block);
+                    scales[(TW + r) * self.nb + b] = F::offset(block);
+                }
+            }
+            let (d, offsets) = scales.split_at(TW * self.nb);
+            for i0 in (0..m).step_by(tx) {
+                dispatch!(self, F, (d, offsets), j0, i0, rows, (m - i0).min(tx));
+            }
+        }
+    }
+
+    /// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
+    /// block, then written to out.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
+    unsafe fn tile<F: Format, const W: usize, const X: usize>(
+        &self,
+        (d, offsets): (&[f32], &[f32]),
+        j0: usize,
+        i0: usize,
+    ) {
+        let (nb, cols) = (self.nb, self.acts.cols);
+        let mut acc = [[_mm256_setzero_ps(); X]; W];
+        let w = self.w.add(j0 * self.rb);
+        let xq = self.acts.qs.as_ptr().add(i0 * cols);
+        let xd = self.acts.d.as_ptr().add(i0 * nb);
+        for b in 0..nb {
+            let mut wv = [(_mm256_setzero_si256(), _mm256_setzero_si256()); W];
+            for (r, wv) in wv.iter_mut().enumerate() {
+                *wv = F::unpack(w.add(r * self.rb + b * F::BYTES));
+            }
+            for i in 0..X {
+                let x = _mm256_loadu_si256(xq.add(i * cols + b * ACT_BLOCK) as _);
+                let dx = _mm256_broadcast_ss(&*xd.add(i * nb + b));
+                for r in 0..W {
+                    let ints = F::dot(wv[r], x);
+                    let s = _mm256_mul_ps(dx, _mm256_broadcast_ss(d.get_unchecked(r * nb + b)));
+                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), s, acc[r][i]);
+                }
+            }
+        }
+        for r in 0..W {
+            for i in 0..X {
+                let mut v = hsum(acc[r][i]);
+                if F::OFFSET {
+                    // Σ_blocks offset_w·(d_x·Σq_x): the term every weight of a block shares.
+                    v += dot_f32(&offsets[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
+                }
+                *self.out.add((i0 + i) * self.ldo + j0 + r) = v;
+            }
+        }
+    }
+}
+
+/// The f16 at `p`, by F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// One block format's integer dot product of 32 weights with 32 int8 activations. A block's
+/// value is d·u + offset with u unsigned (Q4_0: offset −8d; Q4_1: its minimum), except Q8_0's,
+/// which is signed d·q.
+trait Format {
+    const BYTES: usize;
+    /// Whether blocks carry an offset (summed after the loop).
+    const OFFSET: bool;
+    /// Whether two x rows fit a tile (registers: Q8_0 keeps two vectors per weight block).
+    const PAIRS: bool;
+    /// The block's weights as `dot` takes them.
+    unsafe fn unpack(block: *const u8) -> (__m256i, __m256i);
+    /// The block's offset per element.
+    unsafe fn offset(block: *const u8) -> f32;
+    /// Eight i32 partial sums of u·x (q·x for Q8_0).
+    unsafe fn dot(w: (__m256i, __m256i), x: __m256i) -> __m256i;
+}
+
+struct Q8_0;
+struct Q4_0;
+struct Q4_1;
+
+/// Pairs of u·x summed to eight i32 (u unsigned bytes, x signed).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn madd_u8_i8(u: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+}
+
+/// 16 nibble bytes as 32 bytes: the low nibbles (elements 0..16), then the high ones (16..32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let lo = _mm_loadu_si128(p as *const __m128i);
+    let hi = _mm_srli_epi16(lo, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+impl Format for Q8_0 {
+    const BYTES: usize = 34;
+    const OFFSET: bool = false;
+    const PAIRS: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(block: *const u8) -> (__m256i, __m256i) {
+        let q = _mm256_loadu_si256(block.add(2) as _);
+        (_mm256_sign_epi8(q, q), q)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn offset(_: *const u8) -> f32 {
+        0.0
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot((abs, q): (__m256i, __m256i), x: __m256i) -> __m256i {
+        // |q|·(x·sign q) = q·x; |q| ≤ 128 and |x| ≤ 127 keep each i16 pair sum in range.
+        madd_u8_i8(abs, _mm256_sign_epi8(x, q))
+    }
+}
+
+impl Format for Q4_0 {
+    const BYTES: usize = 18;
+    const OFFSET: bool = true;
+    const PAIRS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(block: *const u8) -> (__m256i, __m256i) {
+        let u = nibbles(block.add(2));
+        (u, u)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn offset(block: *const u8) -> f32 {
+        -8.0 * f16(block)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot((u, _): (__m256i, __m256i), x: __m256i) -> __m256i {
+        madd_u8_i8(u, x)
+    }
+}
+
+impl Format for Q4_1 {
+    const BYTES: usize = 20;
+    const OFFSET: bool = true;
+    const PAIRS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(block: *const u8) -> (__m256i, __m256i) {
+        let u = nibbles(block.add(4));
+        (u, u)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn offset(block: *const u8) -> f32 {
+        f16(block.add(2))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot((u, _): (__m256i, __m256i), x: __m256i) -> __m256i {
+        madd_u8_i8(u, x)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Σ a·b, vectorised (the Q4_1 minima against the x blocks' scaled sums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        acc = _mm256_fmadd_ps(
+            _mm256_loadu_ps(x.as_ptr()),
+            _mm256_loadu_ps(y.as_ptr()),
+            acc,
+        );
+    }
+    hsum(acc) + tail
+}
