@@ -50,6 +50,11 @@ pub struct TrainBenchArgs {
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: crate::model::runtime::DeviceSpec,
+    /// A Python with torch and transformers: also runs `bench/pytorch_train_step.py` (the same
+    /// step in PyTorch, fp32 or bf16 autocast as --dtype says) before and after dlm's steps, and
+    /// prints dlm's speed-up over their mean (GPT-2 small, vocab 50257 only).
+    #[arg(long)]
+    pub pytorch: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +298,9 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     use crate::train::params::TrainableModel;
     use crate::train::step::forward_loss;
 
+    if a.pytorch.is_some() && (a.config != "small" || a.vocab != 50257) {
+        anyhow::bail!("--pytorch compares GPT-2 small (--config small --vocab 50257) only: the PyTorch script builds that model");
+    }
     let device = a.device.open()?;
     let size: crate::model::preset::Size = a.config.parse().map_err(anyhow::Error::msg)?;
     let (layers, d, heads) = size.dims();
@@ -320,6 +328,11 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
         epoch: 0,
     };
     let baseline = matmul_gflops(a.batch * a.seq, d, 4 * d, &device)?;
+    let pytorch_before = a
+        .pytorch
+        .as_ref()
+        .map(|py| pytorch_step(py, &a))
+        .transpose()?;
     let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..=a.steps {
         let t0 = Instant::now();
@@ -358,8 +371,76 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
         a.config, params, a.dtype.dtype().as_str(), a.device, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
     );
     println!(
-        "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; step at {:.1} GFLOP/s effective (6·N·tokens), ratio {:.2}; PyTorch fp32 reference on this machine: 3.2 s/step (bench/pytorch_train_step.py)",
+        "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; step at {:.1} GFLOP/s effective (6·N·tokens), ratio {:.2}",
         a.batch * a.seq, d, 4 * d, baseline, flops / total / 1e9, flops / total / 1e9 / baseline
     );
+    if let (Some(py), Some(before)) = (&a.pytorch, pytorch_before) {
+        let after = pytorch_step(py, &a)?;
+        let torch = (before + after) / 2.0;
+        println!(
+            "pytorch {} train step: {torch:.2} s/step (before {before:.2}, after {after:.2}); dlm x{:.2} vs PyTorch",
+            torch_dtype(a.dtype.dtype()),
+            torch / total
+        );
+    }
     Ok(())
+}
+
+/// PyTorch's name for the compute dtype: fp32, or bf16 (autocast in the scripts).
+pub(super) fn torch_dtype(dtype: DType) -> &'static str {
+    if dtype == DType::BF16 {
+        "bf16"
+    } else {
+        "fp32"
+    }
+}
+
+/// s/step of `bench/pytorch_train_step.py` on the same shape, dtype and step count.
+fn pytorch_step(python: &std::path::Path, a: &TrainBenchArgs) -> anyhow::Result<f64> {
+    let args = [
+        "--dtype",
+        torch_dtype(a.dtype.dtype()),
+        "--steps",
+        &a.steps.to_string(),
+        "--seq",
+        &a.seq.to_string(),
+        "--batch",
+        &a.batch.to_string(),
+        "--device",
+        &a.device.to_string(),
+    ];
+    let out = run_bench_script(python, "pytorch_train_step.py", &args)?;
+    // "pytorch fp32 train step (batch 1, seq 512, cpu): 3.47 s = forward …"
+    out.lines()
+        .find_map(|l| l.split("): ").nth(1)?.split(" s =").next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no s/step in the output of pytorch_train_step.py: {out}"))
+}
+
+/// Runs `bench/SCRIPT ARGS…` under `python` and returns its stdout; a failed run is an error
+/// carrying the script's last line of stderr.
+pub(super) fn run_bench_script(
+    python: &std::path::Path,
+    script: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -201,40 +201,22 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
 
 /// ms/step of `bench/pytorch_sample.py` on the same model, canvas and T.
 fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f64> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/pytorch_sample.py");
-    let dtype = if a.runtime.dtype == crate::model::runtime::WeightDtype::Bf16 {
-        "bf16"
-    } else {
-        "fp32"
-    };
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(&a.model)
-        .args([
-            "--length",
-            &a.length.to_string(),
-            "--steps",
-            &a.steps.to_string(),
-        ])
-        .args(["--dtype", dtype])
-        .output()
-        .map_err(|e| anyhow::anyhow!("running {}: {e}", python.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        anyhow::bail!(
-            "{script} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
+    let model = a.model.to_string_lossy();
+    let args = [
+        model.as_ref(),
+        "--length",
+        &a.length.to_string(),
+        "--steps",
+        &a.steps.to_string(),
+        "--dtype",
+        super::bench::torch_dtype(a.runtime.dtype.dtype()),
+    ];
+    let stdout = super::bench::run_bench_script(python, "pytorch_sample.py", &args)?;
     // "pytorch fp32 reference sampler: canvas 257, T = 64: 641.3 ms/step, 6.2 tokens/s"
     stdout
         .lines()
         .find_map(|l| l.split(": ").last()?.split(" ms/step").next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no ms/step in the output of {script}: {stdout}"))
+        .ok_or_else(|| anyhow::anyhow!("no ms/step in the output of pytorch_sample.py: {stdout}"))
 }
 
 /// Fraction of generated positions where two runs chose the same token.
