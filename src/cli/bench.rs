@@ -226,6 +226,14 @@ fn generate_bench(a: GenerateBenchArgs) -> anyhow::Result<()> {
         )?;
         Ok(t.elapsed().as_secs_f64())
     };
+    if a.tokens < 2 {
+        anyhow::bail!(
+            "--tokens must be at least 2 (decoding is timed as the run after the first token)"
+        );
+    }
+    // One untimed token first: it packs the weights for the kernel (on first use), which the
+    // prefill timed next would otherwise include, and decoding then be understated by.
+    run(1, &mut rng)?;
     // Prefill alone (one token), then the full run: the difference is pure decoding.
     let prefill = run(1, &mut rng)?;
     let total = run(a.tokens, &mut rng)?;
