@@ -23,19 +23,23 @@ pub fn prompts() -> Vec<(Vec<u32>, Vec<u32>)> {
         .collect()
 }
 
+/// The final hidden states of one causal forward over `ids`, `[1, len, d]`.
+fn causal_hidden(m: &dyn dlm::model::LanguageModel, ids: &[u32]) -> Tensor {
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.hidden(&x, &dlm::ops::AttentionMask::Causal, None)
+        .unwrap()
+}
+
 /// The largest difference of the last-position logits from the fixture's f32 ones, over the
 /// prompts.
 pub fn last_logit_diff(m: &dyn dlm::model::LanguageModel) -> f32 {
     let golden = super::golden("smollm2-135m");
     let mut worst = 0f32;
     for (i, (ids, _)) in prompts().iter().enumerate() {
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let h = m
-            .hidden(&x, &dlm::ops::AttentionMask::Causal, None)
-            .unwrap();
+        let h = causal_hidden(m, ids);
         let last = m.head(&h.narrow(1, ids.len() - 1, 1).unwrap()).unwrap();
         let want = golden["last_logits"].get(i).unwrap();
         worst = worst.max(super::max_abs_diff(&last.flatten_all().unwrap(), &want));
@@ -79,13 +83,7 @@ pub fn teacher_forced(m: &dyn dlm::model::LanguageModel) -> (usize, f32) {
     let (mut agree, mut worst_gap) = (0, 0f32);
     for (ids, want) in prompts() {
         let all: Vec<u32> = ids.iter().chain(&want).copied().collect();
-        let x = Tensor::new(all.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let h = m
-            .hidden(&x, &dlm::ops::AttentionMask::Causal, None)
-            .unwrap();
+        let h = causal_hidden(m, &all);
         let logits = m
             .head(&h.narrow(1, ids.len() - 1, want.len()).unwrap())
             .unwrap()

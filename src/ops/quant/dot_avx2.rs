@@ -35,7 +35,7 @@ unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -60,7 +60,7 @@ unsafe fn sum_i8_i8(w: __m256i, x: __m256i) -> __m256 {
 /// 16 nibble bytes as 32 bytes: the low nibbles (elements 0..16), then the high ones (16..32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles_16(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles_16(p: *const u8) -> __m256i {
     let lo = _mm_loadu_si128(p as *const __m128i);
     let hi = _mm_srli_epi16(lo, 4);
     _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))

@@ -18,6 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
+use super::dot_avx2::{hsum, nibbles_16};
+use super::dot_f32;
 
 /// Whether `ty` has a tiled kernel.
 pub fn tiled(ty: QuantType) -> bool {
@@ -178,15 +180,6 @@ unsafe fn madd_u8_i8(u: __m256i, x: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
 }
 
-/// 16 nibble bytes as 32 bytes: the low nibbles (elements 0..16), then the high ones (16..32).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    let lo = _mm_loadu_si128(p as *const __m128i);
-    let hi = _mm_srli_epi16(lo, 4);
-    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
-}
-
 impl Format for Q8_0 {
     const BYTES: usize = 34;
     const OFFSET: bool = false;
@@ -217,7 +210,7 @@ impl Format for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(block: *const u8) -> (__m256i, __m256i) {
-        let u = nibbles(block.add(2));
+        let u = nibbles_16(block.add(2));
         (u, u)
     }
     #[inline]
@@ -239,7 +232,7 @@ impl Format for Q4_1 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(block: *const u8) -> (__m256i, __m256i) {
-        let u = nibbles(block.add(4));
+        let u = nibbles_16(block.add(4));
         (u, u)
     }
     #[inline]
@@ -252,35 +245,4 @@ impl Format for Q4_1 {
     unsafe fn dot((u, _): (__m256i, __m256i), x: __m256i) -> __m256i {
         madd_u8_i8(u, x)
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// Σ a·b, vectorised (the Q4_1 minima against the x blocks' scaled sums).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        acc = _mm256_fmadd_ps(
-            _mm256_loadu_ps(x.as_ptr()),
-            _mm256_loadu_ps(y.as_ptr()),
-            acc,
-        );
-    }
-    hsum(acc) + tail
 }
