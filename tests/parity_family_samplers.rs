@@ -412,3 +412,82 @@ fn sampled_family_runs_are_seeded_and_keep_their_rules() {
         );
     }
 }
+
+/// The accelerations (threshold, blocks, prefix and dual caches, and a batch of canvases) run on
+/// both families with a ranking sampler and each family's shift: every canvas filled, committed
+/// tokens never changed, nothing right of the current block committed before it, the same
+/// canvases under one seed; with no cache, a batch of one prompt gives each canvas what a single
+/// run gives (the rows are independent).
+#[test]
+fn accelerations_run_on_both_families() {
+    let prompt = [4, 2, 54, 33, 121];
+    for name in ["llada-tiny", "dream-tiny"] {
+        let m = load_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let mask_id = m.config.mask_token_id.unwrap();
+        let runs = [
+            (SamplerName::Confidence, Some(0.5), None, CacheMode::None),
+            (SamplerName::Margin, None, Some(4), CacheMode::None),
+            (SamplerName::Entropy, None, Some(4), CacheMode::Prefix),
+            (SamplerName::Confidence, None, Some(4), CacheMode::Dual),
+            (SamplerName::Random, Some(0.3), Some(8), CacheMode::Dual),
+        ];
+        for (sampler, threshold, block_length, cache) in runs {
+            let what = format!("{name} {sampler:?} {threshold:?} {block_length:?} {cache:?}");
+            let s = SamplerSettings {
+                steps: Some(16),
+                sampler: Some(sampler),
+                temperature: Some(0.0),
+                top_p: None,
+                top_k: None,
+                threshold,
+                block_length,
+                exact: false,
+                cache,
+                family: FamilySettings::default(),
+            };
+            let opts = s.options(m.config.arch).unwrap();
+            let start = Canvas::prefix(&prompt, 16, mask_id).unwrap();
+            let mut batch = vec![start.clone(); 3];
+            let (steps, report) = run(&m, &mut batch, &opts, 5);
+            let mut again = vec![start.clone(); 3];
+            run(&m, &mut again, &opts, 5);
+            let ids = |b: &[Canvas]| b.iter().map(|c| c.ids.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&batch),
+                ids(&again),
+                "{what}: not the same under one seed"
+            );
+            assert!(report.forwards >= 1, "{what}: no forward");
+            for (c, canvas) in batch.iter().enumerate() {
+                assert_eq!(canvas.num_masked(), 0, "{what}: canvas {c} has masks left");
+                let mut before = start.ids.clone();
+                for (step, row) in steps[c].tokens.iter().enumerate() {
+                    for (i, (&b, &t)) in before.iter().zip(row).enumerate() {
+                        assert!(b == mask_id || b == t, "{what} step {step}: {i} changed");
+                    }
+                    before = row.clone();
+                }
+                if let Some(block) = block_length {
+                    // The first block is filled before anything right of it commits.
+                    let first = steps[c]
+                        .tokens
+                        .iter()
+                        .position(|row| row[prompt.len() + block..].iter().any(|&t| t != mask_id))
+                        .unwrap();
+                    let row = &steps[c].tokens[first];
+                    assert!(
+                        row[prompt.len()..prompt.len() + block]
+                            .iter()
+                            .all(|&t| t != mask_id),
+                        "{what}: a position right of the first block committed early"
+                    );
+                }
+            }
+            if cache == CacheMode::None && sampler != SamplerName::Random {
+                let mut single = [start.clone()];
+                run(&m, &mut single, &opts, 5);
+                assert_eq!(batch[1].ids, single[0].ids, "{what}: batch row differs");
+            }
+        }
+    }
+}
