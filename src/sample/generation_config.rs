@@ -42,9 +42,13 @@ pub struct GenerationDefaults {
 }
 
 impl GenerationDefaults {
-    /// The defaults in `dir`; none when the file is absent. A file that is not JSON, or a key of
-    /// the wrong type, is an error naming the file and the key.
+    /// The defaults in `dir`; none when the file is absent, or when the model is a single file
+    /// (a `.gguf`, which carries no such file). A file that is not JSON, or a key of the wrong
+    /// type, is an error naming the file and the key.
     pub fn load(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            return Ok(Self::default());
+        }
         let path = dir.join(FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
