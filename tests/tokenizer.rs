@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use common::asset;
 use dlm::data::gguf_tokenizer::import_gguf_tokenizer;
-use dlm::data::tokenizer::Tokenizer;
+use dlm::data::tokenizer::{PreTokenizer, Tokenizer};
 use dlm::Error;
 
 fn smollm2() -> &'static Tokenizer {
@@ -134,21 +134,70 @@ fn from_bpe_parts_rejects_bad_input() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let msg = Tokenizer::from_bpe_parts(&toks, &[], &[], false)
+    let msg = Tokenizer::from_bpe_parts(&toks, &[], &[], PreTokenizer::Gpt2)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("twice"), "{msg}");
     let toks = &toks[..3];
-    let msg = Tokenizer::from_bpe_parts(toks, &["ab".into()], &[], false)
+    let msg = Tokenizer::from_bpe_parts(toks, &["ab".into()], &[], PreTokenizer::Gpt2)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("merge 0"), "{msg}");
-    let msg = Tokenizer::from_bpe_parts(toks, &["a c".into()], &[], false)
+    let msg = Tokenizer::from_bpe_parts(toks, &["a c".into()], &[], PreTokenizer::Gpt2)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("BPE"), "{msg}");
-    let msg = Tokenizer::from_bpe_parts(toks, &[], &[(7, "x".into())], false)
+    let msg = Tokenizer::from_bpe_parts(toks, &[], &[(7, "x".into())], PreTokenizer::Gpt2)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("id 7"), "{msg}");
+}
+
+/// The `qwen2` pre-tokenizer (a Dream GGUF's `tokenizer.ggml.pre`) splits as transformers'
+/// `Qwen2Tokenizer` does: the same ids on a small byte-level vocabulary with a few merges, for
+/// text with contractions in both cases, digit runs, NFD accents, CJK, tabs, runs of spaces and
+/// of newlines (`scripts/fixtures/qwen2_pretokenizer.py` wrote the golden ids).
+#[test]
+fn qwen2_pre_tokenizer_matches_transformers() {
+    let path = format!(
+        "{}/tests/fixtures/data/qwen2-pretokenizer.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strings = |k: &str| -> Vec<String> {
+        g[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let tok = Tokenizer::from_bpe_parts(
+        &strings("tokens"),
+        &strings("merges"),
+        &[],
+        PreTokenizer::Qwen2,
+    )
+    .unwrap();
+    for case in g["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+    }
+    // The GPT-2 scheme splits differently on the same text (digits kept together): the
+    // pre-tokenizer is what the test checks.
+    let gpt2 = Tokenizer::from_bpe_parts(
+        &strings("tokens"),
+        &strings("merges"),
+        &[],
+        PreTokenizer::Gpt2,
+    )
+    .unwrap();
+    let text = g["cases"][0]["text"].as_str().unwrap();
+    assert_ne!(gpt2.encode(text).unwrap(), tok.encode(text).unwrap());
 }

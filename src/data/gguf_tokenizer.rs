@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{PreTokenizer, Tokenizer};
 use crate::error::Result;
 use crate::model::gguf::{GgufFile, GgufValue};
 
@@ -17,12 +17,13 @@ pub fn gguf_tokenizer(f: &GgufFile) -> Result<Tokenizer> {
         )));
     }
     // The pre-tokenizer decides how text is split before BPE.
-    let split_digits = match f.get("tokenizer.ggml.pre").map(|v| v.as_str()) {
-        None | Some(Some("default" | "gpt2")) => false,
-        Some(Some("smollm")) => true,
+    let pre = match f.get("tokenizer.ggml.pre").map(|v| v.as_str()) {
+        None | Some(Some("default" | "gpt2")) => PreTokenizer::Gpt2,
+        Some(Some("smollm")) => PreTokenizer::SmolLm,
+        Some(Some("qwen2")) => PreTokenizer::Qwen2,
         Some(other) => {
             return Err(f.err(format!(
-                "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm)"
+                "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm, qwen2)"
             )))
         }
     };
@@ -44,7 +45,7 @@ pub fn gguf_tokenizer(f: &GgufFile) -> Result<Tokenizer> {
         .filter(|(_, (&t, _))| t == 3)
         .map(|(i, (_, s))| (i as u32, s.clone()))
         .collect();
-    Tokenizer::from_bpe_parts(&tokens, &merges, &special, split_digits)
+    Tokenizer::from_bpe_parts(&tokens, &merges, &special, pre)
         .map_err(|e| f.err(format!("embedded tokenizer: {e}")))
 }
 

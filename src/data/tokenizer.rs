@@ -10,14 +10,32 @@ use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
-use tokenizers::AddedToken;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
+
+/// How text is split before byte-level BPE: the schemes of the tokenizers dlm rebuilds from
+/// parts (GGUF's `tokenizer.ggml.pre` names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// GPT-2's regex.
+    Gpt2,
+    /// Every digit its own piece, then GPT-2's regex (SmolLM2's `smollm`).
+    SmolLm,
+    /// Qwen2's regex (Qwen2/2.5, and so Dream): NFC first, contractions case-insensitive, one
+    /// digit per piece, newlines apart from other spaces.
+    Qwen2,
+}
+
+/// transformers' `PRETOKENIZE_REGEX` of `Qwen2Tokenizer`.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Text <-> token ids.
 #[derive(Clone)]
@@ -100,25 +118,24 @@ impl Tokenizer {
             .iter()
             .position(|t| t == eot)
             .ok_or_else(|| enc_err(format!("{eot} is missing")))?;
-        Self::from_bpe_parts(&tokens, &merges, &[(eot_id as u32, eot.to_owned())], false).map_err(
-            |e| {
-                Error::Tokenizer(format!(
-                    "{} + {}: {e}",
-                    encoder_json.display(),
-                    vocab_bpe.display()
-                ))
-            },
-        )
+        let special = [(eot_id as u32, eot.to_owned())];
+        Self::from_bpe_parts(&tokens, &merges, &special, PreTokenizer::Gpt2).map_err(|e| {
+            Error::Tokenizer(format!(
+                "{} + {}: {e}",
+                encoder_json.display(),
+                vocab_bpe.display()
+            ))
+        })
     }
 
     /// Builds a GPT-2 style byte-level BPE: `tokens[i]` has id `i`, each merge is `"left right"`
-    /// in rank order, and `special` lists tokens (already in `tokens`) that are matched whole.
-    /// `split_digits` puts every digit in its own pre-token first (SmolLM2's `smollm` scheme).
+    /// in rank order, `special` lists tokens (already in `tokens`) that are matched whole, and
+    /// `pre` says how text is split before BPE.
     pub fn from_bpe_parts(
         tokens: &[String],
         merges: &[String],
         special: &[(u32, String)],
-        split_digits: bool,
+        pre: PreTokenizer,
     ) -> Result<Self> {
         let mut vocab = Vocab::default();
         for (id, tok) in tokens.iter().enumerate() {
@@ -147,16 +164,33 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(format!("building BPE: {e}")))?;
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        // GPT-2 regex with no prefix space; trim_offsets only affects offsets, never ids.
+        // No prefix space; trim_offsets only affects offsets, never ids.
         let byte_level = ByteLevel::new(false, false, true);
-        if split_digits {
-            let seq = Sequence::new(vec![
-                PreTokenizerWrapper::Digits(Digits::new(true)),
-                PreTokenizerWrapper::ByteLevel(byte_level),
-            ]);
-            inner.with_pre_tokenizer(Some(seq));
-        } else {
-            inner.with_pre_tokenizer(Some(byte_level));
+        match pre {
+            PreTokenizer::Gpt2 => {
+                inner.with_pre_tokenizer(Some(byte_level));
+            }
+            PreTokenizer::SmolLm => {
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                    PreTokenizerWrapper::Digits(Digits::new(true)),
+                    PreTokenizerWrapper::ByteLevel(byte_level),
+                ])));
+            }
+            PreTokenizer::Qwen2 => {
+                // transformers' Qwen2Tokenizer: NFC, its split regex (one digit per piece),
+                // then byte-level without GPT-2's regex.
+                let split = Split::new(
+                    SplitPattern::Regex(QWEN2_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| Error::Tokenizer(format!("the qwen2 split regex: {e}")))?;
+                inner.with_normalizer(Some(NFC));
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                    PreTokenizerWrapper::Split(split),
+                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+                ])));
+            }
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         inner.with_post_processor(Some(ByteLevelProcessor::new(false, false, true)));
