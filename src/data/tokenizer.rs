@@ -185,7 +185,9 @@ impl Tokenizer {
                     false,
                 )
                 .map_err(|e| Error::Tokenizer(format!("the qwen2 split regex: {e}")))?;
-                inner.with_normalizer(Some(NFC));
+                inner
+                    .with_normalizer(Some(NFC))
+                    .map_err(|e| Error::Tokenizer(format!("the NFC normalizer: {e}")))?;
                 inner.with_pre_tokenizer(Some(Sequence::new(vec![
                     PreTokenizerWrapper::Split(split),
                     PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
