@@ -160,7 +160,7 @@ fn from_bpe_parts_rejects_bad_input() {
 #[test]
 fn qwen2_pre_tokenizer_matches_transformers() {
     let path = format!(
-        "{}/tests/fixtures/data/qwen2-pretokenizer.json",
+        "{}/tests/fixtures/tokenizers/qwen2-pretokenizer.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let g: serde_json::Value =
