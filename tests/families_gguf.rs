@@ -143,6 +143,18 @@ fn write_family_gguf(name: &str, arch: &'static str, path: &Path, q8_0: bool) {
     write_gguf(path, kv, &tensors, q8_0);
 }
 
+/// `dlm convert --gguf GGUF --out OUT`: OUT.
+fn convert(gguf: &Path, out: &Path) -> std::path::PathBuf {
+    dlm([
+        "convert",
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    out.to_path_buf()
+}
+
 #[test]
 fn family_ggufs_convert_to_their_own_layout() {
     for (name, arch, family, mask) in [
@@ -152,14 +164,7 @@ fn family_ggufs_convert_to_their_own_layout() {
         let dir = tempfile::tempdir().unwrap();
         let gguf = dir.path().join("model.gguf");
         write_family_gguf(name, arch, &gguf, false);
-        let out = dir.path().join("converted");
-        dlm([
-            "convert",
-            "--gguf",
-            gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let out = convert(&gguf, &dir.path().join("converted"));
         // This GGUF has no chat template: --chat on it says so, whichever way it is given.
         for model in [&gguf, &out] {
             let e = dlm_fails([
@@ -239,14 +244,7 @@ fn quantised_family_ggufs_run_kept_quantised() {
         let m = dlm::model::load_gguf(&gguf, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(m.config.arch, family);
         assert!(dlm::model::quantized::is_quantized(&m.weights), "{name}");
-        let out = dir.path().join("dequantised");
-        dlm([
-            "convert",
-            "--gguf",
-            gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let out = convert(&gguf, &dir.path().join("dequantised"));
         let f32_model = load_dir(&out, DType::F32, &Device::Cpu).unwrap();
         let g = golden(name);
         let forward = |m: &dlm::model::LoadedModel| {
