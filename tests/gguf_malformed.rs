@@ -286,7 +286,11 @@ fn unsupported_models_are_refused_by_name() {
             V::Str("llama"),
             &["tokenizer model \"llama\""],
         ),
-        ("tokenizer.ggml.pre", V::Str("llama-bpe"), &["llama-bpe"]),
+        (
+            "tokenizer.ggml.pre",
+            V::Str("deepseek-llm"),
+            &["deepseek-llm"],
+        ),
         ("llama.attention.head_count", V::U32(3), &["3 heads"]),
         ("llama.rope.dimension_count", V::U32(8), &["partial RoPE"]),
         (

@@ -153,14 +153,12 @@ fn from_bpe_parts_rejects_bad_input() {
     assert!(msg.contains("id 7"), "{msg}");
 }
 
-/// The `qwen2` pre-tokenizer (a Dream GGUF's `tokenizer.ggml.pre`) splits as transformers'
-/// `Qwen2Tokenizer` does: the same ids on a small byte-level vocabulary with a few merges, for
-/// text with contractions in both cases, digit runs, NFD accents, CJK, tabs, runs of spaces and
-/// of newlines (`scripts/fixtures/qwen2_pretokenizer.py` wrote the golden ids).
-#[test]
-fn qwen2_pre_tokenizer_matches_transformers() {
+/// Checks `pre` against the golden ids of `tests/fixtures/tokenizers/{name}-pretokenizer.json`
+/// (a small byte-level vocabulary with a few merges; the reference library's ids for each text),
+/// and that GPT-2's scheme gives other ids on some text: the pre-tokenizer is what is tested.
+fn pre_tokenizer_matches_golden(name: &str, pre: PreTokenizer) {
     let path = format!(
-        "{}/tests/fixtures/tokenizers/qwen2-pretokenizer.json",
+        "{}/tests/fixtures/tokenizers/{name}-pretokenizer.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let g: serde_json::Value =
@@ -172,13 +170,8 @@ fn qwen2_pre_tokenizer_matches_transformers() {
             .map(|v| v.as_str().unwrap().to_owned())
             .collect()
     };
-    let tok = Tokenizer::from_bpe_parts(
-        &strings("tokens"),
-        &strings("merges"),
-        &[],
-        PreTokenizer::Qwen2,
-    )
-    .unwrap();
+    let build = |pre| Tokenizer::from_bpe_parts(&strings("tokens"), &strings("merges"), &[], pre);
+    let tok = build(pre).unwrap();
     for case in g["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = case["ids"]
@@ -187,17 +180,31 @@ fn qwen2_pre_tokenizer_matches_transformers() {
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(tok.encode(text).unwrap(), want, "{name}: {text:?}");
     }
-    // The GPT-2 scheme splits differently on the same text (digits kept together): the
-    // pre-tokenizer is what the test checks.
-    let gpt2 = Tokenizer::from_bpe_parts(
-        &strings("tokens"),
-        &strings("merges"),
-        &[],
-        PreTokenizer::Gpt2,
-    )
-    .unwrap();
-    let text = g["cases"][0]["text"].as_str().unwrap();
-    assert_ne!(gpt2.encode(text).unwrap(), tok.encode(text).unwrap());
+    let gpt2 = build(PreTokenizer::Gpt2).unwrap();
+    let differs = g["cases"].as_array().unwrap().iter().any(|case| {
+        let text = case["text"].as_str().unwrap();
+        gpt2.encode(text).unwrap() != tok.encode(text).unwrap()
+    });
+    assert!(
+        differs,
+        "{name}: GPT-2's scheme gives the same ids on every text"
+    );
+}
+
+/// The `qwen2` pre-tokenizer (a Dream GGUF's `tokenizer.ggml.pre`) splits as transformers'
+/// `Qwen2Tokenizer` does, for text with contractions in both cases, digit runs, NFD accents,
+/// CJK, tabs, runs of spaces and of newlines (`scripts/fixtures/qwen2_pretokenizer.py`).
+#[test]
+fn qwen2_pre_tokenizer_matches_transformers() {
+    pre_tokenizer_matches_golden("qwen2", PreTokenizer::Qwen2);
+}
+
+/// The `llama-bpe` pre-tokenizer (LLaMA-3-style GGUFs) splits as LLaMA-3's tokenizer.json does
+/// (the `tokenizers` library with the pattern transformers' `TikTokenConverter` gives it): digits
+/// in runs of up to three, no normalizer (`scripts/fixtures/llama3_pretokenizer.py`).
+#[test]
+fn llama3_pre_tokenizer_matches_tokenizers() {
+    pre_tokenizer_matches_golden("llama3", PreTokenizer::Llama3);
 }

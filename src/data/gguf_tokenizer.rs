@@ -21,10 +21,11 @@ pub fn gguf_tokenizer(f: &GgufFile) -> Result<Tokenizer> {
         None | Some(Some("default" | "gpt2")) => PreTokenizer::Gpt2,
         Some(Some("smollm")) => PreTokenizer::SmolLm,
         Some(Some("qwen2")) => PreTokenizer::Qwen2,
+        Some(Some("llama-bpe")) => PreTokenizer::Llama3,
         Some(other) => {
             return Err(f.err(format!(
-                "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm, qwen2)"
-            )))
+            "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm, qwen2, llama-bpe)"
+        )))
         }
     };
     let tokens = f.strings("tokenizer.ggml.tokens")?;

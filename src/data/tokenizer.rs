@@ -32,10 +32,31 @@ pub enum PreTokenizer {
     /// Qwen2's regex (Qwen2/2.5, and so Dream): NFC first, contractions case-insensitive, one
     /// digit per piece, newlines apart from other spaces.
     Qwen2,
+    /// LLaMA-3's (GGUF `llama-bpe`): Qwen2's regex with digits in runs of up to three, and no
+    /// normalizer.
+    Llama3,
 }
 
 /// transformers' `PRETOKENIZE_REGEX` of `Qwen2Tokenizer`.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex of LLaMA-3's tokenizer.json (cl100k's; transformers' `TikTokenConverter`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A split on `regex` that keeps every match as its own piece, then byte-level without GPT-2's
+/// regex: how Qwen2's and LLaMA-3's tokenizer.json pre-tokenize.
+fn split_then_bytes(regex: &str, name: &str) -> Result<Sequence> {
+    let split = Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| Error::Tokenizer(format!("the {name} split regex: {e}")))?;
+    Ok(Sequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+    ]))
+}
 
 /// Text <-> token ids.
 #[derive(Clone)]
@@ -177,21 +198,14 @@ impl Tokenizer {
                 ])));
             }
             PreTokenizer::Qwen2 => {
-                // transformers' Qwen2Tokenizer: NFC, its split regex (one digit per piece),
-                // then byte-level without GPT-2's regex.
-                let split = Split::new(
-                    SplitPattern::Regex(QWEN2_SPLIT.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| Error::Tokenizer(format!("the qwen2 split regex: {e}")))?;
+                // transformers' Qwen2Tokenizer: NFC, then its split (one digit per piece).
                 inner
                     .with_normalizer(Some(NFC))
                     .map_err(|e| Error::Tokenizer(format!("the NFC normalizer: {e}")))?;
-                inner.with_pre_tokenizer(Some(Sequence::new(vec![
-                    PreTokenizerWrapper::Split(split),
-                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
-                ])));
+                inner.with_pre_tokenizer(Some(split_then_bytes(QWEN2_SPLIT, "qwen2")?));
+            }
+            PreTokenizer::Llama3 => {
+                inner.with_pre_tokenizer(Some(split_then_bytes(LLAMA3_SPLIT, "llama-bpe")?));
             }
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
