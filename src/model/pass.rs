@@ -106,17 +106,30 @@ impl<'a> Pass<'a> {
         mut self,
         blocks: &[B],
         mut x: Tensor,
-        forward: impl Fn(&B, &Tensor, LayerPass<'_>) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+        forward: impl Fn(&B, &Tensor, LayerPass<'_>) -> Result<Tensor> + Sync,
+    ) -> Result<Tensor>
+    where
+        B: Sync,
+    {
         let l = x.dim(1)?;
-        for (i, block) in blocks.iter().enumerate() {
-            let layer = LayerPass {
-                mask: self.mask,
-                offset: self.offset,
-                cache: self.cache.as_mut().map(|c| c.layer(i)),
-            };
-            x = forward(block, &x, layer)?;
-        }
+        let on_cpu = x.device().is_cpu();
+        let stack = || -> Result<Tensor> {
+            for (i, block) in blocks.iter().enumerate() {
+                let layer = LayerPass {
+                    mask: self.mask,
+                    offset: self.offset,
+                    cache: self.cache.as_mut().map(|c| c.layer(i)),
+                };
+                x = forward(block, &x, layer)?;
+            }
+            Ok(x)
+        };
+        // On the CPU the whole stack runs on one worker of the pool, so its ops fork without a
+        // cross-thread hand-off each (`cpu::on_pool`); a GPU stream stays on its own thread.
+        let x = match on_cpu {
+            true => crate::ops::cpu::on_pool(stack)?,
+            false => stack()?,
+        };
         if let Some(c) = self.cache {
             c.advance(l);
         }

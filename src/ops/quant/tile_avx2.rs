@@ -10,7 +10,7 @@
 //! `maddubs` wants its left operand unsigned. A 4-bit block's value is d·u + offset with its
 //! nibbles u ∈ 0..16 (Q4_0: offset −8·d; Q4_1: its minimum), so Σ w·x = d·Σu·x + offset·Σx: the
 //! integer part goes through `maddubs` as it is, and Σ_blocks offset·(d_x·Σq_x) is one f32 dot
-//! product per (weight row, x row) after the loop. Q8_0's signed weights go in as |q| with
+//! product per (weight row, x row) after the loop, into the same accumulator. Q8_0's signed weights go in as |q| with
 //! their signs moved onto x. Q4_K keeps the per-row path.
 
 #![cfg(target_arch = "x86_64")]
@@ -19,7 +19,6 @@ use std::arch::x86_64::*;
 
 use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
 use super::dot_avx2::{hsum, nibbles_16};
-use super::dot_f32;
 
 /// Whether `ty` has a tiled kernel.
 pub fn tiled(ty: QuantType) -> bool {
@@ -133,12 +132,27 @@ impl Job<'_> {
         }
         for r in 0..W {
             for i in 0..X {
-                let mut v = hsum(acc[r][i]);
+                let mut v = acc[r][i];
+                let mut tail = 0.0;
                 if F::OFFSET {
-                    // Σ_blocks offset_w·(d_x·Σq_x): the term every weight of a block shares.
-                    v += dot_f32(&offsets[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
+                    // Σ_blocks offset_w·(d_x·Σq_x), the term every weight of a block shares,
+                    // eight blocks at a time into the same lanes (one horizontal sum for both).
+                    let (o, sx) = (&offsets[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
+                    let whole = nb - nb % 8;
+                    for b in (0..whole).step_by(8) {
+                        let (ov, sv) = (
+                            _mm256_loadu_ps(o.as_ptr().add(b)),
+                            _mm256_loadu_ps(sx.as_ptr().add(b)),
+                        );
+                        v = _mm256_fmadd_ps(ov, sv, v);
+                    }
+                    tail = o[whole..]
+                        .iter()
+                        .zip(&sx[whole..])
+                        .map(|(a, b)| a * b)
+                        .sum();
                 }
-                *self.out.add((i0 + i) * self.ldo + j0 + r) = v;
+                *self.out.add((i0 + i) * self.ldo + j0 + r) = hsum(v) + tail;
             }
         }
     }
