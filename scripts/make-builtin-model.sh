@@ -47,23 +47,17 @@ run_or_resume "$WORK/dlm2" $DLM2_STEPS adapt \
     --base "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --mask-token 1 \
     --anneal-steps 0 "${TRAIN[@]}" --lr 8e-4 --warmup 100 "${OPT[@]}" --seed 1
 
-# 5. And 1600 more, lr 6e-4: the use the model makes of the text right of a hole (what infilling
-#    needs) was still growing (`examples/right_context.rs`; docs/reproduction.md, part 3).
-run_or_resume "$WORK/dlm3" $DLM3_STEPS adapt \
-    --base "$WORK/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)" --mask-token 1 \
-    --anneal-steps 0 "${TRAIN[@]}" --lr 6e-4 --warmup 100 "${OPT[@]}" --seed 2
-
-# 6. The committed copy: f16, without optimizer state, with the sampling defaults that
+# 5. The committed copy: f16, without optimizer state, with the sampling defaults that
 #    `dlm generate` uses when no flag says otherwise (MODEL_CARD.md says how they were chosen).
-$DLM convert --model "$WORK/dlm3/checkpoints/step-$(printf %08d $DLM3_STEPS)" --out "$OUT" \
+$DLM convert --model "$WORK/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)" --out "$OUT" \
     --dtype f16
 cp scripts/builtin/generation_config.json "$OUT/generation_config.json"
 
-# 7. The infilling sets of `dlm eval --task infill` (shipped in data/eval/), from the held-out
+# 6. The infilling sets of `dlm eval --task infill` (shipped in data/eval/), from the held-out
 #    plays with this tokenizer: remade here to check they are the shipped ones.
 cargo run --release --example make_infill_eval -- "$WORK/tokenizer.json" "$WORK/infill" \
     "$WORK"/data/heldout/*.txt
 for f in "$WORK"/infill/*.jsonl; do
     cmp <(gzip -dc "data/eval/$(basename "$f").gz") "$f"
 done
-echo "built $OUT; update $OUT/MODEL_CARD.md with the figures in $WORK/{ar,dlm,dlm2,dlm3}/metrics.jsonl"
+echo "built $OUT; update $OUT/MODEL_CARD.md with the figures in $WORK/{ar,dlm,dlm2}/metrics.jsonl"
