@@ -230,6 +230,17 @@ pub unsafe fn gemm_f32(
     )
 }
 
+/// Runs `f` on a thread of rayon's pool. From outside the pool every parallel op inside `f` is
+/// injected into it while the caller sleeps on a latch: a wake-up and two context switches per
+/// op, which in batch-1 decoding (some 200 products a token, each a few µs of kernel) cost more
+/// than the kernels themselves. On a worker, the ops fork and join among threads already awake.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::join(f, || ()).0
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -247,15 +258,4 @@ mod tests {
         assert_eq!(super::exp(f32::INFINITY), f32::INFINITY);
         assert!(super::exp(f32::NAN).is_nan());
     }
-}
-
-/// Runs `f` on a thread of rayon's pool. From outside the pool every parallel op inside `f` is
-/// injected into it while the caller sleeps on a latch: a wake-up and two context switches per
-/// op, which in batch-1 decoding (some 200 products a token, each a few µs of kernel) cost more
-/// than the kernels themselves. On a worker, the ops fork and join among threads already awake.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        return f();
-    }
-    rayon::join(f, || ()).0
 }
