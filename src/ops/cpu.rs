@@ -243,6 +243,22 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 #[cfg(test)]
 mod tests {
+    /// `on_pool` runs its closure on a worker of the pool and hands back its result; called again
+    /// from a worker it runs in place.
+    #[test]
+    fn on_pool_runs_on_a_worker() {
+        let outer = std::thread::spawn(|| {
+            assert_eq!(rayon::current_thread_index(), None);
+            super::on_pool(|| {
+                let worker = rayon::current_thread_index().expect("on a worker");
+                let inner = super::on_pool(rayon::current_thread_index);
+                (worker, inner)
+            })
+        });
+        let (worker, inner) = outer.join().unwrap();
+        assert_eq!(inner, Some(worker));
+    }
+
     #[test]
     fn exp_matches_libm() {
         let mut worst = 0f32;
