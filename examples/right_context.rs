@@ -56,9 +56,9 @@ fn main() -> anyhow::Result<()> {
     let l = loaded.config.max_position_embeddings.min(256);
     let ids = tok.encode(&std::fs::read_to_string(text)?)?;
     anyhow::ensure!(
-        ids.len() >= WINDOWS * l,
+        ids.len() >= SKIP + WINDOWS * l,
         "{text}: fewer than {} tokens",
-        WINDOWS * l
+        SKIP + WINDOWS * l
     );
 
     println!(

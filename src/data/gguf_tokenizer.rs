@@ -23,9 +23,10 @@ pub fn gguf_tokenizer(f: &GgufFile) -> Result<Tokenizer> {
         Some(Some("qwen2")) => PreTokenizer::Qwen2,
         Some(Some("llama-bpe")) => PreTokenizer::Llama3,
         Some(other) => {
+            let known = "gpt2, smollm, qwen2, llama-bpe";
             return Err(f.err(format!(
-            "tokenizer pre-tokenizer {other:?} is not supported (gpt2, smollm, qwen2, llama-bpe)"
-        )))
+                "tokenizer pre-tokenizer {other:?} is not supported ({known})"
+            )));
         }
     };
     let tokens = f.strings("tokenizer.ggml.tokens")?;
