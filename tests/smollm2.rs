@@ -17,11 +17,16 @@ use dlm::rng::Rng;
 use dlm::sample::autoregressive::{generate, ArOptions};
 use dlm::sample::filter::TokenChoice;
 
-/// The GGUF converted once per test binary with `dlm convert`.
+/// The GGUF converted once per test binary with `dlm convert`, into one fixed folder under
+/// `target/tmp` that each run replaces: a static is never dropped, so a `TempDir` here would
+/// leave 0.5 GB behind on every run.
 fn converted() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-converted");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         let gguf = common::smollm2_gguf();
         let (gguf, out) = (gguf.to_str().unwrap(), dir.to_str().unwrap());
         common::dlm(["convert", "--gguf", gguf, "--out", out]);
