@@ -22,8 +22,8 @@ use dlm::sample::dream::Alg;
 use dlm::sample::events::StepEvent;
 use dlm::sample::family::FamilySettings;
 use dlm::sample::kv_reuse::CacheMode;
-use dlm::sample::llada::Remasking;
-use dlm::sample::options::DiffusionOptions;
+use dlm::sample::llada::{EosGuards, Llada, Remasking};
+use dlm::sample::options::{DiffusionOptions, Sampler};
 use dlm::sample::request::{SamplerName, SamplerSettings};
 
 /// §7.7: sampler scores follow the logit error, not their own size.
@@ -411,6 +411,81 @@ fn sampled_family_runs_are_seeded_and_keep_their_rules() {
             one[0].ids, other[0].ids
         );
     }
+}
+
+/// LLaDA's end-of-text guards on llada-tiny, with the model's most generated token standing in
+/// for EOS and EOT (the released ids, 126081 and 126348, lie outside its vocabulary of 128, and
+/// are refused there): `logits_eos_inf` keeps it out of every proposal and of the output;
+/// `confidence_eos_eot_inf` ranks each position proposing it with probability 0.
+#[test]
+fn llada_end_of_text_guards_bar_and_defer_the_token() {
+    let m = load_dir(&fixture("llada-tiny"), DType::F32, &Device::Cpu).unwrap();
+    let mask_id = m.config.mask_token_id.unwrap();
+    let prompt = [4, 2, 54, 33, 121];
+    let start = Canvas::prefix(&prompt, 16, mask_id).unwrap();
+    let case = &cases()[0];
+    let base = settings(case, false).options(m.config.arch).unwrap();
+    let with = |eos: EosGuards| DiffusionOptions {
+        sampler: Sampler::Llada(Llada {
+            eos,
+            ..Llada::default()
+        }),
+        ..base.clone()
+    };
+    let mut plain = [start.clone()];
+    run(&m, &mut plain, &base, 1);
+    let generated = &plain[0].ids[prompt.len()..];
+    let token = *generated
+        .iter()
+        .max_by_key(|&&t| generated.iter().filter(|&&u| u == t).count())
+        .unwrap();
+    // The default ids do not fit this vocabulary: a clear error, not an index panic.
+    let barred = EosGuards {
+        logits_eos_inf: true,
+        ..EosGuards::default()
+    };
+    let denoiser = Denoiser {
+        model: m.model.as_ref(),
+        device: &Device::Cpu,
+        opts: &with(barred),
+    };
+    let e = denoiser
+        .sample(&mut [start.clone()], &mut Rng::seed(1), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("EOS id 126081") && e.contains("vocabulary (128)"),
+        "{e}"
+    );
+
+    let ids = |logits_eos_inf, confidence_eos_eot_inf| EosGuards {
+        logits_eos_inf,
+        confidence_eos_eot_inf,
+        eos_id: token,
+        eot_id: token,
+    };
+    let mut barred = [start.clone()];
+    let (steps, _) = run(&m, &mut barred, &with(ids(true, false)), 1);
+    assert!(!barred[0].ids[prompt.len()..].contains(&token));
+    assert!(steps[0].x0.iter().flatten().all(|&t| t != token));
+    assert_eq!(barred[0].num_masked(), 0);
+
+    let mut deferred = [start.clone()];
+    let (steps, _) = run(&m, &mut deferred, &with(ids(false, true)), 1);
+    let mut proposed = 0;
+    let s = &steps[0];
+    let canvas_before = std::iter::once(&start.ids).chain(&s.tokens);
+    for ((before, x0), ranks) in canvas_before.zip(&s.x0).zip(&s.ranks) {
+        for i in (0..before.len()).filter(|&i| before[i] == mask_id && x0[i] == token) {
+            assert_eq!(
+                ranks[i], 0.0,
+                "position {i} proposing the token ranks above 0"
+            );
+            proposed += 1;
+        }
+    }
+    assert!(proposed > 0, "the token was never proposed");
+    assert_ne!(deferred[0].ids, plain[0].ids);
 }
 
 /// The accelerations (threshold, blocks, prefix and dual caches, and a batch of canvases) run on

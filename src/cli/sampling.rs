@@ -68,6 +68,13 @@ pub struct DiffusionArgs {
     /// llada: classifier-free guidance scale; > 0 adds a pass with the prompt masked [default: 0].
     #[arg(long)]
     pub cfg_scale: Option<f32>,
+    /// llada: never choose EOS (token 126081), as generate()'s `logits_eos_inf`.
+    #[arg(long)]
+    pub logits_eos_inf: bool,
+    /// llada: rank a chosen EOT (126348), and at temperature 0 EOS, last, as generate()'s
+    /// `confidence_eos_eot_inf`.
+    #[arg(long)]
+    pub confidence_eos_eot_inf: bool,
     /// dream: how positions are chosen each step [default: entropy, as Dream's demos].
     #[arg(long, value_parser = named::<Alg>())]
     pub alg: Option<Alg>,
@@ -168,6 +175,8 @@ impl DiffusionArgs {
             family: FamilySettings {
                 remasking: self.remasking,
                 cfg_scale: self.cfg_scale,
+                logits_eos_inf: self.logits_eos_inf.then_some(true),
+                confidence_eos_eot_inf: self.confidence_eos_eot_inf.then_some(true),
                 alg: self.alg,
                 alg_temp: self.alg_temp,
                 eps: self.eps,

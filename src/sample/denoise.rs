@@ -88,6 +88,9 @@ impl Denoiser<'_> {
             return Ok(report);
         }
         check_canvases(self.model, canvases)?;
+        if let Sampler::Llada(l) = opts.sampler {
+            l.eos.check_vocab(self.model.config().vocab_size)?;
+        }
         let l = canvases[0].len();
         let mut progress = canvases
             .iter()

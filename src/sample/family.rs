@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::dream::{Alg, Dream};
-use super::llada::{Llada, Remasking};
+use super::llada::{EosGuards, Llada, Remasking};
 use super::options::Sampler;
 use super::request::SamplerName;
 use crate::diffusion::shift::Shift;
@@ -24,12 +24,15 @@ pub fn family_sampler(arch: Architecture) -> (SamplerName, Shift) {
     (sampler, Shift::for_sampling(arch))
 }
 
-/// The families' own sampler settings, each valid only with its sampler (`--remasking` and
-/// `--cfg-scale` with llada; `--alg`, `--alg-temp` and `--eps` with dream).
+/// The families' own sampler settings, each valid only with its sampler (`--remasking`,
+/// `--cfg-scale`, `--logits-eos-inf` and `--confidence-eos-eot-inf` with llada; `--alg`,
+/// `--alg-temp` and `--eps` with dream).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 pub struct FamilySettings {
     pub remasking: Option<Remasking>,
     pub cfg_scale: Option<f32>,
+    pub logits_eos_inf: Option<bool>,
+    pub confidence_eos_eot_inf: Option<bool>,
     pub alg: Option<Alg>,
     pub alg_temp: Option<f32>,
     pub eps: Option<f32>,
@@ -47,6 +50,16 @@ impl FamilySettings {
         let given = [
             ("remasking", self.remasking.is_some(), SamplerName::Llada),
             ("cfg_scale", self.cfg_scale.is_some(), SamplerName::Llada),
+            (
+                "logits_eos_inf",
+                self.logits_eos_inf.is_some(),
+                SamplerName::Llada,
+            ),
+            (
+                "confidence_eos_eot_inf",
+                self.confidence_eos_eot_inf.is_some(),
+                SamplerName::Llada,
+            ),
             ("alg", self.alg.is_some(), SamplerName::Dream),
             ("alg_temp", self.alg_temp.is_some(), SamplerName::Dream),
             ("eps", self.eps.is_some(), SamplerName::Dream),
@@ -69,6 +82,13 @@ impl FamilySettings {
             Sampler::Llada(l) => Sampler::Llada(Llada {
                 remasking: self.remasking.unwrap_or(l.remasking),
                 cfg_scale: self.cfg_scale.unwrap_or(l.cfg_scale),
+                eos: EosGuards {
+                    logits_eos_inf: self.logits_eos_inf.unwrap_or(l.eos.logits_eos_inf),
+                    confidence_eos_eot_inf: self
+                        .confidence_eos_eot_inf
+                        .unwrap_or(l.eos.confidence_eos_eot_inf),
+                    ..l.eos
+                },
             }),
             Sampler::Dream(d) => Sampler::Dream(Dream {
                 alg: self.alg.unwrap_or(d.alg),
@@ -106,6 +126,15 @@ mod tests {
                 r
             );
         }
+        // LLaDA's Python spelling too.
+        assert_eq!(
+            serde_json::from_value::<Remasking>("low_confidence".into()).unwrap(),
+            Remasking::LowConfidence
+        );
+        assert_eq!(
+            "low_confidence".parse::<Remasking>().unwrap(),
+            Remasking::LowConfidence
+        );
     }
 
     #[test]
@@ -146,6 +175,14 @@ mod tests {
             SamplerSettings {
                 sampler: Some(SamplerName::Dream),
                 threshold: Some(0.9),
+                ..ok.clone()
+            },
+            SamplerSettings {
+                sampler: Some(SamplerName::Dream),
+                family: FamilySettings {
+                    confidence_eos_eot_inf: Some(true),
+                    ..Default::default()
+                },
                 ..ok.clone()
             },
             SamplerSettings {
@@ -201,6 +238,7 @@ mod tests {
             block_length: Some(2),
             family: FamilySettings {
                 cfg_scale: Some(0.5),
+                logits_eos_inf: Some(true),
                 ..Default::default()
             },
             ..ok.clone()
@@ -210,7 +248,11 @@ mod tests {
             o.sampler,
             Sampler::Llada(Llada {
                 remasking: Remasking::LowConfidence,
-                cfg_scale: 0.5
+                cfg_scale: 0.5,
+                eos: EosGuards {
+                    logits_eos_inf: true,
+                    ..EosGuards::default()
+                },
             })
         );
     }

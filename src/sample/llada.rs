@@ -12,6 +12,11 @@
 //!   the mask id, and logits = un + (cfg + 1)·(cond − un).
 //! * The masked state is `x == mask_id`; only masked positions of the current and earlier blocks
 //!   compete (nothing right of the block), and committed tokens are frozen.
+//! * The end-of-text guards (`EosGuards`): `logits_eos_inf` bars EOS from being chosen;
+//!   `confidence_eos_eot_inf` sets `logits_with_noise[EOS] = logits[EOT] = −inf` after the choice,
+//!   so a position that chose EOT ranks last. Quirk, kept: at temperature 0 `add_gumbel_noise`
+//!   returns the logits tensor itself, so the EOS write lands in `logits` too and EOS then ranks
+//!   last as well; with temperature > 0 only EOT does.
 //!
 //! Draws come from dlm's seeded `Rng`, not torch's generator, so a sampled run (temperature > 0
 //! or `random` remasking) matches the reference in distribution, not draw for draw.
@@ -33,6 +38,7 @@ use crate::rng::Rng;
 #[serde(rename_all = "kebab-case")]
 pub enum Remasking {
     #[default]
+    #[serde(alias = "low_confidence")]
     LowConfidence,
     Random,
 }
@@ -54,8 +60,74 @@ impl Named for Remasking {
             Self::Random => "Commit positions in random order",
         }
     }
+
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Self::LowConfidence => &["low_confidence"],
+            Self::Random => &[],
+        }
+    }
 }
 display_and_from_str!(Remasking);
+
+/// `generate()`'s end-of-text options, with the token ids its code hard-codes (LLaDA-8B's
+/// `<|endoftext|>` and `<|eot_id|>`); a model with another vocabulary sets its own ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EosGuards {
+    /// `logits_eos_inf`: EOS's logit is −inf before the token is chosen.
+    pub logits_eos_inf: bool,
+    /// `confidence_eos_eot_inf`: EOT (and, at temperature 0, EOS) ranks with probability 0.
+    pub confidence_eos_eot_inf: bool,
+    pub eos_id: u32,
+    pub eot_id: u32,
+}
+
+impl Default for EosGuards {
+    fn default() -> Self {
+        Self {
+            logits_eos_inf: false,
+            confidence_eos_eot_inf: false,
+            eos_id: 126081,
+            eot_id: 126348,
+        }
+    }
+}
+
+impl EosGuards {
+    /// Whether either guard changes a logits row, so a proposal needs the whole row.
+    pub fn any(&self) -> bool {
+        self.logits_eos_inf || self.confidence_eos_eot_inf
+    }
+
+    /// The ids a guard that is on uses must lie inside the vocabulary.
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        let uses = [
+            (self.logits_eos_inf, "logits_eos_inf", "EOS", self.eos_id),
+            (
+                self.confidence_eos_eot_inf,
+                "confidence_eos_eot_inf",
+                "EOT",
+                self.eot_id,
+            ),
+            (
+                self.confidence_eos_eot_inf,
+                "confidence_eos_eot_inf",
+                "EOS",
+                self.eos_id,
+            ),
+        ];
+        match uses.iter().find(|u| u.0 && u.3 as usize >= vocab) {
+            Some(&(_, setting, what, id)) => Err(Error::option(
+                setting,
+                format!(
+                    "needs the {what} id {id} that LLaDA-8B's generate() hard-codes, which is \
+                     outside this model's vocabulary ({vocab})"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
 
 /// The settings of `generate()` beyond steps, blocks and temperature.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -63,6 +135,7 @@ pub struct Llada {
     pub remasking: Remasking,
     /// Classifier-free guidance scale; 0 runs no unconditional pass.
     pub cfg_scale: f32,
+    pub eos: EosGuards,
 }
 
 impl Llada {
@@ -176,17 +249,32 @@ pub fn gumbel_argmax(logits: &[f32], temperature: f64, rng: &mut Rng) -> u32 {
 }
 
 /// The proposal of one logits row (guided under cfg): the token, its log-probability under the
-/// un-tempered softmax, and `x0_p`.
-pub fn pick(logits: &[f32], temperature: f32, remasking: Remasking, rng: &mut Rng) -> Pick {
+/// un-tempered softmax (after `logits_eos_inf`), and `x0_p`.
+pub fn pick(logits: &[f32], temperature: f32, llada: &Llada, rng: &mut Rng) -> Pick {
+    let eos = llada.eos;
+    let mut row = std::borrow::Cow::Borrowed(logits);
+    if eos.logits_eos_inf {
+        row.to_mut()[eos.eos_id as usize] = f32::NEG_INFINITY;
+    }
     let token = match temperature > 0.0 {
-        true => gumbel_argmax(logits, temperature as f64, rng),
-        false => Greedy::of(logits).token,
+        true => gumbel_argmax(&row, temperature as f64, rng),
+        false => Greedy::of(&row).token,
     };
-    let logprob = log_softmax(logits)[token as usize];
-    ranked(token, logprob, remasking, rng)
+    let logprob = log_softmax(&row)[token as usize];
+    let mut pick = ranked(token, logprob, llada.remasking, rng);
+    if eos.confidence_eos_eot_inf && llada.remasking == Remasking::LowConfidence {
+        let row = row.to_mut();
+        row[eos.eot_id as usize] = f32::NEG_INFINITY;
+        // At temperature 0 `logits_with_noise` is `logits` itself (the quirk in the module doc).
+        if temperature <= 0.0 {
+            row[eos.eos_id as usize] = f32::NEG_INFINITY;
+        }
+        pick.rank = log_softmax(row)[token as usize].exp();
+    }
+    pick
 }
 
-/// The proposal from a greedy head row (temperature 0, no guidance).
+/// The proposal from a greedy head row (temperature 0, no guidance, no end-of-text guard).
 pub fn pick_greedy(g: Greedy, remasking: Remasking, rng: &mut Rng) -> Pick {
     ranked(g.token, g.logprob, remasking, rng)
 }
@@ -267,12 +355,17 @@ mod tests {
     #[test]
     fn picks_rank_by_probability_or_at_random() {
         let logits = [0.0f32, 3.0, 1.0];
-        let p = pick(&logits, 0.0, Remasking::LowConfidence, &mut Rng::seed(1));
+        let low = Llada::default();
+        let random = Llada {
+            remasking: Remasking::Random,
+            ..low
+        };
+        let p = pick(&logits, 0.0, &low, &mut Rng::seed(1));
         let lp = log_softmax(&logits);
         assert_eq!(p.token, 1);
         assert!((p.rank - lp[1].exp()).abs() < 1e-6);
-        let r1 = pick(&logits, 0.0, Remasking::Random, &mut Rng::seed(3));
-        let r2 = pick(&logits, 0.0, Remasking::Random, &mut Rng::seed(3));
+        let r1 = pick(&logits, 0.0, &random, &mut Rng::seed(3));
+        let r2 = pick(&logits, 0.0, &random, &mut Rng::seed(3));
         assert_eq!((r1.token, r1.rank), (r2.token, r2.rank));
         assert!((0.0..1.0).contains(&r1.rank) && r1.rank != p.rank);
         let g = pick_greedy(
@@ -282,6 +375,60 @@ mod tests {
         );
         assert_eq!(g.token, 1);
         assert!((g.rank - p.rank).abs() < 1e-6);
+    }
+
+    #[test]
+    fn end_of_text_guards_follow_generate() {
+        // Token 1 plays EOS, 2 EOT.
+        let guards = |logits_eos_inf, confidence_eos_eot_inf| Llada {
+            eos: EosGuards {
+                logits_eos_inf,
+                confidence_eos_eot_inf,
+                eos_id: 1,
+                eot_id: 2,
+            },
+            ..Llada::default()
+        };
+        let logits = [0.0f32, 3.0, 2.0, 1.0];
+        let lp = |row: &[f32], t: usize| log_softmax(row)[t].exp();
+        // logits_eos_inf: EOS is never chosen, greedy or sampled; probabilities exclude it.
+        let p = pick(&logits, 0.0, &guards(true, false), &mut Rng::seed(1));
+        let barred = [0.0f32, f32::NEG_INFINITY, 2.0, 1.0];
+        assert_eq!(p.token, 2);
+        assert!((p.rank - lp(&barred, 2)).abs() < 1e-6);
+        assert!((0..300)
+            .all(|s| { pick(&logits, 1.0, &guards(true, false), &mut Rng::seed(s)).token != 1 }));
+        // confidence_eos_eot_inf: a chosen EOT ranks with probability 0 ...
+        let p = pick(&logits, 0.0, &guards(true, true), &mut Rng::seed(1));
+        assert_eq!((p.token, p.rank), (2, 0.0));
+        assert!((p.logprob.exp() - lp(&barred, 2)).abs() < 1e-6);
+        // ... at temperature 0 a chosen EOS too (logits_with_noise is logits) ...
+        let p = pick(&logits, 0.0, &guards(false, true), &mut Rng::seed(1));
+        assert_eq!((p.token, p.rank), (1, 0.0));
+        // ... but not with temperature > 0, where the EOS write misses the ranked logits.
+        let eos_drawn = (0..300)
+            .map(|s| pick(&logits, 1.0, &guards(false, true), &mut Rng::seed(s)))
+            .find(|p| p.token == 1)
+            .unwrap();
+        let no_eot = [0.0f32, 3.0, f32::NEG_INFINITY, 1.0];
+        assert!((eos_drawn.rank - lp(&no_eot, 1)).abs() < 1e-6);
+        // Another token ranks by its probability without EOT (and EOS, at temperature 0).
+        let other = [0.0f32, 1.0, 2.0, 3.0];
+        let p = pick(&other, 0.0, &guards(false, true), &mut Rng::seed(1));
+        let without = [0.0f32, f32::NEG_INFINITY, f32::NEG_INFINITY, 3.0];
+        assert_eq!(p.token, 3);
+        assert!((p.rank - lp(&without, 3)).abs() < 1e-6);
+        // Ids outside the vocabulary are refused only when a guard is on.
+        assert!(guards(false, false).eos.check_vocab(2).is_ok());
+        assert!(guards(true, false).eos.check_vocab(2).is_ok());
+        let e = guards(true, false).eos.check_vocab(1).unwrap_err();
+        assert!(e.to_string().contains("EOS id 1"), "{e}");
+        let e = guards(false, true)
+            .eos
+            .check_vocab(2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EOT id 2") && e.contains("(2)"), "{e}");
     }
 
     #[test]

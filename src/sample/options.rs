@@ -93,10 +93,7 @@ impl DiffusionOptions {
             TokenChoice::Sample { temperature, .. } => temperature,
         };
         match self.sampler {
-            Sampler::Llada(l) => Proposer::Llada {
-                temperature,
-                remasking: l.remasking,
-            },
+            Sampler::Llada(llada) => Proposer::Llada { temperature, llada },
             Sampler::Dream(dream) => Proposer::Dream { temperature, dream },
             Sampler::Ranked(r) => Proposer::Choice(self.choice, Some(r)),
             Sampler::TopkConfidence | Sampler::RandomKeep => Proposer::Choice(self.choice, None),

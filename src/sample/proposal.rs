@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::dream::Dream;
 use super::filter::{choose, TokenChoice};
 use super::head_rows::{HeadOutput, HeadValues, ProposalRow};
-use super::llada::Remasking;
+use super::llada::Llada;
 use super::unmask::{distribution_score, Rule};
 use super::{dream, llada};
 use crate::error::Result;
@@ -20,10 +20,7 @@ pub enum Proposer {
     /// dlm's token choice, ranked by `rule` (log-probability without one).
     Choice(TokenChoice, Option<Rule>),
     /// LLaDA's `generate()`: Gumbel-max or argmax, ranked by `remasking`.
-    Llada {
-        temperature: f32,
-        remasking: Remasking,
-    },
+    Llada { temperature: f32, llada: Llada },
     /// Dream's `sample_tokens`, ranked by its `alg`.
     Dream { temperature: f32, dream: Dream },
 }
@@ -36,7 +33,7 @@ impl Proposer {
             Proposer::Choice(choice, rule) => {
                 choice == TokenChoice::Greedy && !rule.is_some_and(|r| r.needs_distribution())
             }
-            Proposer::Llada { temperature, .. } => temperature <= 0.0,
+            Proposer::Llada { temperature, llada } => temperature <= 0.0 && !llada.eos.any(),
             Proposer::Dream { temperature, dream } => dream.greedy_rows_suffice(temperature),
         }
     }
@@ -45,10 +42,7 @@ impl Proposer {
     fn pick(self, logits: &[f32], rng: &mut Rng) -> Pick {
         match self {
             Proposer::Choice(choice, rule) => pick(logits, choice, rule, rng),
-            Proposer::Llada {
-                temperature,
-                remasking,
-            } => llada::pick(logits, temperature, remasking, rng),
+            Proposer::Llada { temperature, llada } => llada::pick(logits, temperature, &llada, rng),
             Proposer::Dream { temperature, dream } => dream::pick(logits, temperature, &dream, rng),
         }
     }
@@ -57,7 +51,7 @@ impl Proposer {
     fn pick_greedy(self, g: Greedy, rng: &mut Rng) -> Pick {
         match self {
             Proposer::Choice(_, rule) => propose(g.token, g.logprob, rule, rng),
-            Proposer::Llada { remasking, .. } => llada::pick_greedy(g, remasking, rng),
+            Proposer::Llada { llada, .. } => llada::pick_greedy(g, llada.remasking, rng),
             Proposer::Dream { .. } => dream::pick_greedy(g),
         }
     }

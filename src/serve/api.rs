@@ -190,6 +190,8 @@ pub fn prepare(s: &ServerState, endpoint: Endpoint, r: &ApiRequest) -> Result<Pr
         family: FamilySettings {
             remasking: r.remasking,
             cfg_scale: r.cfg_scale,
+            logits_eos_inf: r.logits_eos_inf,
+            confidence_eos_eot_inf: r.confidence_eos_eot_inf,
             alg: r.alg,
             alg_temp: r.alg_temp,
             eps: r.eps,

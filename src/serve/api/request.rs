@@ -66,9 +66,12 @@ pub struct ApiRequest {
     #[serde(default)]
     pub cache: CacheMode,
     /// dlm: the families' own sampler fields, each with its sampler (`FamilySettings`): llada's
-    /// `remasking` and `cfg_scale`, dream's `alg`, `alg_temp` and `eps`.
+    /// `remasking`, `cfg_scale`, `logits_eos_inf` and `confidence_eos_eot_inf`, dream's `alg`,
+    /// `alg_temp` and `eps`.
     pub remasking: Option<Remasking>,
     pub cfg_scale: Option<f32>,
+    pub logits_eos_inf: Option<bool>,
+    pub confidence_eos_eot_inf: Option<bool>,
     pub alg: Option<Alg>,
     pub alg_temp: Option<f32>,
     pub eps: Option<f32>,
