@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Issue 17's memory proof: a random-weight checkpoint at LLaDA-8B's exact shape (real weights
-# cannot be downloaded here) loaded and run for one sampling step in bf16, then quantised to
-# Q4_0 with `dlm quantize` and run again. Prints each run's load time, ms/step and peak RSS, and
-# the peak as a multiple of the weights' stored size (the baseline: what the file itself takes).
+# The memory proofs of issues 17 and 15: a random-weight checkpoint at a released model's exact
+# shape (real weights cannot be downloaded here) loaded and run for one sampling step in bf16,
+# then quantised to Q4_0 with `dlm quantize` and run again. Prints each run's load time, ms/step
+# and peak RSS, and the peak as a multiple of the weights' stored size (the baseline: what the
+# file itself takes).
 #
-# usage: bench/big-model-memory.sh [WORK_DIR]   (default: runs/bench; needs ~21 GB of disk)
-# Not a test: loading 16 GB takes about a minute and one step tens of seconds on two cores.
+# usage: [MODEL=llada-8b|llama-7b] [LENGTH=32] bench/big-model-memory.sh [WORK_DIR]
+#   llada-8b (the default): LLaDA-8B-Instruct, ~21 GB of disk;
+#   llama-7b: LLaMA-2-7B (DiffuLLaMA-7B's shape), ~18 GB; issue 15 asks for LENGTH=256.
+# WORK_DIR defaults to runs/bench. Not a test: loading 16 GB takes about a minute and one step
+# tens of seconds on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-runs/bench}"
 LENGTH="${LENGTH:-32}"
+MODEL="${MODEL:-llada-8b}"
 cargo build --release
 DLM=target/release/dlm
-BF16="$WORK/llada-8b-random" Q4="$WORK/llada-8b-random-q4_0"
-python3 bench/make_random_checkpoint.py llada-8b "$BF16"
+BF16="$WORK/$MODEL-random" Q4="$WORK/$MODEL-random-q4_0"
+python3 bench/make_random_checkpoint.py "$MODEL" "$BF16"
 [ -f "$Q4/model.safetensors" ] || /usr/bin/time -f "quantize: peak RSS %M KB, %e s" \
     $DLM quantize "$BF16" --to q4_0 --out "$Q4"
 stored() { du -cb "$1"/*.safetensors | tail -1 | cut -f1; }

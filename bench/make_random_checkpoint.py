@@ -2,12 +2,16 @@
 """Writes a random-weight checkpoint at a released diffusion LM's exact shape, for memory and
 speed benches of models whose real weights cannot be downloaded here (bench/big-model-memory.sh).
 
-usage: bench/make_random_checkpoint.py llada-8b OUT_DIR
+usage: bench/make_random_checkpoint.py {llada-8b,llama-7b} OUT_DIR
+
+llada-8b is LLaDA-8B-Instruct; llama-7b is LLaMA-2-7B, the shape of DiffuLLaMA-7B (the paper's
+7B model, whose [MASK] dlm takes from LLaMA-2's vocabulary as DiffuLLaMA does).
 
 The layout is the released one: the family's config.json keys, bf16 safetensors in shards of at
 most 3 GB with a model.safetensors.index.json. Values are random bf16 of magnitude 2^-7..2^-5
 with random signs (the size of the released models' init std, 0.02), norms 1.0: the forward stays
-finite, and the text it samples means nothing. Standard library only; about 16 GB for llada-8b.
+finite, and the text it samples means nothing. Standard library only; about 16 GB for llada-8b,
+13.5 GB for llama-7b.
 """
 import json
 import os
@@ -44,7 +48,34 @@ def llada_tensors(c):
     return out
 
 
-FAMILIES = {"llada-8b": (LLADA_8B, llada_tensors)}
+# LLaMA-2-7B's config.json (meta-llama/Llama-2-7b-hf, the base of DiffuLLaMA-7B), stored bf16.
+LLAMA_7B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+}
+
+
+def llama_tensors(c):
+    d, f, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv = c["num_key_value_heads"] * d // c["num_attention_heads"]
+    out = [("model.embed_tokens.weight", (v, d))]
+    for i in range(c["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        out += [(b + "input_layernorm.weight", (d,)), (b + "self_attn.q_proj.weight", (d, d)),
+                (b + "self_attn.k_proj.weight", (kv, d)), (b + "self_attn.v_proj.weight", (kv, d)),
+                (b + "self_attn.o_proj.weight", (d, d)),
+                (b + "post_attention_layernorm.weight", (d,)),
+                (b + "mlp.gate_proj.weight", (f, d)), (b + "mlp.up_proj.weight", (f, d)),
+                (b + "mlp.down_proj.weight", (d, f))]
+    out += [("model.norm.weight", (d,)), ("lm_head.weight", (v, d))]
+    return out
+
+
+FAMILIES = {"llada-8b": (LLADA_8B, llada_tensors), "llama-7b": (LLAMA_7B, llama_tensors)}
 SHARD_BYTES = 3 << 30
 CHUNK = 64 << 20
 
