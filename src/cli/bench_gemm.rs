@@ -197,6 +197,20 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
                     dw.fill(0.0);
                     gemm::matmul_acc_on(path, dym.t(), x16m, &mut dw)
                 })?;
+                // One decoded token (M = 1), rated as the quantised rows are: scaled to M rows.
+                let x1 = MatRef::row_major(Data::F32(&x[..k]), 1, k);
+                let x16_1 = MatRef::row_major(Data::Bf16(&x16[..k]), 1, k);
+                for (what, packed, x1) in [
+                    ("packed f32 W, f32 x, M = 1", &packed, x1),
+                    ("packed bf16 W, bf16 x, M = 1", &packed16, x16_1),
+                ] {
+                    let secs = best_of(a.iters, || {
+                        y[..n].fill(0.0);
+                        packed.matmul_acc_on(path, x1, &mut y[..n]);
+                        Ok(())
+                    })?;
+                    row(what, Some(path), secs * m as f64);
+                }
             }
             quant_rows(a.iters, &paths, &x, &w, (m, k, n), &mut row)?;
         }

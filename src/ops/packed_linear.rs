@@ -216,7 +216,12 @@ impl PackedWeight {
     ) {
         let k = self.k;
         let cols = (self.n - panels.start * NR).min(panels.len() * NR);
-        let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+        // k-blocks keep a panel's lines in L1 for the rows after the first; a single row reuses
+        // nothing, and reads each panel straight through instead.
+        let kc = match rows {
+            1 => k.max(1),
+            _ => k.div_ceil(k.div_ceil(KC).max(1)).max(1),
+        };
         for q0 in (0..k).step_by(kc) {
             let q1 = (q0 + kc).min(k);
             let a = a.wrapping_add(q0);

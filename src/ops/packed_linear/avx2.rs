@@ -56,7 +56,7 @@ pub unsafe fn strip<L: Load>(
             let (b, c) = (panel.add(g * panel_stride), y.add(i * ldc + g * NR));
             let cols = (cols - g * NR).min(NR);
             match rows - i {
-                1 => tile::<1, L>(a, lda, b, kc, c, ldc, cols),
+                1 => row_tile::<L>(a, b, kc, c, cols),
                 2 => tile::<2, L>(a, lda, b, kc, c, ldc, cols),
                 3 => tile::<3, L>(a, lda, b, kc, c, ldc, cols),
                 4 => tile::<4, L>(a, lda, b, kc, c, ldc, cols),
@@ -65,6 +65,53 @@ pub unsafe fn strip<L: Load>(
             }
         }
         i += MR;
+    }
+}
+
+/// The 1 × 16 tile (batch-1 decoding): with one row, the R-row tile's two accumulators would
+/// make each line wait on the previous line's FMAs (latency, not throughput, would bound it), so
+/// four consecutive lines go to four accumulator pairs, summed at the end.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_tile<L: Load>(a: *const f32, panel: *const L, kc: usize, c: *mut f32, cols: usize) {
+    const U: usize = 4;
+    let mut lo = [_mm256_setzero_ps(); U];
+    let mut hi = [_mm256_setzero_ps(); U];
+    let mut q = 0;
+    while q + U <= kc {
+        for u in 0..U {
+            let (b0, b1) = L::load(panel.add(q + u));
+            let av = _mm256_broadcast_ss(&*a.add(q + u));
+            lo[u] = _mm256_fmadd_ps(av, b0, lo[u]);
+            hi[u] = _mm256_fmadd_ps(av, b1, hi[u]);
+        }
+        q += U;
+    }
+    while q < kc {
+        let (b0, b1) = L::load(panel.add(q));
+        let av = _mm256_broadcast_ss(&*a.add(q));
+        lo[0] = _mm256_fmadd_ps(av, b0, lo[0]);
+        hi[0] = _mm256_fmadd_ps(av, b1, hi[0]);
+        q += 1;
+    }
+    let sum = |v: [__m256; U]| _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+    add_row(c, sum(lo), sum(hi), cols);
+}
+
+/// y's first `cols` (≤ 16) columns of one row += (lo, hi).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn add_row(row: *mut f32, lo: __m256, hi: __m256, cols: usize) {
+    if cols == NR {
+        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo));
+        _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi));
+    } else {
+        let mut t = [0f32; NR];
+        _mm256_storeu_ps(t.as_mut_ptr(), lo);
+        _mm256_storeu_ps(t.as_mut_ptr().add(8), hi);
+        for (j, v) in t.iter().take(cols).enumerate() {
+            *row.add(j) += v;
+        }
     }
 }
 
@@ -91,20 +138,6 @@ unsafe fn tile<const R: usize, L: Load>(
         }
     }
     for r in 0..R {
-        let row = c.add(r * ldc);
-        if cols == NR {
-            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo[r]));
-            _mm256_storeu_ps(
-                row.add(8),
-                _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi[r]),
-            );
-        } else {
-            let mut t = [0f32; NR];
-            _mm256_storeu_ps(t.as_mut_ptr(), lo[r]);
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), hi[r]);
-            for (j, v) in t.iter().take(cols).enumerate() {
-                *row.add(j) += v;
-            }
-        }
+        add_row(c.add(r * ldc), lo[r], hi[r], cols);
     }
 }
