@@ -3,7 +3,7 @@
 //! construction. Conv1D weights stay `[in, out]` as HF stores them (`WeightLayout::InOut`): the
 //! four of them are c_attn, attn.c_proj, c_fc and mlp.c_proj.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::pass::{LayerPass, Pass};
@@ -159,6 +159,23 @@ impl LanguageModel for Gpt2 {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn widen_activations(&mut self) -> Result<bool> {
+        if !super::widens(&self.wte) {
+            return Ok(false);
+        }
+        self.wte.emit = Some(DType::F32);
+        super::widen(&mut self.wpe.weight)?;
+        for block in &mut self.h {
+            for ln in [&mut block.ln_1, &mut block.ln_2] {
+                super::widen(&mut ln.weight)?;
+                super::widen(&mut ln.bias)?;
+            }
+        }
+        super::widen(&mut self.ln_f.weight)?;
+        super::widen(&mut self.ln_f.bias)?;
+        Ok(true)
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

@@ -3,7 +3,7 @@
 //! Attention, MLP and block are built from loaded parts (`new`), so the families that compute
 //! the same thing under other names (llada.rs, dream.rs) only say where each weight lives.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::pass::{LayerPass, Pass};
@@ -243,6 +243,19 @@ impl LanguageModel for Llama {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn widen_activations(&mut self) -> Result<bool> {
+        if !super::widens(&self.embed_tokens) {
+            return Ok(false);
+        }
+        self.embed_tokens.emit = Some(DType::F32);
+        for block in &mut self.layers {
+            super::widen(&mut block.input_layernorm.weight)?;
+            super::widen(&mut block.post_attention_layernorm.weight)?;
+        }
+        super::widen(&mut self.norm.weight)?;
+        Ok(true)
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

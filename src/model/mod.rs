@@ -45,6 +45,13 @@ pub trait LanguageModel: Send + Sync {
     /// Every linear layer, head included, for changes made once after loading.
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
 
+    /// For a bf16 model on the CPU whose matrices went to the packed kernel: activations in f32
+    /// from here on (the token embedding emits f32 rows; norms, biases and position tables turn
+    /// f32). The kernel accumulates in f32 anyway, and this CPU path has fused kernels for f32
+    /// only, where candle's bf16 element-wise ops would convert every element of every op.
+    /// Returns whether anything changed (false for any other dtype or device).
+    fn widen_activations(&mut self) -> candle_core::Result<bool>;
+
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
     fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head().forward(hidden)
@@ -130,6 +137,18 @@ fn embedding_and_head(
     Ok((Embedding::new(embedding), head))
 }
 
+/// Whether a model with this token embedding widens its activations for inference: bf16 on the
+/// CPU (`LanguageModel::widen_activations`).
+fn widens(embedding: &Embedding) -> bool {
+    embedding.weight.dtype() == DType::BF16 && embedding.weight.device().is_cpu()
+}
+
+/// A small parameter (a norm's weight or bias, a position table) in f32.
+fn widen(t: &mut Tensor) -> candle_core::Result<()> {
+    *t = t.to_dtype(DType::F32)?;
+    Ok(())
+}
+
 /// One block per layer, block i under `vb`'s `i`.
 fn blocks<B>(
     vb: VarBuilder,
@@ -181,6 +200,11 @@ impl LoadedModel {
             {
                 released += 1;
             }
+        }
+        if released > 0 {
+            self.model
+                .widen_activations()
+                .map_err(|e| Error::checkpoint(&self.dir, e))?;
         }
         Ok(released)
     }

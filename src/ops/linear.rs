@@ -301,6 +301,9 @@ pub struct Embedding {
     pub weight: Tensor,
     /// PyTorch's `padding_idx`: this row is used as stored but never receives a gradient.
     pub padding_idx: Option<u32>,
+    /// The dtype of the rows it emits, when not the table's (bf16 inference with f32
+    /// activations: `LanguageModel::widen_activations`).
+    pub emit: Option<DType>,
 }
 
 impl Embedding {
@@ -308,6 +311,7 @@ impl Embedding {
         Self {
             weight,
             padding_idx: None,
+            emit: None,
         }
     }
 
@@ -336,6 +340,10 @@ impl Embedding {
                 is_pad.where_cond(&detached, &rows)?
             }
             _ => rows,
+        };
+        let rows = match self.emit {
+            Some(dtype) => rows.to_dtype(dtype)?,
+            None => rows,
         };
         rows.reshape((b, l, d))
     }
