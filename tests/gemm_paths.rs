@@ -115,6 +115,7 @@ fn every_path_matches_f64_on_awkward_shapes() {
     }
     for (m, d_in, d_out) in [
         (1, 7, 5),
+        (1, 37, 40),
         (3, 100, 33),
         (17, 45, 17),
         (255, 300, 21),
@@ -183,6 +184,10 @@ fn packed_weight_matches_the_definition() {
     let mut rng = Rng::seed(7);
     for (m, n, k) in [
         (1, 1, 1),
+        // One row (batch-1 decoding): panels in pairs, a partial second one, a single last.
+        (1, 20, 13),
+        (1, 35, 1300),
+        (1, 48, 9),
         (5, 7, 13),
         (6, 16, 8),
         (300, 35, 1300),

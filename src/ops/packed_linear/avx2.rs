@@ -52,6 +52,33 @@ pub unsafe fn strip<L: Load>(
     let mut i = 0;
     while i < rows {
         let a = x.add(i * lda);
+        if rows - i == 1 {
+            // One row: two panels at a time, two streams of lines in flight.
+            let panels = cols.div_ceil(NR);
+            let mut g = 0;
+            while g + 2 <= panels {
+                let b = (
+                    panel.add(g * panel_stride),
+                    panel.add((g + 1) * panel_stride),
+                );
+                let c = y.add(i * ldc + g * NR);
+                let last = (cols - (g + 1) * NR).min(NR);
+                row_pair::<L>(a, b, kc, c, last);
+                g += 2;
+            }
+            if g < panels {
+                let cols = cols - g * NR;
+                row_tile::<L>(
+                    a,
+                    panel.add(g * panel_stride),
+                    kc,
+                    y.add(i * ldc + g * NR),
+                    cols,
+                );
+            }
+            i += 1;
+            continue;
+        }
         for g in 0..cols.div_ceil(NR) {
             let (b, c) = (panel.add(g * panel_stride), y.add(i * ldc + g * NR));
             let cols = (cols - g * NR).min(NR);
@@ -96,6 +123,46 @@ unsafe fn row_tile<L: Load>(a: *const f32, panel: *const L, kc: usize, c: *mut f
     }
     let sum = |v: [__m256; U]| _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
     add_row(c, sum(lo), sum(hi), cols);
+}
+
+/// Two adjacent panels against one row: the first's 16 columns of y and the second's first
+/// `cols`, two lines at a time.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_pair<L: Load>(
+    a: *const f32,
+    (p0, p1): (*const L, *const L),
+    kc: usize,
+    c: *mut f32,
+    cols: usize,
+) {
+    let z = _mm256_setzero_ps();
+    let (mut l0, mut h0, mut l1, mut h1) = ([z; 2], [z; 2], [z; 2], [z; 2]);
+    let mut q = 0;
+    while q + 2 <= kc {
+        for u in 0..2 {
+            let (b0, b1) = L::load(p0.add(q + u));
+            let (d0, d1) = L::load(p1.add(q + u));
+            let av = _mm256_broadcast_ss(&*a.add(q + u));
+            l0[u] = _mm256_fmadd_ps(av, b0, l0[u]);
+            h0[u] = _mm256_fmadd_ps(av, b1, h0[u]);
+            l1[u] = _mm256_fmadd_ps(av, d0, l1[u]);
+            h1[u] = _mm256_fmadd_ps(av, d1, h1[u]);
+        }
+        q += 2;
+    }
+    if q < kc {
+        let (b0, b1) = L::load(p0.add(q));
+        let (d0, d1) = L::load(p1.add(q));
+        let av = _mm256_broadcast_ss(&*a.add(q));
+        l0[0] = _mm256_fmadd_ps(av, b0, l0[0]);
+        h0[0] = _mm256_fmadd_ps(av, b1, h0[0]);
+        l1[0] = _mm256_fmadd_ps(av, d0, l1[0]);
+        h1[0] = _mm256_fmadd_ps(av, d1, h1[0]);
+    }
+    let sum = |v: [__m256; 2]| _mm256_add_ps(v[0], v[1]);
+    add_row(c, sum(l0), sum(h0), NR);
+    add_row(c.add(NR), sum(l1), sum(h1), cols);
 }
 
 /// y's first `cols` (≤ 16) columns of one row += (lo, hi).
