@@ -291,12 +291,13 @@ fn copy_bandwidth(n: usize) -> anyhow::Result<f64> {
     Ok(2.0 * n as f64 / secs)
 }
 
-/// Peak resident memory of this process, from /proc (Linux).
+/// Peak resident memory of this process in MB (10⁶ bytes), from /proc (Linux), whose `VmHWM`
+/// counts KiB.
 pub(super) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0 / 1e6)
 }
 
 fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
