@@ -190,6 +190,13 @@ impl Weights {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
+    /// A VarBuilder that serves each tensor in the dtype it has here (mixed precision: bf16
+    /// matrices beside f32 tables and norms), checking each requested shape.
+    pub fn var_builder_as_stored(&self, device: &Device) -> VarBuilder<'static> {
+        let backend = AsStored(self.clone());
+        VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone())
+    }
+
     /// Writes `config.json` and `model.safetensors` into `dir`, each atomically. A tied head is
     /// stored once, under the embedding's name, as HF does.
     pub fn save_dir(&self, dir: &Path, config: &ModelConfig, dtype: DType) -> Result<()> {
@@ -249,6 +256,42 @@ fn normalise_names(arch: Architecture, raw: Vec<(String, Tensor)>) -> BTreeMap<S
             (name, t)
         })
         .collect()
+}
+
+/// `Weights` served in their own dtypes (`var_builder_as_stored`).
+struct AsStored(Weights);
+
+impl SimpleBackend for AsStored {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        _: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let dtype = self.stored_dtype(name)?;
+        SimpleBackend::get(&self.0, s, name, init, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let dtype = self.stored_dtype(name)?;
+        SimpleBackend::get_unchecked(&self.0, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        SimpleBackend::contains_tensor(&self.0, name)
+    }
+}
+
+impl AsStored {
+    fn stored_dtype(&self, name: &str) -> candle_core::Result<DType> {
+        match self.0.tensors.get(name) {
+            Some(t) => Ok(t.dtype()),
+            // Missing: the inner backend's error names it.
+            None => Ok(DType::F32),
+        }
+    }
 }
 
 impl SimpleBackend for Weights {

@@ -282,13 +282,16 @@ impl Linear {
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows = x.elem_count() / d_in.max(1);
-        let x2 = x.reshape((rows, d_in))?;
+        // Mixed precision (a bf16 weight, f32 activations): the product in the weight's dtype,
+        // as autocast runs it, and the result back in x's.
+        let x2 = x.reshape((rows, d_in))?.to_dtype(self.weight.dtype())?;
         let y = match self.layout {
             WeightLayout::OutIn => x2.matmul(&self.weight.t()?)?,
             WeightLayout::InOut => x2.matmul(&self.weight)?,
-        };
+        }
+        .to_dtype(x.dtype())?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
         };
         y.reshape(output_dims(&dims, y.dim(1)?))

@@ -16,10 +16,13 @@ use super::cpu;
 use super::gemm::{self, Data, MatRef};
 use super::linear::{output_dims, WeightLayout};
 
-/// The bf16 kernels serve bf16 CPU tensors.
+/// The bf16 kernels serve a bf16 CPU weight, with x and the bias in bf16 or f32 (mixed-precision
+/// training keeps activations and biases f32, as autocast does, and only the matrices bf16).
 pub fn fusable(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16)
+    let float = |t: &&Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
+    ts.len() >= 2
+        && ts.iter().all(|t| t.device().is_cpu() && float(t))
+        && ts[1].dtype() == DType::BF16
 }
 
 /// Runs `f` on t (f32 or bf16) as a row-major rows × cols matrix.
@@ -88,53 +91,49 @@ type Input<'a> = (&'a CpuStorage, &'a Layout);
 
 impl FusedLinearBf16 {
     fn forward(&self, x: Input, w: Input, b: Option<Input>) -> Result<(CpuStorage, Shape)> {
-        let (xd, xs) = (cpu::slice::<bf16>(x.0, x.1)?, x.1.shape());
+        let (xd, xs) = (data(x)?, x.1.shape());
         let (wd, ws) = (cpu::slice::<bf16>(w.0, w.1)?, w.1.shape());
-        let bd = b.map(|(s, l)| cpu::slice::<bf16>(s, l)).transpose()?;
+        let bd = b.map(values_f32).transpose()?;
         let (d_in, d_out) = self.layout.in_out(ws)?;
-        if xs.dims().last() != Some(&d_in) || bd.is_some_and(|b| b.len() != d_out) {
+        if xs.dims().last() != Some(&d_in) || bd.as_ref().is_some_and(|b| b.len() != d_out) {
             candle_core::bail!(
                 "linear: input {xs:?}, weight {ws:?}, bias {:?}",
                 bd.map(|b| b.len())
             );
         }
-        let rows = xd.len() / d_in.max(1);
+        let rows = xs.elem_count() / d_in.max(1);
         let mut y = match bd {
-            Some(b) => b
-                .iter()
-                .map(|v| v.to_f32())
-                .collect::<Vec<_>>()
-                .repeat(rows),
+            Some(b) => b.repeat(rows),
             None => vec![0f32; rows * d_out],
         };
         gemm::matmul_acc(
-            MatRef::row_major(Data::Bf16(xd), rows, d_in),
+            MatRef::row_major(xd, rows, d_in),
             weight_in_out(wd, self.layout, d_in, d_out),
             &mut y,
         );
         let shape = Shape::from(output_dims(xs.dims(), d_out));
-        Ok((CpuStorage::BF16(to_bf16(&y)), shape))
+        Ok(match xd {
+            Data::F32(_) => (CpuStorage::F32(y), shape),
+            Data::Bf16(_) => (CpuStorage::BF16(to_bf16(&y)), shape),
+        })
     }
 
-    /// (dx, dW, db) for inputs x, W and whether there is a bias.
+    /// (dx, dW, db) for inputs x, W and the bias if there is one, each in its input's dtype.
     fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
-        with_bias: bool,
+        b: Option<&Tensor>,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (d_in, d_out) = self.layout.in_out(w.shape())?;
         let rows = x.elem_count() / d_in.max(1);
-        let dy = dy.to_dtype(DType::BF16)?;
+        let dy = dy.to_dtype(x.dtype())?.contiguous()?;
         let mut dx = vec![0f32; rows * d_in];
         let mut dw = vec![0f32; d_in * d_out];
-        let mut db = vec![0f32; if with_bias { d_out } else { 0 }];
-        cpu::with_slice::<bf16, _>(x, |xd| {
+        with_matrix(x, rows, d_in, |x| {
             cpu::with_slice::<bf16, _>(w, |wd| {
-                cpu::with_slice::<bf16, _>(&dy, |dyd| {
-                    let x = MatRef::row_major(Data::Bf16(xd), rows, d_in);
-                    let dy = MatRef::row_major(Data::Bf16(dyd), rows, d_out);
+                with_matrix(&dy, rows, d_out, |dy| {
                     // dx = dy·Wᵀ, with W read as [in, out] and transposed by strides.
                     let w_t = weight_in_out(wd, self.layout, d_in, d_out).t();
                     gemm::matmul_acc(dy, w_t, &mut dx);
@@ -143,25 +142,58 @@ impl FusedLinearBf16 {
                         WeightLayout::OutIn => gemm::matmul_acc(dy.t(), x, &mut dw),
                         WeightLayout::InOut => gemm::matmul_acc(x.t(), dy, &mut dw),
                     }
-                    if with_bias {
-                        column_sums(dyd, d_out, &mut db);
-                    }
                     Ok(())
                 })
             })
         })?;
         let dev = x.device();
-        let dx = Tensor::from_vec(to_bf16(&dx), x.shape(), dev)?;
+        let dx = match x.dtype() {
+            DType::BF16 => Tensor::from_vec(to_bf16(&dx), x.shape(), dev)?,
+            _ => Tensor::from_vec(dx, x.shape(), dev)?,
+        };
         let dw = Tensor::from_vec(to_bf16(&dw), w.shape(), dev)?;
-        let db = with_bias
-            .then(|| Tensor::from_vec(to_bf16(&db), d_out, dev))
-            .transpose()?;
+        let db = match b {
+            Some(b) => {
+                let mut sums = vec![0f32; d_out];
+                match dy.dtype() {
+                    DType::BF16 => cpu::with_slice::<bf16, _>(&dy, |d| {
+                        column_sums(d, d_out, &mut sums);
+                        Ok(())
+                    })?,
+                    _ => cpu::with_slice::<f32, _>(&dy, |d| {
+                        column_sums(d, d_out, &mut sums);
+                        Ok(())
+                    })?,
+                }
+                Some(Tensor::from_vec(sums, d_out, dev)?.to_dtype(b.dtype())?)
+            }
+            None => None,
+        };
         Ok((dx, dw, db))
     }
 }
 
+/// An f32 or bf16 storage as the GEMM's operand data.
+fn data(x: Input) -> Result<Data> {
+    Ok(match x.0 {
+        CpuStorage::BF16(_) => Data::Bf16(cpu::slice::<bf16>(x.0, x.1)?),
+        _ => Data::F32(cpu::slice::<f32>(x.0, x.1)?),
+    })
+}
+
+/// A bias (f32 or bf16) as f32 values.
+fn values_f32(b: Input) -> Result<Vec<f32>> {
+    Ok(match b.0 {
+        CpuStorage::BF16(_) => cpu::slice::<bf16>(b.0, b.1)?
+            .iter()
+            .map(|v| v.to_f32())
+            .collect(),
+        _ => cpu::slice::<f32>(b.0, b.1)?.to_vec(),
+    })
+}
+
 /// out[j] = Σ_rows m[row, j] in f32, m row-major `width` wide.
-fn column_sums(m: &[bf16], width: usize, out: &mut [f32]) {
+fn column_sums<T: Copy + Into<f32> + Sync>(m: &[T], width: usize, out: &mut [f32]) {
     let rows = m.len() / width.max(1);
     let chunk = cpu::rows_per_task(rows, width);
     let sums = m
@@ -170,7 +202,7 @@ fn column_sums(m: &[bf16], width: usize, out: &mut [f32]) {
             let mut s = vec![0f32; width];
             for row in block.chunks(width.max(1)) {
                 for (s, v) in s.iter_mut().zip(row) {
-                    *s += v.to_f32();
+                    *s += (*v).into();
                 }
             }
             s
@@ -205,7 +237,7 @@ impl CustomOp2 for FusedLinearBf16 {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(x, w, false, dy)?;
+        let (dx, dw, _) = self.backward(x, w, None, dy)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -232,11 +264,11 @@ impl CustomOp3 for FusedLinearBf16 {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.backward(x, w, true, dy)?;
+        let (dx, dw, db) = self.backward(x, w, Some(b), dy)?;
         Ok((Some(dx), Some(dw), db))
     }
 }
@@ -270,10 +302,10 @@ mod tests {
     }
 
     /// bf16 inputs reach the kernel exactly, so the error is f32 accumulation over k terms
-    /// (≤ k·2⁻²⁴·Σ|terms|) plus the one rounding of the result to bf16 (≤ 2⁻⁸·|result|: bf16
-    /// keeps 8 significant bits, so its unit roundoff is 2⁻⁸).
+    /// (≤ k·2⁻²⁴·Σ|terms|) plus, for a bf16 result, its one rounding (≤ 2⁻⁸·|result|: bf16
+    /// keeps 8 significant bits, so its unit roundoff is 2⁻⁸). An f32 result is held to the same
+    /// bound, which it meets with room.
     fn assert_close(what: &str, got: &Tensor, (want, scale): (Vec<f64>, Vec<f64>), k: usize) {
-        assert_eq!(got.dtype(), DType::BF16, "{what}");
         let got: Vec<f32> = got
             .to_dtype(DType::F32)
             .and_then(|t| t.flatten_all()?.to_vec1())
@@ -332,47 +364,77 @@ mod tests {
                 };
                 let b0 = |o: usize| if with_bias { bv[o] } else { 0.0 };
                 let y_ref = || reference((rows, d_in, d_out), |r, i| xv[r * d_in + i], wio, b0);
-                let mut ts = vec![&x, &w];
-                ts.extend(with_bias.then_some(&bias));
-                let y = apply(layout, &ts).unwrap();
-                assert_close(&what("training forward"), &y, y_ref(), d_in);
-                let lin = Linear::new(w.clone(), with_bias.then(|| bias.clone()), layout);
-                let y = lin.forward(&x).unwrap();
-                assert_close(&what("inference forward"), &y, y_ref(), d_in);
+                // All bf16, and mixed precision's f32 x, bias and dy around the bf16 weight
+                // (the same values widened, exactly): each result in its operand's dtype.
+                for mixed in [false, true] {
+                    let f32_if = |t: &Tensor| match mixed {
+                        true => t.to_dtype(DType::F32).unwrap(),
+                        false => t.clone(),
+                    };
+                    let (x, bias, dy) = (f32_if(&x), f32_if(&bias), f32_if(&dy));
+                    let what = |p: &str| format!("{} (mixed: {mixed})", what(p));
+                    let mut ts = vec![&x, &w];
+                    ts.extend(with_bias.then_some(&bias));
+                    let y = apply(layout, &ts).unwrap();
+                    assert_eq!(y.dtype(), x.dtype());
+                    assert_close(&what("training forward"), &y, y_ref(), d_in);
+                    let lin = Linear::new(w.clone(), with_bias.then(|| bias.clone()), layout);
+                    let y = lin.forward(&x).unwrap();
+                    assert_close(&what("inference forward"), &y, y_ref(), d_in);
+                    // The composed reference (what a GPU runs) takes the mixed form too, its
+                    // product rounded to bf16 once before the bias: within 2⁻⁸ of the largest
+                    // |product| + |bias| of the fused result.
+                    if mixed {
+                        let c = lin.forward_composed(&x).unwrap();
+                        assert_eq!(c.dtype(), DType::F32);
+                        let (c, y) = (values(&c), values(&y));
+                        let (worst, size) =
+                            c.iter().zip(&y).fold((0f64, 0f64), |(w, s), (c, y)| {
+                                (w.max((c - y).abs()), s.max(y.abs()))
+                            });
+                        let bias_size = bv.iter().fold(0f64, |m, b| m.max(b.abs()));
+                        let bound = (size + bias_size) / 256.0;
+                        assert!(worst <= bound, "{}: {worst} > {bound}", what("composed"));
+                    }
 
-                let op = FusedLinearBf16 { layout };
-                let (dx, dw, db) = op.backward(&x, &w, with_bias, &dy).unwrap();
-                let dx_ref = reference(
-                    (rows, d_out, d_in),
-                    |r, o| dyv[r * d_out + o],
-                    |o, i| wio(i, o),
-                    |_| 0.0,
-                );
-                assert_close(&what("dx"), &dx, dx_ref, d_out);
-                let dw_ref = match layout {
-                    WeightLayout::OutIn => reference(
-                        (d_out, rows, d_in),
-                        |o, r| dyv[r * d_out + o],
-                        |r, i| xv[r * d_in + i],
-                        |_| 0.0,
-                    ),
-                    WeightLayout::InOut => reference(
-                        (d_in, rows, d_out),
-                        |i, r| xv[r * d_in + i],
+                    let op = FusedLinearBf16 { layout };
+                    let (dx, dw, db) = op
+                        .backward(&x, &w, with_bias.then_some(&bias), &dy)
+                        .unwrap();
+                    assert_eq!((dx.dtype(), dw.dtype()), (x.dtype(), DType::BF16));
+                    assert!(db.as_ref().is_none_or(|db| db.dtype() == bias.dtype()));
+                    let dx_ref = reference(
+                        (rows, d_out, d_in),
                         |r, o| dyv[r * d_out + o],
-                        |_| 0.0,
-                    ),
-                };
-                assert_close(&what("dW"), &dw, dw_ref, rows);
-                assert_eq!(db.is_some(), with_bias);
-                if let Some(db) = db {
-                    let db_ref = reference(
-                        (1, rows, d_out),
-                        |_, _| 1.0,
-                        |r, o| dyv[r * d_out + o],
+                        |o, i| wio(i, o),
                         |_| 0.0,
                     );
-                    assert_close(&what("db"), &db, db_ref, rows);
+                    assert_close(&what("dx"), &dx, dx_ref, d_out);
+                    let dw_ref = match layout {
+                        WeightLayout::OutIn => reference(
+                            (d_out, rows, d_in),
+                            |o, r| dyv[r * d_out + o],
+                            |r, i| xv[r * d_in + i],
+                            |_| 0.0,
+                        ),
+                        WeightLayout::InOut => reference(
+                            (d_in, rows, d_out),
+                            |i, r| xv[r * d_in + i],
+                            |r, o| dyv[r * d_out + o],
+                            |_| 0.0,
+                        ),
+                    };
+                    assert_close(&what("dW"), &dw, dw_ref, rows);
+                    assert_eq!(db.is_some(), with_bias);
+                    if let Some(db) = db {
+                        let db_ref = reference(
+                            (1, rows, d_out),
+                            |_, _| 1.0,
+                            |r, o| dyv[r * d_out + o],
+                            |_| 0.0,
+                        );
+                        assert_close(&what("db"), &db, db_ref, rows);
+                    }
                 }
             }
         }

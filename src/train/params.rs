@@ -1,10 +1,13 @@
 //! Trainable parameters: every checkpoint tensor becomes a `Var` under its HF name, and the model
 //! is built over those same tensors, so gradients land on the names checkpoints use.
 //!
-//! Mixed precision (`Precision::Bf16`): the variables (master weights) stay f32, and the model is
-//! built over one bf16 cast of each. The cast is a graph node, so backward accumulates each
-//! weight's gradient in bf16 and widens it to f32 on the variable; all-reduce, clipping and AdamW
-//! then see f32 gradients, and checkpoints hold the f32 masters.
+//! Mixed precision (`Precision::Bf16`), as PyTorch's autocast: the variables (master weights)
+//! stay f32, and the model is built over one bf16 cast of each linear layer's matrix; embedding
+//! tables, norms and biases are read as f32, so activations, norms, attention and the loss stay
+//! f32 and only the products run on bf16 operands (the bf16 linear, linear_bf16.rs). The cast is a
+//! graph node, so backward accumulates each matrix's gradient in bf16 and widens it to f32 on the
+//! variable; all-reduce, clipping and AdamW then see f32 gradients, and checkpoints hold the f32
+//! masters.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -50,6 +53,14 @@ impl FromStr for Precision {
             )),
         }
     }
+}
+
+/// Whether a parameter is a linear layer's matrix, which mixed precision casts: two dimensions,
+/// and not an embedding table (token or position) that rows are looked up in. A tied LM head is
+/// the token table, so it stays f32 too.
+fn is_product_matrix(name: &str, t: &Tensor) -> bool {
+    const TABLES: [&str; 3] = ["wte.weight", "wpe.weight", "embed_tokens.weight"];
+    t.rank() == 2 && !TABLES.iter().any(|table| name.ends_with(table))
 }
 
 pub struct TrainableModel {
@@ -177,16 +188,22 @@ impl TrainableModel {
                 .collect(),
         };
         let dtype = self.precision.dtype();
-        // One cast per tensor here, so a tied matrix is cast once and its two uses share it.
-        // The cast of an f32 tensor to f32 is the tensor itself.
+        // One cast per matrix here, so a cast is shared by all its uses. The cast of an f32
+        // tensor to f32 is the tensor itself.
         let cast = effective
             .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .map(|(k, t)| {
+                let t = match is_product_matrix(&k, &t) {
+                    true => t.to_dtype(dtype)?,
+                    false => t,
+                };
+                Ok((k, t))
+            })
             .collect::<Result<_>>()?;
         let view = Weights::new(cast, source);
         let device = self.vars.values().next().map(|v| v.device().clone());
         let device = device.unwrap_or(Device::Cpu);
-        self.model = build(&self.config, view.var_builder(dtype, &device))
+        self.model = build(&self.config, view.var_builder_as_stored(&device))
             .map_err(|e| Error::checkpoint(source, e))?;
         Ok(())
     }
