@@ -292,10 +292,11 @@ fn multiple_choice_scorer_matches() {
 /// bf16 compute over f32 master weights: every parameter still receives a gradient, widened to
 /// f32, close to the fixture's f32 gradient. bf16 keeps 8 significant bits (relative rounding
 /// 2⁻⁹ ≈ 2e-3 per op), so each gradient is compared by its relative L2 error, with a bound
-/// (`BF16_GRAD_RTOL`) that leaves a few times the error measured on these fixtures.
+/// (`BF16_GRAD_RTOL`) that leaves a few times the error measured on these fixtures (at most
+/// 7e-3 since mixed precision keeps activations f32).
 #[test]
 fn bf16_compute_gives_every_parameter_an_f32_gradient() {
-    const BF16_GRAD_RTOL: f32 = 0.1;
+    const BF16_GRAD_RTOL: f32 = 0.03;
     const BF16_LOSS_RTOL: f32 = 5e-3;
     for name in TINY {
         let mut c = case(name);
