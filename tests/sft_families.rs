@@ -68,8 +68,14 @@ fn sft_trains_llada_and_dream_full_and_lora() {
     let data = data.to_str().unwrap();
     for (name, convention) in [("llada-tiny", "llada"), ("dream-tiny", "dream")] {
         let base = base(tmp.path(), name);
-        for lora in [&[][..], &["--lora-rank", "4", "--lora-alpha", "8"]] {
-            let run = tmp.path().join(format!("{name}-{}", lora.len()));
+        let lora_args = ["--lora-rank", "4", "--lora-alpha", "8"];
+        // Full and LoRA in f32; LoRA in mixed-precision bf16 as well.
+        for (lora, dtype) in [
+            (&[][..], "f32"),
+            (&lora_args[..], "f32"),
+            (&lora_args[..], "bf16"),
+        ] {
+            let run = tmp.path().join(format!("{name}-{}-{dtype}", lora.len()));
             let mut args = vec![
                 "sft",
                 "--base",
@@ -95,10 +101,12 @@ fn sft_trains_llada_and_dream_full_and_lora() {
                 "--out",
                 run.to_str().unwrap(),
                 "--no-progress",
+                "--dtype",
+                dtype,
             ];
             args.extend(lora);
             dlm(&args);
-            let what = format!("{name} lora={}", !lora.is_empty());
+            let what = format!("{name} lora={} {dtype}", !lora.is_empty());
             let config = &records(&run, "config")[0]["run"]["objective"];
             assert_eq!(config["loss"], convention, "{what}");
             assert_eq!(config["shift"], convention == "dream", "{what}");
