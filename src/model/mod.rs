@@ -46,9 +46,10 @@ pub trait LanguageModel: Send + Sync {
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
 
     /// For a bf16 model on the CPU whose matrices went to the packed kernel: activations in f32
-    /// from here on (the token embedding emits f32 rows; norms, biases and position tables turn
-    /// f32). The kernel accumulates in f32 anyway, and this CPU path has fused kernels for f32
-    /// only, where candle's bf16 element-wise ops would convert every element of every op.
+    /// from here on (the token embedding emits f32 rows; norm weights and biases and position
+    /// tables turn f32; the packed linears take f32 inputs and add their biases in f32). The
+    /// kernel accumulates in f32 anyway, and this CPU path has fused kernels for f32 only, where
+    /// candle's bf16 element-wise ops would convert every element of every op.
     /// Returns whether anything changed (false for any other dtype or device).
     fn widen_activations(&mut self) -> candle_core::Result<bool>;
 
