@@ -53,37 +53,13 @@ pub unsafe fn strip<L: Load>(
     while i < rows {
         let a = x.add(i * lda);
         if rows - i == 1 {
-            // One row: two panels at a time, two streams of lines in flight.
-            let panels = cols.div_ceil(NR);
-            let mut g = 0;
-            while g + 2 <= panels {
-                let b = (
-                    panel.add(g * panel_stride),
-                    panel.add((g + 1) * panel_stride),
-                );
-                let c = y.add(i * ldc + g * NR);
-                let last = (cols - (g + 1) * NR).min(NR);
-                row_pair::<L>(a, b, kc, c, last);
-                g += 2;
-            }
-            if g < panels {
-                let cols = cols - g * NR;
-                row_tile::<L>(
-                    a,
-                    panel.add(g * panel_stride),
-                    kc,
-                    y.add(i * ldc + g * NR),
-                    cols,
-                );
-            }
-            i += 1;
-            continue;
+            row_strip(a, (panel, panel_stride), kc, y.add(i * ldc), cols);
+            break;
         }
         for g in 0..cols.div_ceil(NR) {
             let (b, c) = (panel.add(g * panel_stride), y.add(i * ldc + g * NR));
             let cols = (cols - g * NR).min(NR);
             match rows - i {
-                1 => row_tile::<L>(a, b, kc, c, cols),
                 2 => tile::<2, L>(a, lda, b, kc, c, ldc, cols),
                 3 => tile::<3, L>(a, lda, b, kc, c, ldc, cols),
                 4 => tile::<4, L>(a, lda, b, kc, c, ldc, cols),
@@ -92,6 +68,38 @@ pub unsafe fn strip<L: Load>(
             }
         }
         i += MR;
+    }
+}
+
+/// One row (batch-1 decoding) against every panel: two panels at a time, two streams of lines
+/// in flight, and the odd last panel alone.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_strip<L: Load>(
+    a: *const f32,
+    (panel, panel_stride): (*const L, usize),
+    kc: usize,
+    y: *mut f32,
+    cols: usize,
+) {
+    let panels = cols.div_ceil(NR);
+    let mut g = 0;
+    while g + 2 <= panels {
+        let pair = (
+            panel.add(g * panel_stride),
+            panel.add((g + 1) * panel_stride),
+        );
+        let last = (cols - (g + 1) * NR).min(NR);
+        row_pair::<L>(a, pair, kc, y.add(g * NR), last);
+        g += 2;
+    }
+    if g < panels {
+        row_tile::<L>(
+            a,
+            panel.add(g * panel_stride),
+            kc,
+            y.add(g * NR),
+            cols - g * NR,
+        );
     }
 }
 
