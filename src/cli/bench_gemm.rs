@@ -165,10 +165,10 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
             let dym = MatRef::row_major(Data::Bf16(&dy16), m, n);
             // W [n, k] read as the [k, n] matrix of y = x·W.
             let w_b = |d| MatRef::row_major(d, n, k).t();
-            let packed = gemm::PackedWeight::new(Data::F32(&w), n, k, false);
-            let packed16 = gemm::PackedWeight::new(Data::Bf16(&w16), n, k, false);
             let mut y = vec![0f32; m * n];
             for &path in &paths {
+                let packed = gemm::PackedWeight::new_on(path, Data::F32(&w), n, k, false);
+                let packed16 = gemm::PackedWeight::new_on(path, Data::Bf16(&w16), n, k, false);
                 let mut timed = |what: &str, f: &mut dyn FnMut(&mut [f32])| -> anyhow::Result<()> {
                     let secs = best_of(a.iters, || {
                         y.fill(0.0);

@@ -13,6 +13,12 @@
 //! Blocking: each rayon task owns a run of panels; within one, a panel's k-block (at most
 //! `KC` lines) stays in L1 while every row block of a passes it, and the rows of a in use
 //! (at most `MC` of them) stay in L2.
+//!
+//! On the bf16 paths (`avx512bf16`, `amx-bf16`) a bf16 b is packed in pairs of k instead
+//! (`LinePair`: 16 columns × 2 k, 64 bytes, the "VNNI" layout that VDPBF16PS and TDPBF16PS read),
+//! its depth padded with zeros to a multiple of 32, and a is rounded to bf16 once per call
+//! (`stage_pairs`) and multiplied in bf16 with f32 accumulation: autocast's arithmetic. An f32 b
+//! keeps the exact f32 kernel on every path.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,7 +30,11 @@ use super::gemm::isa::{self, Isa};
 use super::gemm::{Data, MatRef};
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod generic;
 mod greedy;
 
@@ -39,6 +49,10 @@ const MC: usize = 288;
 const KC: usize = 256;
 /// Panels a row tile meets in turn: 256 columns, whose k-blocks (256 KiB) stay in L2.
 const GROUP: usize = 16;
+/// The depth of a pair-packed panel is padded to a multiple of this (one AMX tile's 32 k).
+const PAIR_K: usize = 32;
+/// Rows of a staged for the pair kernels are padded to a multiple of this (one AMX tile).
+const PAIR_ROWS: usize = 16;
 
 /// One line of a panel: the 16 columns' elements at one k.
 pub(crate) trait Line: Copy + Send + Sync + 'static + Load {
@@ -89,9 +103,17 @@ impl Line for LineBf16 {
     }
 }
 
+/// 16 bf16 columns at two consecutive k (2q, 2q + 1): element (column c, k 2q + t) is at 2c + t,
+/// so each 32-bit word is one column's pair, as VDPBF16PS and AMX's B tiles read them.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct LinePair([u16; 2 * NR]);
+
 enum Lines {
     F32(Vec<LineF32>),
     Bf16(Vec<LineBf16>),
+    /// k-pair lines; each panel holds `padded_k / 2` of them.
+    Pairs(Vec<LinePair>),
 }
 
 /// b [k × n] in the microkernel's layout: panel p holds columns 16p..16p+16 (zero past n), as k
@@ -100,6 +122,11 @@ pub struct PackedWeight {
     lines: Lines,
     n: usize,
     k: usize,
+}
+
+/// k rounded up to the pair layout's depth.
+fn padded_k(k: usize) -> usize {
+    k.div_ceil(PAIR_K).max(1) * PAIR_K
 }
 
 /// Whether `path` has kernels and this CPU can run them.
@@ -115,12 +142,18 @@ pub fn f32_fast() -> bool {
 }
 
 impl PackedWeight {
-    /// Packs b [k × n], read through its strides, in its own dtype.
+    /// Packs b [k × n], read through its strides, in its own dtype, for the selected path.
     pub fn pack(b: MatRef) -> Self {
+        Self::pack_on(isa::gemm_path(), b)
+    }
+
+    /// Packs b for `path`'s kernels: a bf16 b in k pairs on the bf16 paths, else in lines.
+    pub fn pack_on(path: Isa, b: MatRef) -> Self {
         b.check();
         let (k, n) = (b.rows, b.cols);
         let lines = match b.data {
             Data::F32(d) => Lines::F32(pack_lines(d, b)),
+            Data::Bf16(d) if path.bf16_products() => Lines::Pairs(pack_pairs(d, b)),
             Data::Bf16(d) => Lines::Bf16(pack_lines(d, b)),
         };
         Self { lines, n, k }
@@ -129,6 +162,11 @@ impl PackedWeight {
     /// Packs a weight of `n` output columns and `k` inputs stored [n, k] (`transposed` = false,
     /// HF `nn.Linear`) or [k, n] (true, GPT-2's `Conv1D`), so that y = x·packed is x·Wᵀ.
     pub fn new(w: Data, n: usize, k: usize, transposed: bool) -> Self {
+        Self::new_on(isa::gemm_path(), w, n, k, transposed)
+    }
+
+    /// `new`, packed for `path`'s kernels.
+    pub fn new_on(path: Isa, w: Data, n: usize, k: usize, transposed: bool) -> Self {
         assert_eq!(
             w.len(),
             n * k,
@@ -136,13 +174,16 @@ impl PackedWeight {
             w.len()
         );
         let (rs, cs) = if transposed { (n, 1) } else { (1, k) };
-        Self::pack(MatRef {
-            data: w,
-            rows: k,
-            cols: n,
-            rs,
-            cs,
-        })
+        Self::pack_on(
+            path,
+            MatRef {
+                data: w,
+                rows: k,
+                cols: n,
+                rs,
+                cs,
+            },
+        )
     }
 
     /// Bytes the packed panels take.
@@ -150,7 +191,33 @@ impl PackedWeight {
         match &self.lines {
             Lines::F32(l) => std::mem::size_of_val(&l[..]),
             Lines::Bf16(l) => std::mem::size_of_val(&l[..]),
+            Lines::Pairs(l) => std::mem::size_of_val(&l[..]),
         }
+    }
+
+    /// Whether `path` can run on this packing: pairs need a bf16 path, and a bf16 path packs
+    /// bf16 in pairs.
+    fn suits(&self, path: Isa) -> bool {
+        match self.lines {
+            Lines::F32(_) => true,
+            Lines::Bf16(_) => !path.bf16_products(),
+            Lines::Pairs(_) => path.bf16_products(),
+        }
+    }
+
+    /// Panics unless `path` runs on this CPU and on this packing.
+    fn check_path(&self, path: Isa) {
+        assert!(runnable(path), "gemm path {path} cannot run on this CPU");
+        assert!(
+            self.suits(path),
+            "gemm path {path} cannot run a weight packed for another path (PackedWeight::pack_on)"
+        );
+    }
+
+    /// x's rows as the kernels of this packing read them: f32 rows (in place or staged per row
+    /// block by `rows_f32`), or, for pairs, all of them rounded to bf16 once.
+    fn stage_all(&self, x: MatRef) -> Option<Vec<u16>> {
+        matches!(self.lines, Lines::Pairs(_)).then(|| stage_pairs(x))
     }
 
     /// y[m × n] += x[m × k] · b on the selected path, y row-major (holding the bias, or zeros).
@@ -160,16 +227,17 @@ impl PackedWeight {
 
     /// `matmul_acc` on a given path, which this CPU must be able to run.
     pub fn matmul_acc_on(&self, path: Isa, x: MatRef, y: &mut [f32]) {
-        assert!(runnable(path), "gemm path {path} cannot run on this CPU");
+        self.check_path(path);
         let (m, n) = (x.rows, self.n);
         x.check();
         assert!(x.cols == self.k && y.len() >= m * n, "matmul_acc: shapes");
+        let staged = self.stage_all(x);
         let y = SendPtr(y.as_mut_ptr());
         self.per_task(m, |panels| {
             let mut scratch = vec![];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
-                let a = rows_f32(x, i0..i1, &mut scratch);
+                let a = self.rows(x, staged.as_deref(), i0..i1, &mut scratch);
                 for p0 in panels.clone().step_by(GROUP) {
                     let group = p0..(p0 + GROUP).min(panels.end);
                     let out = y.get().wrapping_add(i0 * n + p0 * NR);
@@ -208,7 +276,7 @@ impl PackedWeight {
     unsafe fn panels_into(
         &self,
         path: Isa,
-        (a, lda): (*const f32, usize),
+        a: Rows,
         panels: Range<usize>,
         rows: usize,
         out: *mut f32,
@@ -216,6 +284,15 @@ impl PackedWeight {
     ) {
         let k = self.k;
         let cols = (self.n - panels.start * NR).min(panels.len() * NR);
+        let (a, lda) = match (a, &self.lines) {
+            (Rows::Bf16(a, lda), Lines::Pairs(l)) => {
+                let stride = padded_k(k) / 2;
+                let panel = (l[panels.start * stride..].as_ptr(), stride);
+                return pair_strip(path, (a, lda), panel, (stride, rows, cols), out, ldc);
+            }
+            (Rows::F32(a, lda), _) => (a, lda),
+            _ => unreachable!("rows staged for another packing"),
+        };
         // k-blocks keep a panel's lines in L1 for the rows after the first; a single row reuses
         // nothing, and reads each panel straight through instead.
         let kc = match rows {
@@ -230,9 +307,169 @@ impl PackedWeight {
             match &self.lines {
                 Lines::F32(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
                 Lines::Bf16(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
+                Lines::Pairs(_) => unreachable!(),
             }
         }
     }
+
+    /// Rows i0..i1 of x as `panels_into` takes them: from the pair staging when there is one.
+    fn rows(
+        &self,
+        x: MatRef,
+        staged: Option<&[u16]>,
+        rows: Range<usize>,
+        scratch: &mut Vec<f32>,
+    ) -> Rows {
+        match staged {
+            Some(s) => {
+                let ld = padded_k(self.k);
+                Rows::Bf16(s[rows.start * ld..].as_ptr(), ld)
+            }
+            None => {
+                let (a, lda) = rows_f32(x, rows, scratch);
+                Rows::F32(a, lda)
+            }
+        }
+    }
+}
+
+/// Rows of a as a kernel reads them: (pointer, row stride in elements).
+#[derive(Clone, Copy)]
+enum Rows {
+    F32(*const f32, usize),
+    /// bf16 bits, `padded_k` wide and zero past k, the rows padded to a multiple of 16.
+    Bf16(*const u16, usize),
+}
+
+/// b's panels in k pairs (`LinePair`), padded with zero lines to `padded_k / 2` per panel,
+/// each panel filled by one rayon task, reading b along its shorter stride.
+fn pack_pairs(d: &[bf16], b: MatRef) -> Vec<LinePair> {
+    let (k, n) = (b.rows, b.cols);
+    let per_panel = padded_k(k) / 2;
+    let mut lines = vec![LinePair([0; 2 * NR]); n.div_ceil(NR) * per_panel];
+    lines
+        .par_chunks_mut(per_panel)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            let cols = p * NR..((p + 1) * NR).min(n);
+            let panel = &mut panel[..k.div_ceil(2)];
+            if b.rs <= b.cs {
+                // Down a column: b's k run is contiguous (a weight stored [n, k]).
+                for (c, j) in cols.enumerate() {
+                    let column = &d[j * b.cs..];
+                    for (q, line) in panel.iter_mut().enumerate() {
+                        line.0[2 * c] = column[2 * q * b.rs].to_bits();
+                        if 2 * q + 1 < k {
+                            line.0[2 * c + 1] = column[(2 * q + 1) * b.rs].to_bits();
+                        }
+                    }
+                }
+            } else {
+                // Along a row: b's 16 columns at one k are contiguous.
+                for q in 0..k {
+                    let row = &d[q * b.rs..];
+                    let line = &mut panel[q / 2].0;
+                    for (c, j) in cols.clone().enumerate() {
+                        line[2 * c + q % 2] = row[j * b.cs].to_bits();
+                    }
+                }
+            }
+        });
+    lines
+}
+
+/// x rounded to bf16 (round to nearest even), row-major, `padded_k(k)` wide, zero in the padding
+/// columns and in the rows added to make a multiple of 16; blocks of 16 rows in parallel, each
+/// read along x's shorter stride.
+fn stage_pairs(x: MatRef) -> Vec<u16> {
+    let (m, k) = (x.rows, x.cols);
+    let ld = padded_k(k);
+    let mut out = vec![0u16; m.div_ceil(PAIR_ROWS).max(1) * PAIR_ROWS * ld];
+    out.par_chunks_mut(PAIR_ROWS * ld)
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let r0 = blk * PAIR_ROWS;
+            let rows = m.saturating_sub(r0).min(PAIR_ROWS);
+            let at = |i: usize, q: usize| (r0 + i) * x.rs + q * x.cs;
+            match x.data {
+                Data::F32(d) if x.cs == 1 => {
+                    for (i, o) in out.chunks_mut(ld).take(rows).enumerate() {
+                        round_to_bf16(&d[at(i, 0)..at(i, 0) + k], &mut o[..k]);
+                    }
+                }
+                Data::F32(d) => transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| {
+                    bf16::from_f32(d[at(i, q)]).to_bits()
+                }),
+                Data::Bf16(d) => {
+                    transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| d[at(i, q)].to_bits())
+                }
+            }
+        });
+    out
+}
+
+/// out[i·ld + q] = f(i, q) for i < rows, q < k: rows inner when `rows_inner` (x's row stride is
+/// the shorter), else along each row.
+fn transpose_into(
+    out: &mut [u16],
+    ld: usize,
+    rows: usize,
+    k: usize,
+    rows_inner: bool,
+    f: impl Fn(usize, usize) -> u16,
+) {
+    if rows_inner {
+        for q in 0..k {
+            for i in 0..rows {
+                out[i * ld + q] = f(i, q);
+            }
+        }
+    } else {
+        for i in 0..rows {
+            for (q, o) in out[i * ld..i * ld + k].iter_mut().enumerate() {
+                *o = f(i, q);
+            }
+        }
+    }
+}
+
+/// f32 → bf16 bits, round to nearest even (as `half` and VCVTNEPS2BF16 round), vectorised
+/// where the CPU has AVX-512-BF16.
+fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa::features().has("avx512_bf16") {
+        // SAFETY: the instructions were just detected.
+        return unsafe { avx512bf16::round(src, dst) };
+    }
+    for (o, &v) in dst.iter_mut().zip(src) {
+        *o = bf16::from_f32(v).to_bits();
+    }
+}
+
+/// out[rows × cols] += a · panels on a pair path: AMX tiles where there are at least 16 rows,
+/// VDPBF16PS otherwise.
+///
+/// # Safety
+/// `runnable(path)` and `path.bf16_products()`; a as `Rows::Bf16` (rows padded to 16); `panels` the
+/// first panel and the stride between panels in lines, each `kpairs` lines; out as in
+/// `panels_into`.
+unsafe fn pair_strip(
+    path: Isa,
+    a: (*const u16, usize),
+    panels: (*const LinePair, usize),
+    (kpairs, rows, cols): (usize, usize, usize),
+    out: *mut f32,
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    match path {
+        Isa::AmxBf16 if rows >= amx::MIN_ROWS => {
+            amx::strip(a, panels, kpairs, out, ldc, rows, cols)
+        }
+        _ => avx512bf16::strip(a, panels, kpairs, out, ldc, rows, cols),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no pair path on {path}")
 }
 
 /// The lines of b's panels, each panel filled by one rayon task.
@@ -317,8 +554,11 @@ unsafe fn strip<L: Line>(
 ) {
     let panel = (panels.as_ptr(), stride);
     match path {
+        // The bf16 paths run f32 products on the AVX2 kernel (their CPUs all have AVX2).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::strip(a, lda, panel, kc, out, ldc, rows, cols),
+        Isa::Avx2 | Isa::Avx512Bf16 | Isa::AmxBf16 => {
+            avx2::strip(a, lda, panel, kc, out, ldc, rows, cols)
+        }
         _ => generic::strip(a, lda, panel, kc, out, ldc, rows, cols),
     }
 }

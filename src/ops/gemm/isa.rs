@@ -59,11 +59,16 @@ impl Isa {
         }
     }
 
-    /// Whether dlm has kernels for this path yet. The AVX-512 and AMX slots are detected and
-    /// reported, but their GEMMs are not written: they need a CPU with those units to be tested
-    /// on (see `crate::ops::gemm` for what goes there). Until then those CPUs run the AVX2 path.
+    /// Whether this path multiplies a bf16 b in bf16: b packed in k pairs, a rounded to bf16
+    /// (autocast's arithmetic), instead of widening both to f32.
+    pub fn bf16_products(self) -> bool {
+        matches!(self, Isa::Avx512Bf16 | Isa::AmxBf16)
+    }
+
+    /// Whether dlm has kernels for this path. `avx512` (AVX-512 without BF16: Skylake-X, Ice
+    /// Lake) is detected and reported but has none of its own: those CPUs run the AVX2 path.
     pub fn has_kernels(self) -> bool {
-        matches!(self, Isa::Generic | Isa::Avx2)
+        !matches!(self, Isa::Avx512)
     }
 }
 
@@ -266,7 +271,8 @@ mod tests {
         assert_eq!(Isa::parse("AVX512_BF16"), Some(Isa::Avx512Bf16));
         assert_eq!(Isa::parse("amx_bf16"), Some(Isa::AmxBf16));
         assert!(Isa::Generic < Isa::Avx2 && Isa::Avx512Bf16 < Isa::AmxBf16);
-        assert_eq!(highest_kernel_at_or_below(Isa::AmxBf16), Isa::Avx2);
+        assert_eq!(highest_kernel_at_or_below(Isa::AmxBf16), Isa::AmxBf16);
+        assert_eq!(highest_kernel_at_or_below(Isa::Avx512), Isa::Avx2);
         assert_eq!(highest_kernel_at_or_below(Isa::Generic), Isa::Generic);
     }
 

@@ -10,16 +10,17 @@
 //!   input gradient    dx = dy·W      a = dy,   b = W
 //!   weight gradient   dW = dyᵀ·x     a = dyᵀ,  b = x     (GPT-2's Conv1D: dW = xᵀ·dy)
 //!
-//! Paths written: `generic` (portable Rust) and `avx2` (AVX2 + FMA; bf16 panels widened in
-//! registers by a 16-bit shift). Slots detected and reported but without kernels yet, so their
-//! CPUs run `avx2`:
-//! - `avx512`: the same microkernel with 16-lane vectors and a 14 × 32 tile.
-//! - `avx512bf16`: VDPBF16PS over bf16 pairs of k (panels interleaved two k per lane, a staged
-//!   in bf16), f32 accumulators.
-//! - `amx-bf16`: TDPBF16PS on 16 × 32 bf16 tiles (a staged into tiles, b's panels in AMX's
-//!   VNNI layout), after isa.rs's ARCH_REQ_XCOMP_PERM.
+//! Paths:
+//! - `generic` (portable Rust) and `avx2` (AVX2 + FMA; bf16 panels widened in registers by a
+//!   16-bit shift): exact products of the operands as stored, f32 accumulation.
+//! - `avx512bf16`: a bf16 b is packed in k pairs and a rounded to bf16 once per call; VDPBF16PS
+//!   multiplies the pairs, accumulating in f32 (packed_linear/avx512bf16.rs).
+//! - `amx-bf16`: the same packing and rounding; TDPBF16PS on 16 × 32 tiles of a against 32 × 16
+//!   tiles of b for 16 rows or more, after isa.rs's ARCH_REQ_XCOMP_PERM (packed_linear/amx.rs).
 //!
-//! Each needs a CPU with the unit to be tested on, against tests/gemm_paths.rs.
+//! On the two bf16 paths an f32 b keeps the exact AVX2 kernel, so an f32 model's numbers never
+//! depend on the CPU beyond summation order. `avx512` (no BF16) is detected but has no kernels
+//! of its own. Every path is tested against tests/gemm_paths.rs where the CPU has it.
 
 pub mod isa;
 pub mod peak;
@@ -102,7 +103,7 @@ impl<'a> MatRef<'a> {
 /// c[m×n] += a[m×k]·b[k×n] on `path`, c row-major: b packed here, in its own dtype.
 pub fn matmul_acc_on(path: Isa, a: MatRef, b: MatRef, c: &mut [f32]) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
-    PackedWeight::pack(b).matmul_acc_on(path, a, c);
+    PackedWeight::pack_on(path, b).matmul_acc_on(path, a, c);
 }
 
 /// `matmul_acc_on` the selected path.
@@ -128,7 +129,9 @@ pub fn runnable_paths() -> (Vec<Isa>, Vec<String>) {
                 lacks.join(", ")
             ));
         } else if !path.has_kernels() {
-            skipped.push(format!("gemm path {path}: skipped (no kernel written yet)"));
+            skipped.push(format!(
+                "gemm path {path}: skipped (no kernels of its own; its CPUs run avx2)"
+            ));
         } else {
             run.push(path);
         }
@@ -136,12 +139,21 @@ pub fn runnable_paths() -> (Vec<Isa>, Vec<String>) {
     (run, skipped)
 }
 
+/// What a bf16 product runs on `path`, and how: exact in f32, or rounded to bf16 pairs.
+fn bf16_path(path: Isa) -> String {
+    match path {
+        Isa::AmxBf16 => "amx-bf16 (a rounded to bf16; AVX-512-BF16 below 16 rows)".into(),
+        Isa::Avx512Bf16 => "avx512bf16 (a rounded to bf16)".into(),
+        p => format!("{p} (bf16 widened to f32)"),
+    }
+}
+
 /// Which path each CPU kernel family runs now: (kernel, path), for `dlm info --system` and the
 /// bench headers.
 pub fn kernel_paths() -> Vec<(&'static str, String)> {
     let path = isa::gemm_path();
     let f32_linear = if path >= Isa::Avx2 {
-        path.name().to_string()
+        "avx2".to_string()
     } else {
         "candle (gemm crate, its own dispatch)".into()
     };
@@ -154,12 +166,9 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         ("linear, f32 weights, inference (packed)", f32_linear),
         (
             "linear, bf16 weights, inference (packed bf16)",
-            path.to_string(),
+            bf16_path(path),
         ),
-        (
-            "linear, bf16 training (x·Wᵀ, dy·W, dyᵀ·x)",
-            path.to_string(),
-        ),
+        ("linear, bf16 training (x·Wᵀ, dy·W, dyᵀ·x)", bf16_path(path)),
         (
             "linear, kept-quantised (Q8_0, Q4_0, Q4_1, Q4_K)",
             super::quant::QuantKernel::selected().name().to_string(),
