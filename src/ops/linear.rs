@@ -70,6 +70,9 @@ pub struct Linear {
     /// The packed copy is the only copy (`release_for_inference`): `weight` is a placeholder
     /// of the right shape, and a forward that would read it is an error.
     released: bool,
+    /// Mixed-precision training (`compute_in_bf16`): the products take bf16 operands, the
+    /// weight (an f32 master) rounded to bf16 on each forward.
+    bf16_products: bool,
 }
 
 impl std::fmt::Debug for Linear {
@@ -81,6 +84,7 @@ impl std::fmt::Debug for Linear {
             .field("packed", &self.packed.get().is_some())
             .field("quant", &self.quant.as_ref().map(|q| q.ty))
             .field("released", &self.released)
+            .field("bf16_products", &self.bf16_products)
             .finish()
     }
 }
@@ -94,7 +98,15 @@ impl Linear {
             packed: PackedCache::default(),
             quant: None,
             released: false,
+            bf16_products: false,
         }
+    }
+
+    /// Mixed precision, as autocast runs a linear layer: the products in bf16 operands with f32
+    /// accumulation, the weight staying what it is (the f32 master weight a training step
+    /// updates) and x, y and the gradients in their own dtypes.
+    pub fn compute_in_bf16(&mut self) {
+        self.bf16_products = true;
     }
 
     /// A zero placeholder of `shape` that holds one element of memory.
@@ -146,6 +158,14 @@ impl Linear {
         if self.released {
             self.check_released_input(x)?;
             return self.forward_packed(x);
+        }
+        if self.bf16_products {
+            let mut ts = vec![x, &self.weight];
+            ts.extend(self.bias.as_ref());
+            return match linear_bf16::fusable_mixed(&ts) {
+                true => linear_bf16::apply(self.layout, &ts),
+                false => self.forward_composed(x),
+            };
         }
         if self.packable(x)
             && (x.dtype() == DType::BF16 || self.output_elems(x) <= PACKED_MAX_OUTPUT)
@@ -282,12 +302,16 @@ impl Linear {
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows = x.elem_count() / d_in.max(1);
-        // Mixed precision (a bf16 weight, f32 activations): the product in the weight's dtype,
-        // as autocast runs it, and the result back in x's.
-        let x2 = x.reshape((rows, d_in))?.to_dtype(self.weight.dtype())?;
+        // Mixed precision (a bf16 weight or bf16 products, f32 activations): the product in
+        // bf16, as autocast runs it, and the result back in x's dtype.
+        let w = match self.bf16_products {
+            true => self.weight.to_dtype(DType::BF16)?,
+            false => self.weight.clone(),
+        };
+        let x2 = x.reshape((rows, d_in))?.to_dtype(w.dtype())?;
         let y = match self.layout {
-            WeightLayout::OutIn => x2.matmul(&self.weight.t()?)?,
-            WeightLayout::InOut => x2.matmul(&self.weight)?,
+            WeightLayout::OutIn => x2.matmul(&w.t()?)?,
+            WeightLayout::InOut => x2.matmul(&w)?,
         }
         .to_dtype(x.dtype())?;
         let y = match &self.bias {

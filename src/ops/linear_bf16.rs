@@ -6,7 +6,11 @@
 //! Training: y = x·Wᵀ (+ b) as one autograd node, like linear_fused.rs for f32.
 //!   forward   y = x·Wᵀ (HF [out, in]) or x·W (Conv1D [in, out]), plus b     saved: nothing
 //!   backward  dx = dy·W(ᵀ),  dW = dyᵀ·x or xᵀ·dy (in W's own layout),  db = Σ_rows dy
-//! each product accumulated in f32 and rounded to bf16 once.
+//! each product in bf16 operands (`gemm::matmul_acc_bf16`) accumulated in f32, and each result
+//! in its input's dtype. Mixed-precision training hands the op the f32 master weight itself
+//! (`apply_mixed`): it is rounded to bf16 as it is packed, and dW comes back f32, straight onto
+//! the variable (a bf16 cast node in the graph would make candle sum every matrix's gradient in
+//! bf16 and then widen it: two passes over all the weights, a sixth of a GPT-2 step).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -57,13 +61,13 @@ pub fn to_bf16(y: &[f32]) -> Vec<bf16> {
 }
 
 /// W read in place as the [in, out] matrix of y = x·W.
-fn weight_in_out(w: &[bf16], layout: WeightLayout, d_in: usize, d_out: usize) -> MatRef<'_> {
+fn weight_in_out(w: Data<'_>, layout: WeightLayout, d_in: usize, d_out: usize) -> MatRef<'_> {
     let (rs, cs) = match layout {
         WeightLayout::InOut => (d_out, 1),
         WeightLayout::OutIn => (1, d_in),
     };
     MatRef {
-        data: Data::Bf16(w),
+        data: w,
         rows: d_in,
         cols: d_out,
         rs,
@@ -71,7 +75,14 @@ fn weight_in_out(w: &[bf16], layout: WeightLayout, d_in: usize, d_out: usize) ->
     }
 }
 
-/// Applies the bf16 linear to (x, W) or (x, W, b) as one autograd node.
+/// Mixed precision: an f32 or bf16 CPU weight with x and the bias f32 or bf16, products in bf16.
+pub fn fusable_mixed(ts: &[&Tensor]) -> bool {
+    let float = |t: &&Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
+    ts.len() >= 2 && ts.iter().all(|t| t.device().is_cpu() && float(t))
+}
+
+/// Applies the bf16 linear to (x, W) or (x, W, b) as one autograd node; W may be f32 (the
+/// master weight of mixed-precision training), which is rounded to bf16 for the products.
 pub fn apply(layout: WeightLayout, ts: &[&Tensor]) -> Result<Tensor> {
     let op = FusedLinearBf16 { layout };
     match ts {
@@ -92,7 +103,7 @@ type Input<'a> = (&'a CpuStorage, &'a Layout);
 impl FusedLinearBf16 {
     fn forward(&self, x: Input, w: Input, b: Option<Input>) -> Result<(CpuStorage, Shape)> {
         let (xd, xs) = (data(x)?, x.1.shape());
-        let (wd, ws) = (cpu::slice::<bf16>(w.0, w.1)?, w.1.shape());
+        let (wd, ws) = (data(w)?, w.1.shape());
         let bd = b.map(values_f32).transpose()?;
         let (d_in, d_out) = self.layout.in_out(ws)?;
         if xs.dims().last() != Some(&d_in) || bd.as_ref().is_some_and(|b| b.len() != d_out) {
@@ -106,7 +117,7 @@ impl FusedLinearBf16 {
             Some(b) => b.repeat(rows),
             None => vec![0f32; rows * d_out],
         };
-        gemm::matmul_acc(
+        gemm::matmul_acc_bf16(
             MatRef::row_major(xd, rows, d_in),
             weight_in_out(wd, self.layout, d_in, d_out),
             &mut y,
@@ -132,15 +143,15 @@ impl FusedLinearBf16 {
         let mut dx = vec![0f32; rows * d_in];
         let mut dw = vec![0f32; d_in * d_out];
         with_matrix(x, rows, d_in, |x| {
-            cpu::with_slice::<bf16, _>(w, |wd| {
+            with_matrix(w, d_in * d_out, 1, |wd| {
                 with_matrix(&dy, rows, d_out, |dy| {
                     // dx = dy·Wᵀ, with W read as [in, out] and transposed by strides.
-                    let w_t = weight_in_out(wd, self.layout, d_in, d_out).t();
-                    gemm::matmul_acc(dy, w_t, &mut dx);
+                    let w_t = weight_in_out(wd.data, self.layout, d_in, d_out).t();
+                    gemm::matmul_acc_bf16(dy, w_t, &mut dx);
                     // dW in W's stored layout: dyᵀ·x ([out, in]) or xᵀ·dy ([in, out]).
                     match self.layout {
-                        WeightLayout::OutIn => gemm::matmul_acc(dy.t(), x, &mut dw),
-                        WeightLayout::InOut => gemm::matmul_acc(x.t(), dy, &mut dw),
+                        WeightLayout::OutIn => gemm::matmul_acc_bf16(dy.t(), x, &mut dw),
+                        WeightLayout::InOut => gemm::matmul_acc_bf16(x.t(), dy, &mut dw),
                     }
                     Ok(())
                 })
@@ -151,7 +162,10 @@ impl FusedLinearBf16 {
             DType::BF16 => Tensor::from_vec(to_bf16(&dx), x.shape(), dev)?,
             _ => Tensor::from_vec(dx, x.shape(), dev)?,
         };
-        let dw = Tensor::from_vec(to_bf16(&dw), w.shape(), dev)?;
+        let dw = match w.dtype() {
+            DType::BF16 => Tensor::from_vec(to_bf16(&dw), w.shape(), dev)?,
+            _ => Tensor::from_vec(dw, w.shape(), dev)?,
+        };
         let db = match b {
             Some(b) => {
                 let mut sums = vec![0f32; d_out];

@@ -152,11 +152,30 @@ impl PackedWeight {
         b.check();
         let (k, n) = (b.rows, b.cols);
         let lines = match b.data {
-            Data::F32(d) => Lines::F32(pack_lines(d, b)),
-            Data::Bf16(d) if path.bf16_products() => Lines::Pairs(pack_pairs(d, b)),
-            Data::Bf16(d) => Lines::Bf16(pack_lines(d, b)),
+            Data::F32(d) => Lines::F32(pack_lines(d, b, |v| v)),
+            Data::Bf16(d) if path.bf16_products() => Lines::Pairs(pack_pairs(d, b, bf16::to_bits)),
+            Data::Bf16(d) => Lines::Bf16(pack_lines(d, b, |v| v)),
         };
         Self { lines, n, k }
+    }
+
+    /// Packs b rounded to bf16 (round to nearest even) whatever its dtype, for a product in
+    /// bf16 operands (mixed-precision training): in k pairs on the bf16 paths, else in bf16 lines.
+    pub fn pack_rounded_on(path: Isa, b: MatRef) -> Self {
+        let Data::F32(d) = b.data else {
+            return Self::pack_on(path, b);
+        };
+        b.check();
+        let round = |v: f32| bf16::from_f32(v);
+        let lines = match path.bf16_products() {
+            true => Lines::Pairs(pack_pairs(d, b, |v| round(v).to_bits())),
+            false => Lines::Bf16(pack_lines(d, b, round)),
+        };
+        Self {
+            lines,
+            n: b.cols,
+            k: b.rows,
+        }
     }
 
     /// Packs a weight of `n` output columns and `k` inputs stored [n, k] (`transposed` = false,
@@ -343,7 +362,7 @@ enum Rows {
 
 /// b's panels in k pairs (`LinePair`), padded with zero lines to `padded_k / 2` per panel,
 /// each panel filled by one rayon task, reading b along its shorter stride.
-fn pack_pairs(d: &[bf16], b: MatRef) -> Vec<LinePair> {
+fn pack_pairs<T: Copy + Sync>(d: &[T], b: MatRef, bits: impl Fn(T) -> u16 + Sync) -> Vec<LinePair> {
     let (k, n) = (b.rows, b.cols);
     let per_panel = padded_k(k) / 2;
     let mut lines = vec![LinePair([0; 2 * NR]); n.div_ceil(NR) * per_panel];
@@ -358,9 +377,9 @@ fn pack_pairs(d: &[bf16], b: MatRef) -> Vec<LinePair> {
                 for (c, j) in cols.enumerate() {
                     let column = &d[j * b.cs..];
                     for (q, line) in panel.iter_mut().enumerate() {
-                        line.0[2 * c] = column[2 * q * b.rs].to_bits();
+                        line.0[2 * c] = bits(column[2 * q * b.rs]);
                         if 2 * q + 1 < k {
-                            line.0[2 * c + 1] = column[(2 * q + 1) * b.rs].to_bits();
+                            line.0[2 * c + 1] = bits(column[(2 * q + 1) * b.rs]);
                         }
                     }
                 }
@@ -370,7 +389,7 @@ fn pack_pairs(d: &[bf16], b: MatRef) -> Vec<LinePair> {
                     let row = &d[q * b.rs..];
                     let line = &mut panel[q / 2].0;
                     for (c, j) in cols.clone().enumerate() {
-                        line[2 * c + q % 2] = row[j * b.cs].to_bits();
+                        line[2 * c + q % 2] = bits(row[j * b.cs]);
                     }
                 }
             }
@@ -472,8 +491,13 @@ unsafe fn pair_strip(
     unreachable!("no pair path on {path}")
 }
 
-/// The lines of b's panels, each panel filled by one rayon task.
-fn pack_lines<L: Line>(d: &[L::Elem], b: MatRef) -> Vec<L> {
+/// The lines of b's panels (each element converted by `elem`), each panel filled by one rayon
+/// task.
+fn pack_lines<T: Copy + Sync, L: Line>(
+    d: &[T],
+    b: MatRef,
+    elem: impl Fn(T) -> L::Elem + Sync,
+) -> Vec<L> {
     let (k, n) = (b.rows, b.cols);
     let mut lines = vec![L::ZERO; n.div_ceil(NR) * k];
     lines
@@ -483,7 +507,7 @@ fn pack_lines<L: Line>(d: &[L::Elem], b: MatRef) -> Vec<L> {
             let cols = p * NR..((p + 1) * NR).min(n);
             for (q, line) in panel.iter_mut().enumerate() {
                 for (c, j) in cols.clone().enumerate() {
-                    line.set(c, d[q * b.rs + j * b.cs]);
+                    line.set(c, elem(d[q * b.rs + j * b.cs]));
                 }
             }
         });

@@ -2,12 +2,12 @@
 //! is built over those same tensors, so gradients land on the names checkpoints use.
 //!
 //! Mixed precision (`Precision::Bf16`), as PyTorch's autocast: the variables (master weights)
-//! stay f32, and the model is built over one bf16 cast of each linear layer's matrix; embedding
-//! tables, norms and biases are read as f32, so activations, norms, attention and the loss stay
-//! f32 and only the products run on bf16 operands (the bf16 linear, linear_bf16.rs). The cast is a
-//! graph node, so backward accumulates each matrix's gradient in bf16 and widens it to f32 on the
-//! variable; all-reduce, clipping and AdamW then see f32 gradients, and checkpoints hold the f32
-//! masters.
+//! stay f32 and the model reads them; every linear layer computes its products in bf16 operands
+//! (`Linear::compute_in_bf16`: the weight rounded to bf16 as the product packs it, linear_bf16.rs)
+//! with f32 accumulation, while embedding lookups, norms, biases, attention and the loss stay
+//! f32. A linear's weight gradient comes back f32, onto the variable; all-reduce, clipping and
+//! AdamW see f32 gradients, and checkpoints hold the f32 masters. As under autocast, a tied LM
+//! head multiplies in bf16 too, while the same table's lookups read f32.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -53,14 +53,6 @@ impl FromStr for Precision {
             )),
         }
     }
-}
-
-/// Whether a parameter is a linear layer's matrix, which mixed precision casts: two dimensions,
-/// and not an embedding table (token or position) that rows are looked up in. A tied LM head is
-/// the token table, so it stays f32 too.
-fn is_product_matrix(name: &str, t: &Tensor) -> bool {
-    const TABLES: [&str; 3] = ["wte.weight", "wpe.weight", "embed_tokens.weight"];
-    t.rank() == 2 && !TABLES.iter().any(|table| name.ends_with(table))
 }
 
 pub struct TrainableModel {
@@ -161,17 +153,17 @@ impl TrainableModel {
         Ok(model)
     }
 
-    /// Computes in `precision` from now on (the model is rebuilt over casts of the variables).
+    /// Computes in `precision` from now on (the model is rebuilt, its linears set to it).
     pub fn set_precision(&mut self, precision: Precision, source: &std::path::Path) -> Result<()> {
         self.precision = precision;
         self.build_model(source)
     }
 
     /// Rebuilds the model from the current variables where it does not read them directly: with
-    /// LoRA over W + (α/r)·B·A, in bf16 over casts of the weights (each a copy, made stale by an
-    /// update). Call after every update; in plain f32 the model already reads the variables.
+    /// LoRA over W + (α/r)·B·A (a copy, made stale by an update). Call after every update;
+    /// without LoRA the model already reads the variables, in either precision.
     pub fn rebuild(&mut self, source: &std::path::Path) -> Result<()> {
-        if self.adapter.is_none() && self.precision == Precision::F32 {
+        if self.adapter.is_none() {
             return Ok(());
         }
         self.build_model(source)
@@ -187,24 +179,16 @@ impl TrainableModel {
                 .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
                 .collect(),
         };
-        let dtype = self.precision.dtype();
-        // One cast per matrix here, so a cast is shared by all its uses. The cast of an f32
-        // tensor to f32 is the tensor itself.
-        let cast = effective
-            .into_iter()
-            .map(|(k, t)| {
-                let t = match is_product_matrix(&k, &t) {
-                    true => t.to_dtype(dtype)?,
-                    false => t,
-                };
-                Ok((k, t))
-            })
-            .collect::<Result<_>>()?;
-        let view = Weights::new(cast, source);
+        let view = Weights::new(effective, source);
         let device = self.vars.values().next().map(|v| v.device().clone());
         let device = device.unwrap_or(Device::Cpu);
         self.model = build(&self.config, view.var_builder_as_stored(&device))
             .map_err(|e| Error::checkpoint(source, e))?;
+        if self.precision == Precision::Bf16 {
+            for linear in self.model.linears_mut() {
+                linear.compute_in_bf16();
+            }
+        }
         Ok(())
     }
 

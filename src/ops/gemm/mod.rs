@@ -106,6 +106,19 @@ pub fn matmul_acc_on(path: Isa, a: MatRef, b: MatRef, c: &mut [f32]) {
     PackedWeight::pack_on(path, b).matmul_acc_on(path, a, c);
 }
 
+/// c[m×n] += a[m×k]·b[k×n] in bf16 operands on `path`: b rounded to bf16 as it is packed
+/// (whatever its dtype), a rounded too on the bf16 paths; f32 accumulation. Mixed-precision
+/// training's products, as autocast computes them.
+pub fn matmul_acc_bf16_on(path: Isa, a: MatRef, b: MatRef, c: &mut [f32]) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    PackedWeight::pack_rounded_on(path, b).matmul_acc_on(path, a, c);
+}
+
+/// `matmul_acc_bf16_on` the selected path.
+pub fn matmul_acc_bf16(a: MatRef, b: MatRef, c: &mut [f32]) {
+    matmul_acc_bf16_on(isa::gemm_path(), a, b, c)
+}
+
 /// `matmul_acc_on` the selected path.
 pub fn matmul_acc(a: MatRef, b: MatRef, c: &mut [f32]) {
     matmul_acc_on(isa::gemm_path(), a, b, c)
