@@ -128,7 +128,7 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
                 |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform_f32() - 0.5).collect() };
             let (x, w, dy) = (values(m * k), values(n * k), values(m * n));
             let round = |v: &[f32]| v.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
-            let (x16, w16, dy16) = (round(&x), round(&w), round(&dy));
+            let w16 = round(&w);
             let xt = Tensor::from_slice(&x, (m, k), &dev)?;
             let wt = Tensor::from_slice(&w, (n, k), &dev)?;
             let baseline = best_of(a.iters, || {
@@ -161,8 +161,6 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
                 })?,
             );
             let xm = MatRef::row_major(Data::F32(&x), m, k);
-            let x16m = MatRef::row_major(Data::Bf16(&x16), m, k);
-            let dym = MatRef::row_major(Data::Bf16(&dy16), m, n);
             // W [n, k] read as the [k, n] matrix of y = x·W.
             let w_b = |d| MatRef::row_major(d, n, k).t();
             let mut y = vec![0f32; m * n];
@@ -181,28 +179,31 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
                 timed("packed f32 W, f32 x (inference)", &mut |y| {
                     packed.matmul_acc_on(path, xm, y)
                 })?;
-                timed("packed bf16 W, bf16 x (inference)", &mut |y| {
-                    packed16.matmul_acc_on(path, x16m, y)
+                // A bf16 model's inference: f32 activations (`widen_activations`).
+                timed("packed bf16 W, f32 x (inference)", &mut |y| {
+                    packed16.matmul_acc_on(path, xm, y)
                 })?;
-                timed("bf16 train y = x·Wᵀ (packs W)", &mut |y| {
-                    gemm::matmul_acc_on(path, x16m, w_b(Data::Bf16(&w16)), y)
+                // Mixed-precision training's products: f32 operands, rounded to bf16 as
+                // they are packed and staged.
+                let dyf = MatRef::row_major(Data::F32(&dy), m, n);
+                timed("bf16 train y = x·Wᵀ (f32 W packed)", &mut |y| {
+                    gemm::matmul_acc_bf16_on(path, xm, w_b(Data::F32(&w)), y)
                 })?;
                 let mut dx = vec![0f32; m * k];
-                timed("bf16 train dx = dy·W (packs W)", &mut |_| {
+                timed("bf16 train dx = dy·W (f32 W packed)", &mut |_| {
                     dx.fill(0.0);
-                    gemm::matmul_acc_on(path, dym, w_b(Data::Bf16(&w16)).t(), &mut dx)
+                    gemm::matmul_acc_bf16_on(path, dyf, w_b(Data::F32(&w)).t(), &mut dx)
                 })?;
                 let mut dw = vec![0f32; n * k];
-                timed("bf16 train dW = dyᵀ·x (packs x)", &mut |_| {
+                timed("bf16 train dW = dyᵀ·x (f32 x packed)", &mut |_| {
                     dw.fill(0.0);
-                    gemm::matmul_acc_on(path, dym.t(), x16m, &mut dw)
+                    gemm::matmul_acc_bf16_on(path, dyf.t(), xm, &mut dw)
                 })?;
                 // One decoded token (M = 1), rated as the quantised rows are: scaled to M rows.
                 let x1 = MatRef::row_major(Data::F32(&x[..k]), 1, k);
-                let x16_1 = MatRef::row_major(Data::Bf16(&x16[..k]), 1, k);
                 for (what, packed, x1) in [
                     ("packed f32 W, f32 x, M = 1", &packed, x1),
-                    ("packed bf16 W, bf16 x, M = 1", &packed16, x16_1),
+                    ("packed bf16 W, f32 x, M = 1", &packed16, x1),
                 ] {
                     let secs = best_of(a.iters, || {
                         y[..n].fill(0.0);

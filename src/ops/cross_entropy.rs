@@ -141,7 +141,9 @@ mod tests {
         let t = Tensor::new(&[0u32, 999, 5, 5, 123, 456, 789], &dev)?;
         let fused = cross_entropy(&x, &t)?;
         let composed = cross_entropy_composed(&x, &t)?;
-        let tol = Tolerance::new(1e-5, 1e-6);
+        // Gradients are softmax − one-hot times a randn upstream, up to a few units: 1e-6 was a
+        // handful of f32 ulps there and failed about one run in ten (1.19e-6 seen); 4e-6 is ~30.
+        let tol = Tolerance::new(1e-5, 4e-6);
         assert_fused_matches("cross-entropy", &[&x], &fused, &composed, tol)?;
         assert!(cross_entropy(
             x.as_tensor(),

@@ -152,12 +152,12 @@ pub fn runnable_paths() -> (Vec<Isa>, Vec<String>) {
     (run, skipped)
 }
 
-/// What a bf16 product runs on `path`, and how: exact in f32, or rounded to bf16 pairs.
+/// What a bf16 product runs on `path`: the path, and on the bf16 paths how.
 fn bf16_path(path: Isa) -> String {
     match path {
-        Isa::AmxBf16 => "amx-bf16 (a rounded to bf16; AVX-512-BF16 below 16 rows)".into(),
-        Isa::Avx512Bf16 => "avx512bf16 (a rounded to bf16)".into(),
-        p => format!("{p} (bf16 widened to f32)"),
+        Isa::AmxBf16 => "amx-bf16 (x rounded to bf16; avx512bf16 below 16 rows)".into(),
+        Isa::Avx512Bf16 => "avx512bf16 (x rounded to bf16)".into(),
+        p => p.to_string(),
     }
 }
 
