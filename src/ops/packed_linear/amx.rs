@@ -59,7 +59,7 @@ pub unsafe fn strip(
     rows: usize,
     cols: usize,
 ) {
-    debug_assert!(kpairs % TR == 0);
+    debug_assert!(kpairs.is_multiple_of(TR));
     asm!("ldtilecfg [{0}]", in(reg) Config::ALL_FULL.0.as_ptr(), options(nostack, readonly));
     let panels = cols.div_ceil(NR);
     for i in (0..rows).step_by(2 * TR) {

@@ -110,10 +110,8 @@ pub unsafe fn round(src: &[f32], dst: &mut [u16]) {
     let mut i = 0;
     while i + 16 <= n {
         let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-        _mm256_storeu_si256(
-            dst.as_mut_ptr().add(i) as *mut __m256i,
-            std::mem::transmute(v),
-        );
+        let bits = std::mem::transmute::<__m256bh, __m256i>(v);
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, bits);
         i += 16;
     }
     if i < n {
