@@ -233,8 +233,8 @@ impl PackedWeight {
         );
     }
 
-    /// x's rows as the kernels of this packing read them: f32 rows (in place or staged per row
-    /// block by `rows_f32`), or, for pairs, all of them rounded to bf16 once.
+    /// For a pair packing, all of x rounded to bf16 once for the call (`stage_pairs`); None
+    /// for the others, whose kernels read f32 rows in place or staged per row block (`rows_f32`).
     fn stage_all(&self, x: MatRef) -> Option<Vec<u16>> {
         matches!(self.lines, Lines::Pairs(_)).then(|| stage_pairs(x))
     }
