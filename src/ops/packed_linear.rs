@@ -30,7 +30,7 @@ use super::gemm::isa::{self, Isa};
 use super::gemm::{Data, MatRef};
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -51,16 +51,8 @@ unsafe fn avx512bf16(rounds: usize) -> f64 {
 #[cfg(target_arch = "x86_64")]
 unsafe fn amx_bf16(rounds: usize) -> f64 {
     use std::arch::asm;
-    #[repr(C, align(64))]
-    struct Config([u8; 64]);
-    let mut cfg = Config([0; 64]);
-    cfg.0[0] = 1;
-    for t in 0..8 {
-        cfg.0[16 + 2 * t] = 64;
-        cfg.0[48 + t] = 16;
-    }
     let ones = [0x3f80u16; 16 * 32];
-    asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    crate::ops::packed_linear::amx::configure_tiles();
     asm!("tileloadd tmm4, [{0} + {1}*1]", in(reg) ones.as_ptr(), in(reg) 64usize, options(nostack, readonly));
     asm!("tileloadd tmm5, [{0} + {1}*1]", in(reg) ones.as_ptr(), in(reg) 64usize, options(nostack, readonly));
     asm!("tileloadd tmm6, [{0} + {1}*1]", in(reg) ones.as_ptr(), in(reg) 64usize, options(nostack, readonly));

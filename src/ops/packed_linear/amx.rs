@@ -42,6 +42,14 @@ impl Config {
     };
 }
 
+/// Loads the configuration of eight 16 × 64-byte tiles on this thread.
+///
+/// # Safety
+/// AMX is present and permitted (isa.rs).
+pub(crate) unsafe fn configure_tiles() {
+    asm!("ldtilecfg [{0}]", in(reg) Config::ALL_FULL.0.as_ptr(), options(nostack, readonly));
+}
+
 /// y[rows × cols] += a[rows × 2·kpairs] · panels, in blocks of 32 rows × 2 panels.
 ///
 /// # Safety
@@ -60,7 +68,7 @@ pub unsafe fn strip(
     cols: usize,
 ) {
     debug_assert!(kpairs.is_multiple_of(TR));
-    asm!("ldtilecfg [{0}]", in(reg) Config::ALL_FULL.0.as_ptr(), options(nostack, readonly));
+    configure_tiles();
     let panels = cols.div_ceil(NR);
     for i in (0..rows).step_by(2 * TR) {
         let (a, y) = (a.add(i * lda), y.add(i * ldc));
