@@ -34,6 +34,8 @@ pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod avx512bf16;
 mod generic;
 mod greedy;
@@ -129,9 +131,9 @@ fn padded_k(k: usize) -> usize {
     k.div_ceil(PAIR_K).max(1) * PAIR_K
 }
 
-/// Whether `path` has kernels and this CPU can run them.
+/// Whether this CPU can run `path`.
 pub fn runnable(path: Isa) -> bool {
-    path.has_kernels() && path <= isa::features().best()
+    path <= isa::features().best()
 }
 
 /// Whether an f32 weight takes the packed kernel: on the AVX2 path. Below it candle's GEMM (the
@@ -324,6 +326,13 @@ impl PackedWeight {
             let at = panels.start * k + q0;
             let dims = (q1 - q0, rows, cols);
             match &self.lines {
+                #[cfg(target_arch = "x86_64")]
+                // One row keeps the AVX2 kernel's one-row loop (four accumulator pairs).
+                Lines::F32(l) if path >= Isa::Avx512 && rows > 1 => {
+                    let (kc, rows, cols) = dims;
+                    let panel = (l[at..].as_ptr(), k);
+                    avx512::strip(a, lda, panel, kc, out, ldc, rows, cols)
+                }
                 Lines::F32(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
                 Lines::Bf16(l) => strip(path, a, lda, (&l[at..], k), dims, out, ldc),
                 Lines::Pairs(_) => unreachable!(),
@@ -578,9 +587,10 @@ unsafe fn strip<L: Line>(
 ) {
     let panel = (panels.as_ptr(), stride);
     match path {
-        // The bf16 paths run f32 products on the AVX2 kernel (their CPUs all have AVX2).
+        // AVX-512 CPUs widen bf16 lines on the AVX2 kernel (`panels_into` sends f32 lines to
+        // the AVX-512 one, and bf16 paths pack bf16 in pairs).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Bf16 | Isa::AmxBf16 => {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::AmxBf16 => {
             avx2::strip(a, lda, panel, kc, out, ldc, rows, cols)
         }
         _ => generic::strip(a, lda, panel, kc, out, ldc, rows, cols),

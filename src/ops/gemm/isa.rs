@@ -65,10 +65,9 @@ impl Isa {
         matches!(self, Isa::Avx512Bf16 | Isa::AmxBf16)
     }
 
-    /// Whether dlm has kernels for this path. `avx512` (AVX-512 without BF16: Skylake-X, Ice
-    /// Lake) is detected and reported but has none of its own: those CPUs run the AVX2 path.
+    /// Whether dlm has kernels for this path: every path now.
     pub fn has_kernels(self) -> bool {
-        !matches!(self, Isa::Avx512)
+        true
     }
 }
 
@@ -128,18 +127,9 @@ pub fn selected() -> Isa {
     })
 }
 
-/// The path of dlm's GEMM kernels: the highest one written that is at or below `selected()`.
+/// The path of dlm's GEMM kernels: `selected()` (every path has kernels).
 pub fn gemm_path() -> Isa {
-    highest_kernel_at_or_below(selected())
-}
-
-/// The highest path with kernels at or below `isa`.
-pub fn highest_kernel_at_or_below(isa: Isa) -> Isa {
-    Isa::ALL
-        .into_iter()
-        .filter(|i| *i <= isa && i.has_kernels())
-        .max()
-        .unwrap_or(Isa::Generic)
+    selected()
 }
 
 /// The path for a `DLM_CPU_ISA` value on a CPU whose best is `best`, and the warning to print.
@@ -271,9 +261,6 @@ mod tests {
         assert_eq!(Isa::parse("AVX512_BF16"), Some(Isa::Avx512Bf16));
         assert_eq!(Isa::parse("amx_bf16"), Some(Isa::AmxBf16));
         assert!(Isa::Generic < Isa::Avx2 && Isa::Avx512Bf16 < Isa::AmxBf16);
-        assert_eq!(highest_kernel_at_or_below(Isa::AmxBf16), Isa::AmxBf16);
-        assert_eq!(highest_kernel_at_or_below(Isa::Avx512), Isa::Avx2);
-        assert_eq!(highest_kernel_at_or_below(Isa::Generic), Isa::Generic);
     }
 
     /// A lower path is taken as asked; a higher or unknown one warns and keeps the CPU's best.

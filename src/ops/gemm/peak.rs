@@ -16,6 +16,11 @@ pub fn fma_loop(path: Isa, rounds: usize) -> f64 {
             unsafe { avx2(rounds) }
         }
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if super::isa::features().has("avx512f") => {
+            // SAFETY: AVX-512 F was just detected.
+            unsafe { avx512(rounds) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 if super::isa::features().has("avx512_bf16") => {
             // SAFETY: AVX-512-BF16 was just detected.
             unsafe { avx512bf16(rounds) }
@@ -27,6 +32,23 @@ pub fn fma_loop(path: Isa, rounds: usize) -> f64 {
         }
         _ => generic(rounds),
     }
+}
+
+/// Twelve accumulators of sixteen lanes: 384 FLOPs a round.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512(rounds: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(black_box(0.999_9));
+    let b = _mm512_set1_ps(black_box(1e-4));
+    let mut acc = [_mm512_set1_ps(black_box(1.0)); 12];
+    for _ in 0..rounds {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    black_box(acc);
+    (rounds * 12 * 16 * 2) as f64
 }
 
 /// Twelve accumulators of sixteen lanes, each VDPBF16PS two multiply-adds a lane: 768 FLOPs a

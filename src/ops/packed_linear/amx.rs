@@ -14,7 +14,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx512bf16::add_row;
+use super::avx512::add_row;
 use super::{LinePair, NR};
 
 /// The fewest rows this kernel takes; fewer go to the AVX-512-BF16 kernel.

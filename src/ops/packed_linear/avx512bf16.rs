@@ -2,9 +2,10 @@
 //! columns × 2 k, one register) and, for each row, a broadcast of that row's two bf16 values,
 //! combined by VDPBF16PS (two products per lane, accumulated in f32). A tile is up to 8 rows ×
 //! 2 panels: sixteen accumulators, each line load shared by 8 rows, each broadcast by 2 panels.
-//! One row (decoding) is the 1 × 2 tile: a VDPBF16PS chain per panel still streams lines faster
-//! than memory delivers them. The AMX path runs this kernel for fewer than 16 rows.
+//! One row (decoding) has its own loop with four accumulators a panel. The AMX path runs this
+//! kernel for fewer than 16 rows.
 
+use super::avx512::add_row;
 use super::{LinePair, NR};
 use std::arch::x86_64::*;
 
@@ -31,6 +32,13 @@ pub unsafe fn strip(
     let panels = cols.div_ceil(NR);
     for i in (0..rows).step_by(MR) {
         let (a, y) = (a.add(i * lda), y.add(i * ldc));
+        if rows - i == 1 {
+            for g in 0..panels {
+                let cols = (cols - g * NR).min(NR);
+                row(a, (panel.add(g * stride), kpairs), y.add(g * NR), cols);
+            }
+            break;
+        }
         let mut g = 0;
         while g < panels {
             let b = (panel.add(g * stride), stride);
@@ -51,6 +59,37 @@ pub unsafe fn strip(
             g += 2;
         }
     }
+}
+
+/// One row against one panel: four consecutive pair lines go to four accumulators, summed at
+/// the end (one accumulator would make each line wait on the previous VDPBF16PS, and a panel
+/// that sits in L2 then streams at a quarter of the rate).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn row(a: *const u16, (panel, kpairs): (*const LinePair, usize), c: *mut f32, cols: usize) {
+    const U: usize = 4;
+    let mut acc = [_mm512_setzero_ps(); U];
+    let line = |q: usize| {
+        let p = panel.add(q) as *const __m512i;
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(p))
+    };
+    let pair = |q: usize| {
+        let v = (a.add(2 * q) as *const i32).read_unaligned();
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(v))
+    };
+    let mut q = 0;
+    while q + U <= kpairs {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_dpbf16_ps(*acc, pair(q + u), line(q + u));
+        }
+        q += U;
+    }
+    while q < kpairs {
+        acc[0] = _mm512_dpbf16_ps(acc[0], pair(q), line(q));
+        q += 1;
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    add_row(c, sum, cols);
 }
 
 /// R rows × P panels (P ≤ 2) added into y's first `cols` columns (≤ 16·P).
@@ -84,19 +123,6 @@ unsafe fn tile<const R: usize, const P: usize>(
             let n = cols.saturating_sub(p * NR).min(NR);
             add_row(c.add(r * ldc + p * NR), *v, n);
         }
-    }
-}
-
-/// row[..n] += v[..n] (n ≤ 16).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[inline]
-pub(super) unsafe fn add_row(row: *mut f32, v: __m512, n: usize) {
-    if n == NR {
-        _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), v));
-    } else if n > 0 {
-        let mask = ((1u32 << n) - 1) as __mmask16;
-        let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row), v);
-        _mm512_mask_storeu_ps(row, mask, sum);
     }
 }
 
