@@ -20,6 +20,9 @@ use super::{LinePair, NR};
 /// The fewest rows this kernel takes; fewer go to the AVX-512-BF16 kernel.
 pub const MIN_ROWS: usize = 16;
 
+/// How many 32-k steps ahead the panels' lines are prefetched.
+const PREFETCH: usize = 4;
+
 /// Tile rows, and bytes per tile row.
 const TR: usize = 16;
 const TB: usize = 64;
@@ -126,6 +129,15 @@ impl Block {
         }
         // 16 pair lines (32 k) per step: 64 bytes of each row of a.
         for q in (0..self.kpairs).step_by(TR) {
+            // The panels stream from memory when few rows share them: ask for the lines
+            // PREFETCH tiles ahead (wrapping pointers: a prefetch past the end is harmless).
+            for l in 0..TR {
+                let ahead = q + PREFETCH * TR + l;
+                _mm_prefetch::<_MM_HINT_T0>(self.b.0.wrapping_add(ahead) as *const i8);
+                if P2 {
+                    _mm_prefetch::<_MM_HINT_T0>(self.b.1.wrapping_add(ahead) as *const i8);
+                }
+            }
             let ak = a.add(q * 4);
             asm!("tileloadd tmm4, [{0} + {1}*1]", in(reg) ak, in(reg) sa, options(nostack, readonly));
             asm!("tileloadd tmm6, [{0} + {1}*1]", in(reg) self.b.0.add(q), in(reg) TB, options(nostack, readonly));
