@@ -27,6 +27,8 @@ struct Attention {
     c_attn: Linear,
     c_proj: Linear,
     n_head: usize,
+    /// Q·Kᵀ and P·V in bf16 operands (a bf16 model's inference: `widen_activations`).
+    bf16_products: bool,
 }
 
 impl Attention {
@@ -36,6 +38,7 @@ impl Attention {
             c_attn: linear(vb.pp("c_attn"), d, 3 * d, true, WeightLayout::InOut)?,
             c_proj: linear(vb.pp("c_proj"), d, d, true, WeightLayout::InOut)?,
             n_head: cfg.num_heads,
+            bf16_products: false,
         })
     }
 
@@ -46,7 +49,7 @@ impl Attention {
         if !pass.is_cached() {
             // No cache: one op reads the heads in place (fused on CPU).
             let bias = pass.bias(l, l, &qkv)?;
-            let y = packed_self_attention(&qkv, self.n_head, bias.as_ref())?; // [B, L, D]
+            let y = packed_self_attention(&qkv, self.n_head, bias.as_ref(), self.bf16_products)?; // [B, L, D]
             return self.c_proj.forward(&y);
         }
         let heads = |i: usize| -> Result<Tensor> {
@@ -58,7 +61,7 @@ impl Attention {
         let q = heads(0)?;
         let (k, v) = pass.append_kv(heads(1)?, heads(2)?)?;
         let bias = pass.bias(l, k.dim(2)?, &q)?;
-        let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?;
+        let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), self.bf16_products)?;
         self.c_proj.forward(&y.transpose(1, 2)?.reshape((b, l, d))?)
     }
 }
@@ -168,6 +171,7 @@ impl LanguageModel for Gpt2 {
         self.wte.emit = Some(DType::F32);
         super::widen(&mut self.wpe.weight)?;
         for block in &mut self.h {
+            block.attn.bf16_products = true;
             for ln in [&mut block.ln_1, &mut block.ln_2] {
                 super::widen(&mut ln.weight)?;
                 super::widen(&mut ln.bias)?;

@@ -30,6 +30,8 @@ pub(super) struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    /// Q·Kᵀ and P·V in bf16 operands (a bf16 model's inference: `widen_activations`).
+    bf16_products: bool,
 }
 
 impl Attention {
@@ -49,6 +51,7 @@ impl Attention {
             n_head: cfg.num_heads,
             n_kv_head: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
+            bf16_products: false,
         }
     }
 
@@ -78,7 +81,7 @@ impl Attention {
             .contiguous()?;
         let (k, v) = pass.append_kv(k, v)?;
         let bias = pass.bias(l, k.dim(2)?, &q)?;
-        let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref())?; // [B, H, L, Dh]
+        let y = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), self.bf16_products)?; // [B, H, L, Dh]
         self.o_proj
             .forward(&y.transpose(1, 2)?.reshape((b, l, self.n_head * dh))?)
     }
@@ -251,6 +254,7 @@ impl LanguageModel for Llama {
         }
         self.embed_tokens.emit = Some(DType::F32);
         for block in &mut self.layers {
+            block.self_attn.bf16_products = true;
             super::widen(&mut block.input_layernorm.weight)?;
             super::widen(&mut block.post_attention_layernorm.weight)?;
         }

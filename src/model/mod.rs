@@ -49,8 +49,9 @@ pub trait LanguageModel: Send + Sync {
     /// from here on (the token embedding emits f32 rows; norm weights and biases and position
     /// tables turn f32; the packed linears take f32 inputs and add their biases in f32). The
     /// kernel accumulates in f32 anyway, and this CPU path has fused kernels for f32 only, where
-    /// candle's bf16 element-wise ops would convert every element of every op.
-    /// Returns whether anything changed (false for any other dtype or device).
+    /// candle's bf16 element-wise ops would convert every element of every op. Attention's two
+    /// products are set to bf16 operands, as the linears' are, on the GEMM paths that multiply
+    /// in bf16. Returns whether anything changed (false for any other dtype or device).
     fn widen_activations(&mut self) -> candle_core::Result<bool>;
 
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.

@@ -17,15 +17,18 @@ fn fusable(ts: &[&Tensor], bias: Option<&Tensor>) -> bool {
 /// q: [B, H, L, Dh], k and v: [B, K, Lk, Dh] with H a multiple of K; bias: [L, Lk] additive.
 /// Returns [B, H, L, Dh]. Query head h uses key/value head h / (H/K), as HF's `repeat_kv`;
 /// grouping the queries instead of repeating k and v avoids copying the cache.
+/// `bf16_products`: a bf16 model's inference, whose fused CPU op multiplies Q·Kᵀ and P·V in
+/// bf16 operands where dlm's GEMM path does (`FusedAttention::bf16_products`).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
+    bf16_products: bool,
 ) -> Result<Tensor> {
     if fusable(&[q, k, v], bias) {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let op = FusedAttention::new(scale, bias.cloned(), None);
+        let op = FusedAttention::new(scale, bias.cloned(), None).bf16_products(bf16_products);
         return custom::apply(op, &[q, k, v]);
     }
     scaled_dot_product_attention_composed(q, k, v, bias)
@@ -52,11 +55,18 @@ pub fn scaled_dot_product_attention_composed(
 /// Self-attention over GPT-2's packed projection: qkv [B, L, 3D] split q | k | v, each into H
 /// heads of D/H → [B, L, D] with the heads merged back. Fused on CPU, where the heads are read
 /// in place; elsewhere split, attended and merged by `scaled_dot_product_attention_composed`.
-pub fn packed_self_attention(qkv: &Tensor, n_head: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `bf16_products` as for `scaled_dot_product_attention`.
+pub fn packed_self_attention(
+    qkv: &Tensor,
+    n_head: usize,
+    bias: Option<&Tensor>,
+    bf16_products: bool,
+) -> Result<Tensor> {
     let (b, l, d3) = qkv.dims3()?;
     let (d, dh) = (d3 / 3, d3 / 3 / n_head.max(1));
     if fusable(&[qkv], bias) {
-        let op = FusedAttention::new(1.0 / (dh as f64).sqrt(), bias.cloned(), Some(n_head));
+        let op = FusedAttention::new(1.0 / (dh as f64).sqrt(), bias.cloned(), Some(n_head))
+            .bf16_products(bf16_products);
         return custom::apply(op, &[qkv]);
     }
     let heads = |i: usize| -> Result<Tensor> {
@@ -97,7 +107,7 @@ mod tests {
         check(&[&q, &k, &v], |fused, bias| {
             let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
             match fused {
-                true => scaled_dot_product_attention(q, k, v, bias),
+                true => scaled_dot_product_attention(q, k, v, bias, false),
                 false => scaled_dot_product_attention_composed(q, k, v, bias),
             }
         })
@@ -110,7 +120,7 @@ mod tests {
         check(&[&qkv], |fused, bias| {
             let x = qkv.as_tensor();
             match fused {
-                true => packed_self_attention(x, 3, bias),
+                true => packed_self_attention(x, 3, bias, false),
                 // The composed path, reached through a non-CPU-f32 check: run it on f64.
                 false => packed_self_attention(&x.to_dtype(DType::F64)?, 3, {
                     bias.map(|b| b.to_dtype(DType::F64)).transpose()?.as_ref()

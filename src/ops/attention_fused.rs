@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::cpu;
 use super::custom::{Inputs, Kernel, Saved};
+use super::gemm::{isa, matmul_acc_bf16_on, Data, Isa, MatRef};
 
 /// Where one operand's heads live: element (b, h, i, d) sits at off + b·sb + h·sh + i·sl + d.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +54,26 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+/// One head of an operand as a rows × cols matrix starting at `off`, with strides (rs, cs).
+fn head(
+    data: Data<'_>,
+    off: usize,
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+) -> MatRef<'_> {
+    let data = match data {
+        Data::F32(d) => Data::F32(&d[off..]),
+        Data::Bf16(d) => Data::Bf16(&d[off..]),
+    };
+    MatRef {
+        data,
+        rows,
+        cols,
+        rs,
+        cs,
+    }
+}
+
 /// dst[m×n] = (or +=) lhs[m×k]·rhs[k×n], single-threaded: the parallelism is across heads.
 unsafe fn matmul(
     dims: (usize, usize, usize),
@@ -66,6 +87,9 @@ unsafe fn matmul(
 
 pub struct FusedAttention {
     scale: f32,
+    /// The forward's two products (Q·Kᵀ, P·V) in bf16 operands on dlm's bf16 GEMM path, as a
+    /// bf16 model's inference runs them (`bf16_products`); the backward stays f32.
+    bf16_path: Option<Isa>,
     /// [L, Lk] additive mask, a constant.
     bias: Option<Tensor>,
     /// Some(H): one packed [B, L, 3·H·Dh] q|k|v input and a [B, L, H·Dh] output (GPT-2's c_attn
@@ -78,10 +102,19 @@ impl FusedAttention {
     pub fn new(scale: f64, bias: Option<Tensor>, packed_heads: Option<usize>) -> Self {
         Self {
             scale: scale as f32,
+            bf16_path: None,
             bias,
             packed_heads,
             saved_probs: Saved::new("attention"),
         }
+    }
+
+    /// Runs the forward's products in bf16 operands (f32 accumulation) where dlm's GEMM path
+    /// multiplies in bf16 (avx512bf16, amx-bf16); elsewhere they stay f32.
+    pub fn bf16_products(mut self, on: bool) -> Self {
+        let path = isa::gemm_path();
+        self.bf16_path = (on && path.bf16_products()).then_some(path);
+        self
     }
 
     fn packed_geometry(&self, h: usize, shape: &Shape) -> Result<Geometry> {
@@ -181,10 +214,21 @@ impl FusedAttention {
                 let out = out_ptr;
                 // SAFETY: every view stays inside its buffer (shapes checked by candle and the
                 // geometry), and head (b, h) of the output is written by this task alone.
-                unsafe {
-                    let s = (p.as_mut_ptr(), lk, 1);
-                    let kt = (k.as_ptr().add(kh), 1, g.k.sl);
-                    matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
+                match self.bf16_path {
+                    // p is zero: the product accumulates into it.
+                    Some(path) => matmul_acc_bf16_on(
+                        path,
+                        head(Data::F32(q), qh, (l, dh), (g.q.sl, 1)),
+                        head(Data::F32(k), kh, (dh, lk), (1, g.k.sl)),
+                        p,
+                    ),
+                    // SAFETY: every view stays inside its buffer (shapes checked by candle and
+                    // the geometry), and head (b, h) of the output is written by this task alone.
+                    None => unsafe {
+                        let s = (p.as_mut_ptr(), lk, 1);
+                        let kt = (k.as_ptr().add(kh), 1, g.k.sl);
+                        matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
+                    },
                 }
                 cpu::simd(|| {
                     for (i, row) in p.chunks_mut(lk).enumerate() {
@@ -201,10 +245,28 @@ impl FusedAttention {
                         row.iter_mut().for_each(|s| *s *= inv);
                     }
                 });
-                unsafe {
-                    let y = (out.0.add(g.o.at(b, h)), g.o.sl, 1);
-                    let vv = (v.as_ptr().add(vh), g.v.sl, 1);
-                    matmul((l, dh, lk), y, false, (p.as_ptr(), lk, 1), vv);
+                let y = out.0.wrapping_add(g.o.at(b, h));
+                match self.bf16_path {
+                    Some(path) => {
+                        let mut yh = vec![0f32; l * dh];
+                        matmul_acc_bf16_on(
+                            path,
+                            MatRef::row_major(Data::F32(p), l, lk),
+                            head(Data::F32(v), vh, (lk, dh), (g.v.sl, 1)),
+                            &mut yh,
+                        );
+                        for (i, row) in yh.chunks(dh).enumerate() {
+                            // SAFETY: as below.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(i * g.o.sl), dh)
+                            };
+                        }
+                    }
+                    // SAFETY: as for the scores; row i of this head's output lies at y + i·sl.
+                    None => unsafe {
+                        let vv = (v.as_ptr().add(vh), g.v.sl, 1);
+                        matmul((l, dh, lk), (y, g.o.sl, 1), false, (p.as_ptr(), lk, 1), vv);
+                    },
                 }
             });
         self.saved_probs.put(probs)?;
