@@ -122,10 +122,11 @@ mod tests {
             match fused {
                 true => packed_self_attention(x, 3, bias, false),
                 // The composed path, reached through a non-CPU-f32 check: run it on f64.
-                false => packed_self_attention(&x.to_dtype(DType::F64)?, 3, {
-                    bias.map(|b| b.to_dtype(DType::F64)).transpose()?.as_ref()
-                })?
-                .to_dtype(DType::F32),
+                false => {
+                    let bias = bias.map(|b| b.to_dtype(DType::F64)).transpose()?;
+                    packed_self_attention(&x.to_dtype(DType::F64)?, 3, bias.as_ref(), false)?
+                        .to_dtype(DType::F32)
+                }
             }
         })
     }
