@@ -130,4 +130,47 @@ mod tests {
             }
         })
     }
+
+    /// bf16 inference's attention (`bf16_products`), grouped and packed, over 70 query rows
+    /// (enough for the bf16 kernel) with the causal mask: within bf16's rounding of the f32
+    /// composed result (outputs are averages of values of about 1: 2⁻⁵ absolute), and, where
+    /// the GEMM path multiplies in bf16, not equal to the f32 fused result (the bf16 products
+    /// ran). The maximum error is printed.
+    #[test]
+    fn bf16_products_stay_within_bf16_rounding() -> Result<()> {
+        let dev = Device::Cpu;
+        let l = 70;
+        let causal = AttentionMask::Causal.bias(l, l, 0, DType::F32, &dev)?;
+        let bias = causal.as_ref();
+        let q = Tensor::randn(0f32, 1.0, (1, 4, l, 16), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, 2, l, 16), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (1, 2, l, 16), &dev)?;
+        let qkv = Tensor::randn(0f32, 1.0, (1, l, 3 * 48), &dev)?;
+        let cases = [
+            (
+                "grouped",
+                scaled_dot_product_attention(&q, &k, &v, bias, true)?,
+                scaled_dot_product_attention(&q, &k, &v, bias, false)?,
+                scaled_dot_product_attention_composed(&q, &k, &v, bias)?,
+            ),
+            // The f32 fused packed form is checked against the composed one above.
+            (
+                "packed",
+                packed_self_attention(&qkv, 3, bias, true)?,
+                packed_self_attention(&qkv, 3, bias, false)?,
+                packed_self_attention(&qkv, 3, bias, false)?,
+            ),
+        ];
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        let bf16_path = crate::ops::gemm::isa::gemm_path().bf16_products();
+        for (what, bf16, f32_fused, reference) in cases {
+            let err = max_diff(&bf16, &reference)?;
+            println!("{what}: bf16 products max |Δ| {err:.2e} (bf16 path: {bf16_path})");
+            assert!(err < 2f32.powi(-5), "{what}: {err}");
+            assert_eq!(max_diff(&bf16, &f32_fused)? > 0.0, bf16_path, "{what}");
+        }
+        Ok(())
+    }
 }

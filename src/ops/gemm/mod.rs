@@ -187,7 +187,14 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
             super::quant::QuantKernel::selected().name().to_string(),
         ),
         (
-            "linear, f32 training, attention products",
+            "attention products, bf16 inference",
+            match path.bf16_products() {
+                true => bf16_path(path),
+                false => "candle (gemm crate, its own dispatch)".into(),
+            },
+        ),
+        (
+            "linear, f32 training; other attention products",
             "candle (gemm crate, its own dispatch)".into(),
         ),
         ("fused norms, softmax, activations, loss", simd.into()),
