@@ -60,17 +60,13 @@ const BF16_MIN_QUERIES: usize = 64;
 
 /// One head of an operand as a rows × cols matrix starting at `off`, with strides (rs, cs).
 fn head(
-    data: Data<'_>,
+    d: &[f32],
     off: usize,
     (rows, cols): (usize, usize),
     (rs, cs): (usize, usize),
 ) -> MatRef<'_> {
-    let data = match data {
-        Data::F32(d) => Data::F32(&d[off..]),
-        Data::Bf16(d) => Data::Bf16(&d[off..]),
-    };
     MatRef {
-        data,
+        data: Data::F32(&d[off..]),
         rows,
         cols,
         rs,
@@ -219,14 +215,12 @@ impl FusedAttention {
                 let (b, h) = (bh / g.h, bh % g.h);
                 let (qh, kh, vh) = (g.q.at(b, h), g.k.at(b, h / group), g.v.at(b, h / group));
                 let out = out_ptr;
-                // SAFETY: every view stays inside its buffer (shapes checked by candle and the
-                // geometry), and head (b, h) of the output is written by this task alone.
                 match bf16_path {
                     // p is zero: the product accumulates into it.
                     Some(path) => matmul_acc_bf16_on(
                         path,
-                        head(Data::F32(q), qh, (l, dh), (g.q.sl, 1)),
-                        head(Data::F32(k), kh, (dh, lk), (1, g.k.sl)),
+                        head(q, qh, (l, dh), (g.q.sl, 1)),
+                        head(k, kh, (dh, lk), (1, g.k.sl)),
                         p,
                     ),
                     // SAFETY: every view stays inside its buffer (shapes checked by candle and
@@ -259,11 +253,12 @@ impl FusedAttention {
                         matmul_acc_bf16_on(
                             path,
                             MatRef::row_major(Data::F32(p), l, lk),
-                            head(Data::F32(v), vh, (lk, dh), (g.v.sl, 1)),
+                            head(v, vh, (lk, dh), (g.v.sl, 1)),
                             &mut yh,
                         );
                         for (i, row) in yh.chunks(dh).enumerate() {
-                            // SAFETY: as below.
+                            // SAFETY: row i of this head's output lies at y + i·sl, inside `out`,
+                            // and this task alone writes it.
                             unsafe {
                                 std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(i * g.o.sl), dh)
                             };
