@@ -157,6 +157,50 @@ fn check_product(kernel: QuantKernel, ty: QuantType, m: usize, n: usize, k: usiz
     }
 }
 
+/// The bf16-tile product (weights dequantised to bf16 a tile at a time, multiplied by the packed
+/// bf16 GEMM) on every GEMM path this CPU runs, against the f64 product of the dequantised
+/// weights and the exact activations: within 2⁻⁸·Σ|w·x| (each operand rounded to bf16 once,
+/// 2⁻⁹ relative apiece; the paths without bf16 products round the weights only) plus f32 slack.
+/// M = 1, 3, 17 and 70 (AMX blocks of 32 rows and a partial one), N across tile boundaries
+/// (257 rows: a second tile of one row), K < one AMX step and not a multiple of it.
+#[test]
+fn bf16_tiles_match_f64_reference_on_every_path() {
+    let (paths, skipped) = dlm::ops::gemm::runnable_paths();
+    for s in &skipped {
+        println!("path {s}: skipped");
+    }
+    let mut rng = Rng::seed(11);
+    for &path in &paths {
+        println!("path {path}: run");
+        for ty in QuantType::ALL {
+            let k = if ty == QuantType::Q4K { 256 } else { 96 };
+            for (m, n) in [(1, 13), (3, 1), (17, 70), (70, 257)] {
+                let q = random_matrix(ty, n, k, &mut rng);
+                let w = q.dequantize().unwrap();
+                let x = normal(m * k, &mut rng);
+                let y = q.matmul_bf16_on(path, &x, m).unwrap();
+                assert_eq!(y.len(), m * n);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut exact, mut mag) = (0f64, 0f64);
+                        for c in 0..k {
+                            let p = w[j * k + c] as f64 * x[i * k + c] as f64;
+                            exact += p;
+                            mag += p.abs();
+                        }
+                        let tol = mag / 256.0 + 1e-5 * mag + 1e-6;
+                        let got = y[i * n + j] as f64;
+                        assert!(
+                            (got - exact).abs() <= tol,
+                            "{path} {ty:?} m {m} n {n} at ({i}, {j}): {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Quantise/dequantise round trips, per block with d the block's step: Q8_0 within 0.5·d (+ the
 /// f16 rounding of d over 127 steps: ≤ 0.57·d in all), Q4_0 within 1.0·d (+ f16: ≤ 1.01·d; the
 /// value opposite the extreme can clamp a whole step), Q4_1 within 0.5·d plus the f16 rounding
@@ -421,4 +465,23 @@ fn keep_quant_directory_and_gguf_entry_point() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.trim().is_empty(), "{stderr}");
+}
+
+/// Kept-quantised products pick int8 activations for few rows (a decoded token) and the bf16
+/// tiles from `BF16_MIN_ROWS` rows on the packed kernels' paths, unless `DLM_QUANT_ACT` forces one.
+#[test]
+fn activations_follow_the_row_count() {
+    use dlm::ops::quant::BF16_MIN_ROWS;
+    if QuantActivations::forced().is_some() {
+        println!("DLM_QUANT_ACT is set: nothing to check");
+        return;
+    }
+    assert_eq!(QuantActivations::for_rows(1), QuantActivations::Int8);
+    assert_eq!(
+        QuantActivations::for_rows(BF16_MIN_ROWS - 1),
+        QuantActivations::Int8
+    );
+    let packed = dlm::ops::gemm::isa::gemm_path() >= dlm::ops::gemm::Isa::Avx2;
+    let many = QuantActivations::for_rows(BF16_MIN_ROWS);
+    assert_eq!(many == QuantActivations::Bf16, packed, "{many:?}");
 }

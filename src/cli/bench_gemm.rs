@@ -82,6 +82,14 @@ fn quant_rows(
                 let label = format!("{} W, int8 x, M = {rows}", ty.name());
                 row(&label, Some(path), secs * (m / rows) as f64);
             }
+            if m > 1 {
+                let secs = best_of(iters, || {
+                    q.matmul_bf16_on(path, &x[..m * k], m)?;
+                    Ok(())
+                })?;
+                let label = format!("{} W in bf16 tiles, M = {m}", ty.name());
+                row(&label, Some(path), secs);
+            }
         }
     }
     Ok(())

@@ -159,6 +159,25 @@ fn bf16_path(path: Isa) -> String {
     }
 }
 
+/// The kept-quantised products' kernels: int8 activations for few rows, bf16 tiles of the
+/// dequantised weights for many (ops::quant::QuantActivations), unless DLM_QUANT_ACT forces one.
+fn quant_path(path: Isa) -> String {
+    use super::quant::{QuantActivations, QuantKernel, BF16_MIN_ROWS};
+    let int8 = format!("{} (int8 activations)", QuantKernel::selected().name());
+    match QuantActivations::forced() {
+        Some(QuantActivations::Int8) => format!("{int8}, forced by DLM_QUANT_ACT"),
+        Some(QuantActivations::F32) => "f32 activations, forced by DLM_QUANT_ACT".into(),
+        Some(QuantActivations::Bf16) => {
+            format!("bf16 tiles on {}, forced by DLM_QUANT_ACT", bf16_path(path))
+        }
+        None if path >= Isa::Avx2 => format!(
+            "{int8} below {BF16_MIN_ROWS} rows; from {BF16_MIN_ROWS}, bf16 tiles on {}",
+            bf16_path(path)
+        ),
+        None => int8,
+    }
+}
+
 /// Which path each CPU kernel family runs now: (kernel, path), for `dlm info --system` and the
 /// bench headers.
 pub fn kernel_paths() -> Vec<(&'static str, String)> {
@@ -184,7 +203,7 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         ("linear, bf16 training (x·Wᵀ, dy·W, dyᵀ·x)", bf16_path(path)),
         (
             "linear, kept-quantised (Q8_0, Q4_0, Q4_1, Q4_K)",
-            super::quant::QuantKernel::selected().name().to_string(),
+            quant_path(path),
         ),
         (
             "attention products, bf16 inference",
