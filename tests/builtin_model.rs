@@ -1,4 +1,4 @@
-//! The built-in model (weights/dlm-shakespeare-4m) as a new user meets it: `dlm info` shows its
+//! The built-in model (weights/dlm-shakespeare-12m) as a new user meets it: `dlm info` shows its
 //! generation defaults, and the README's main job, with no sampler flags, prints words rather
 //! than blank lines, at least 25 words per 64 tokens (issue 16's bar for the main job); the
 //! reference sampler stays available by flag.
@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const BUILTIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-4m");
+const BUILTIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-12m");
 
 #[test]
 fn info_shows_the_generation_defaults() {

@@ -25,7 +25,7 @@ fn assert_refused(args: &[&str]) {
 fn cuda_is_refused_clearly_without_the_cuda_feature() {
     let tiny = fixture("llama-tiny");
     let tiny = tiny.to_str().unwrap();
-    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-4m");
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-12m");
     let tmp = tempfile::tempdir().unwrap();
     let tok = train_tokenizer(tmp.path());
     let adapt_out = tmp.path().join("adapt").to_str().unwrap().to_owned();

@@ -282,7 +282,7 @@ fn cli_refuses_unknown_tasks_and_missing_data() {
 
 #[test]
 fn cli_data_replaces_one_tasks_file() {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-4m");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/dlm-shakespeare-12m");
     let dir = tempfile::tempdir().unwrap();
     let passages = dir.path().join("heldout.txt");
     std::fs::write(
@@ -413,7 +413,7 @@ fn llada_likelihood_with_classifier_free_guidance() {
     let llada = fixture("llada-tiny");
     let gpt2 = std::path::PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/weights/dlm-shakespeare-4m"
+        "/weights/dlm-shakespeare-12m"
     ));
     for (model, cfg, needle) in [
         (&llada, "--cfg-scale=-1", "--cfg-scale must be"),

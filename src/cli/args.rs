@@ -22,7 +22,7 @@ pub struct RuntimeArgs {
 
 /// The built-in default DLM committed with the repository (`scripts/make-builtin-model.sh`).
 pub fn builtin_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/dlm-shakespeare-4m")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/dlm-shakespeare-12m")
 }
 
 /// Whether `path` names a GGUF file (served kept quantised) rather than a model directory.

@@ -20,7 +20,7 @@ use crate::sample::filter::TokenChoice;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// HF-layout model directory (default: the built-in dlm-shakespeare-4m).
+    /// HF-layout model directory (default: the built-in dlm-shakespeare-12m).
     #[arg(default_value_os_t = builtin_model())]
     pub model: PathBuf,
     /// Causal, left-to-right decoding with a KV cache (the AR baseline).

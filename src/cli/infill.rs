@@ -12,7 +12,7 @@ use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request}
 
 #[derive(Debug, Args)]
 pub struct InfillArgs {
-    /// HF-layout model directory (default: the built-in dlm-shakespeare-4m).
+    /// HF-layout model directory (default: the built-in dlm-shakespeare-12m).
     #[arg(default_value_os_t = builtin_model())]
     pub model: PathBuf,
     /// Text before the span (BOS is put first when the model has one).

@@ -463,7 +463,7 @@ fn transpose_into(
 
 /// f32 → bf16 bits, round to nearest even (as `half` and VCVTNEPS2BF16 round), vectorised
 /// where the CPU has AVX-512-BF16.
-fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if isa::features().has("avx512_bf16") {
         // SAFETY: the instructions were just detected.

@@ -82,7 +82,7 @@ pub enum QuantActivations {
     /// Input rows kept f32, each weight row dequantised once per call and multiplied in f32:
     /// the f32 model of the dequantised weights up to summation order, at more compute.
     F32,
-    /// Weight rows dequantised to bf16 a tile of `BF16_TILE_ROWS` at a time, each tile packed
+    /// Weight rows dequantised to bf16 a tile of up to `BF16_TILE_ROWS` at a time, each tile packed
     /// and multiplied by the GEMM path's bf16 kernel (AMX or AVX-512-BF16 tiles, x rounded to
     /// bf16; exact f32 products of the bf16 weights below those paths). The fast path for many
     /// rows (a diffusion step's canvas, a prompt), where the dequantisation is shared by them.
@@ -95,9 +95,19 @@ pub enum QuantActivations {
 /// 292 / 179).
 pub const BF16_MIN_ROWS: usize = 64;
 
-/// Weight rows one task dequantises, packs and multiplies at a time: eight of AMX's 32-column
-/// blocks, 2 MB of bf16 at a 7B model's width.
+/// Most weight rows one task dequantises, packs and multiplies at a time: eight of AMX's
+/// 32-column blocks, 2 MB of bf16 at a 7B model's width. A narrow matrix takes smaller tiles
+/// (`bf16_tile_rows`) so that every thread has some.
 const BF16_TILE_ROWS: usize = 256;
+
+/// Rows per tile for `n` weight rows: at least two tiles a thread where `n` allows, in whole
+/// 32-row AMX blocks, at most `BF16_TILE_ROWS`.
+fn bf16_tile_rows(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    n.div_ceil(2 * threads)
+        .next_multiple_of(32)
+        .clamp(32, BF16_TILE_ROWS)
+}
 
 impl QuantActivations {
     pub const ALL: [QuantActivations; 3] = [Self::Int8, Self::F32, Self::Bf16];
@@ -321,7 +331,7 @@ impl QuantMatrix {
     }
 
     /// y = x·Wᵀ for `x` row-major `[m, cols]` by `path`'s packed bf16 kernel: in parallel
-    /// tasks, each dequantises `BF16_TILE_ROWS` weight rows to bf16, packs them for `path` and
+    /// tasks, each dequantises a tile of weight rows (`bf16_tile_rows`) to bf16, packs them for `path` and
     /// multiplies every row of x with them (x rounded to bf16 on the bf16 paths). Never more
     /// than a tile per task of the matrix exists in bf16.
     pub fn matmul_bf16_on(&self, path: Isa, x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -338,9 +348,10 @@ impl QuantMatrix {
         }
         let (n, k, rb) = (self.rows, self.cols, self.ty.row_bytes(self.cols));
         let x = MatRef::row_major(Data::F32(x), m, k);
+        let tile_rows = bf16_tile_rows(n);
         let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
             Ok(bytes
-                .par_chunks(BF16_TILE_ROWS * rb)
+                .par_chunks(tile_rows * rb)
                 .map(|w| {
                     let nw = w.len() / rb;
                     let mut tile = vec![half::bf16::ZERO; nw * k];
@@ -356,7 +367,7 @@ impl QuantMatrix {
         let mut y = vec![0f32; m * n];
         for (c, part) in parts.iter().enumerate() {
             let nw = part.len() / m.max(1);
-            let j0 = c * BF16_TILE_ROWS;
+            let j0 = c * tile_rows;
             for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(nw.max(1))) {
                 yr[j0..j0 + nw].copy_from_slice(pr);
             }
@@ -368,14 +379,15 @@ impl QuantMatrix {
     /// the f32 dequantisation rounded to nearest even, through the one-row scratch `row`.
     fn rows_bf16(&self, w: &[u8], out: &mut [half::bf16], row: &mut Vec<f32>) {
         let rb = self.ty.row_bytes(self.cols);
+        // SAFETY: `half::bf16` is `repr(transparent)` over its u16 bits.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), out.len()) };
         for (o, wr) in out.chunks_exact_mut(self.cols).zip(w.chunks_exact(rb)) {
             row.clear();
             for b in wr.chunks_exact(self.ty.block_bytes()) {
                 dequantize_block(self.ty, b, row);
             }
-            for (o, &v) in o.iter_mut().zip(row.iter()) {
-                *o = half::bf16::from_f32(v);
-            }
+            crate::ops::packed_linear::round_to_bf16(row, o);
         }
     }
 
