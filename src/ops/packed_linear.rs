@@ -131,6 +131,18 @@ fn padded_k(k: usize) -> usize {
     k.div_ceil(PAIR_K).max(1) * PAIR_K
 }
 
+/// x as the kernels of one packing read it: rounded to bf16 for a pair packing (`stage_pairs`),
+/// else nothing (the other kernels read f32 rows in place or stage them per row block).
+pub struct Staged(Option<Vec<u16>>);
+
+impl Staged {
+    /// x staged for weights packed in bf16 for `path` (`PackedWeight::from_bf16_rows_on`).
+    pub fn new(path: Isa, x: MatRef) -> Self {
+        x.check();
+        Self(path.bf16_products().then(|| stage_pairs(x)))
+    }
+}
+
 /// Whether this CPU can run `path`.
 pub fn runnable(path: Isa) -> bool {
     path <= isa::features().best()
@@ -207,6 +219,61 @@ impl PackedWeight {
         )
     }
 
+    /// Packs a weight of `n` output columns and `k` inputs from its rows as bf16 bits, for
+    /// `path`: `row(j, out)` writes row j's k values into `out`. Each panel's 16 rows are
+    /// written into one row buffer in turn and spread into the panel's lines, so no [n, k] copy
+    /// of the weight exists (kept-quantised weights dequantised a tile at a time).
+    pub fn from_bf16_rows_on(
+        path: Isa,
+        n: usize,
+        k: usize,
+        row: impl Fn(usize, &mut [u16]) + Sync,
+    ) -> Self {
+        let panels = n.div_ceil(NR);
+        let lines = if path.bf16_products() {
+            let per_panel = padded_k(k) / 2;
+            // A panel's rows are dequantised into a 16-row buffer (in L2), then its lines
+            // written whole in order: spreading each row into the lines as it came would pass
+            // over the whole panel (128 KB at k = 4096) once per row, a word at a time.
+            let ld = 2 * k.div_ceil(2);
+            let mut lines = vec![LinePair([0; 2 * NR]); panels * per_panel];
+            lines.par_chunks_mut(per_panel).enumerate().for_each_init(
+                || vec![0u16; NR * ld],
+                |buf, (p, panel)| {
+                    let rows = p * NR..((p + 1) * NR).min(n);
+                    let count = rows.len();
+                    for (c, j) in rows.enumerate() {
+                        // buf[c·ld + k] stays zero for an odd k.
+                        row(j, &mut buf[c * ld..c * ld + k]);
+                    }
+                    // Column c's pair (2q, 2q + 1) is word c of line q.
+                    for (q, line) in panel.iter_mut().take(ld / 2).enumerate() {
+                        for c in 0..count {
+                            line.0[2 * c] = buf[c * ld + 2 * q];
+                            line.0[2 * c + 1] = buf[c * ld + 2 * q + 1];
+                        }
+                    }
+                },
+            );
+            Lines::Pairs(lines)
+        } else {
+            let mut lines = vec![LineBf16::ZERO; panels * k];
+            lines.par_chunks_mut(k.max(1)).enumerate().for_each_init(
+                || vec![0u16; k],
+                |buf, (p, panel)| {
+                    for (c, j) in (p * NR..((p + 1) * NR).min(n)).enumerate() {
+                        row(j, buf);
+                        for (line, &v) in panel.iter_mut().zip(buf.iter()) {
+                            line.set(c, bf16::from_bits(v));
+                        }
+                    }
+                },
+            );
+            Lines::Bf16(lines)
+        };
+        Self { lines, n, k }
+    }
+
     /// Bytes the packed panels take.
     pub fn bytes(&self) -> usize {
         match &self.lines {
@@ -248,17 +315,29 @@ impl PackedWeight {
 
     /// `matmul_acc` on a given path, which this CPU must be able to run.
     pub fn matmul_acc_on(&self, path: Isa, x: MatRef, y: &mut [f32]) {
+        x.check();
+        self.matmul_acc_staged_on(path, x, &Staged(self.stage_all(x)), y)
+    }
+
+    /// `matmul_acc_on` with x already staged by `Staged::new` for `path`: several weights
+    /// multiplied by the same x (kept-quantised tiles) stage it once.
+    pub fn matmul_acc_staged_on(&self, path: Isa, x: MatRef, staged: &Staged, y: &mut [f32]) {
         self.check_path(path);
         let (m, n) = (x.rows, self.n);
         x.check();
         assert!(x.cols == self.k && y.len() >= m * n, "matmul_acc: shapes");
-        let staged = self.stage_all(x);
+        assert_eq!(
+            staged.0.is_some(),
+            matches!(self.lines, Lines::Pairs(_)),
+            "x staged for another packing"
+        );
+        let staged = staged.0.as_deref();
         let y = SendPtr(y.as_mut_ptr());
         self.per_task(m, |panels| {
             let mut scratch = vec![];
             for i0 in (0..m).step_by(MC) {
                 let i1 = (i0 + MC).min(m);
-                let a = self.rows(x, staged.as_deref(), i0..i1, &mut scratch);
+                let a = self.rows(x, staged, i0..i1, &mut scratch);
                 for p0 in panels.clone().step_by(GROUP) {
                     let group = p0..(p0 + GROUP).min(panels.end);
                     let out = y.get().wrapping_add(i0 * n + p0 * NR);

@@ -110,33 +110,54 @@ pub(super) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 
 /// Appends the values of one block of type `ty` to `out`.
 pub fn dequantize_block(ty: QuantType, b: &[u8], out: &mut Vec<f32>) {
+    let start = out.len();
+    out.resize(start + ty.block_elems(), 0.0);
+    dequantize_block_into(ty, b, &mut out[start..]);
+}
+
+/// Writes the values of one block of type `ty` into `out` (`ty.block_elems()` long): slice
+/// writes the compiler vectorises, in ggml's arithmetic order.
+pub fn dequantize_block_into(ty: QuantType, b: &[u8], out: &mut [f32]) {
     match ty {
         QuantType::Q8_0 => {
             let d = f16_at(b, 0);
-            out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
+            for (o, &q) in out[..32].iter_mut().zip(&b[2..34]) {
+                *o = d * (q as i8) as f32;
+            }
         }
         QuantType::Q4_0 => {
             let d = f16_at(b, 0);
-            let qs = &b[2..18];
-            out.extend(qs.iter().map(|&q| d * ((q & 0x0F) as f32 - 8.0)));
-            out.extend(qs.iter().map(|&q| d * ((q >> 4) as f32 - 8.0)));
+            let (lo, hi) = out[..32].split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
+                *l = d * ((q & 0x0F) as f32 - 8.0);
+                *h = d * ((q >> 4) as f32 - 8.0);
+            }
         }
         QuantType::Q4_1 => {
             let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-            let qs = &b[4..20];
-            out.extend(qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
-            out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            let (lo, hi) = out[..32].split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
+                *l = d * (q & 0x0F) as f32 + m;
+                *h = d * (q >> 4) as f32 + m;
+            }
         }
         QuantType::Q4K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let (scales, qs) = (&b[4..16], &b[16..144]);
-            for (c, q) in qs.chunks_exact(32).enumerate() {
+            for (c, (q, o)) in qs
+                .chunks_exact(32)
+                .zip(out.chunks_exact_mut(64))
+                .enumerate()
+            {
                 let (sc1, m1) = scale_min_k4(2 * c, scales);
                 let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
                 let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
                 let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                out.extend(q.iter().map(|&q| d1 * (q & 0x0F) as f32 - m1));
-                out.extend(q.iter().map(|&q| d2 * (q >> 4) as f32 - m2));
+                let (lo, hi) = o.split_at_mut(32);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+                    *l = d1 * (q & 0x0F) as f32 - m1;
+                    *h = d2 * (q >> 4) as f32 - m2;
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use super::gemm::isa::{self, Isa};
 use super::gemm::PackedWeight;
+use super::packed_linear::Staged;
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -254,10 +255,13 @@ impl QuantMatrix {
             table
                 .par_chunks_mut(self.cols)
                 .zip(bytes.par_chunks(rb))
-                .for_each_init(
-                    || Vec::with_capacity(self.cols),
-                    |row, (out, w)| self.rows_bf16(w, out, row),
-                );
+                .for_each(|(out, w)| {
+                    // SAFETY: `half::bf16` is `repr(transparent)` over its u16 bits.
+                    let bits = unsafe {
+                        std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), out.len())
+                    };
+                    self.row_bf16(w, bits)
+                });
             Ok(table)
         })?;
         Tensor::from_vec(table, (self.rows, self.cols), device)
@@ -349,17 +353,17 @@ impl QuantMatrix {
         let (n, k, rb) = (self.rows, self.cols, self.ty.row_bytes(self.cols));
         let x = MatRef::row_major(Data::F32(x), m, k);
         let tile_rows = bf16_tile_rows(n);
+        let staged = Staged::new(path, x);
         let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
             Ok(bytes
                 .par_chunks(tile_rows * rb)
                 .map(|w| {
                     let nw = w.len() / rb;
-                    let mut tile = vec![half::bf16::ZERO; nw * k];
-                    self.rows_bf16(w, &mut tile, &mut Vec::with_capacity(k));
-                    let packed = PackedWeight::new_on(path, Data::Bf16(&tile), nw, k, false);
-                    drop(tile);
+                    let packed = PackedWeight::from_bf16_rows_on(path, nw, k, |j, out| {
+                        self.row_bf16(&w[j * rb..(j + 1) * rb], out)
+                    });
                     let mut out = vec![0f32; m * nw];
-                    packed.matmul_acc_on(path, x, &mut out);
+                    packed.matmul_acc_staged_on(path, x, &staged, &mut out);
                     out
                 })
                 .collect())
@@ -375,20 +379,23 @@ impl QuantMatrix {
         Ok(y)
     }
 
-    /// The whole weight rows `w` dequantised into `out` (`[rows, cols]`) as bf16: each value
-    /// the f32 dequantisation rounded to nearest even, through the one-row scratch `row`.
-    fn rows_bf16(&self, w: &[u8], out: &mut [half::bf16], row: &mut Vec<f32>) {
-        let rb = self.ty.row_bytes(self.cols);
-        // SAFETY: `half::bf16` is `repr(transparent)` over its u16 bits.
-        let out =
-            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u16>(), out.len()) };
-        for (o, wr) in out.chunks_exact_mut(self.cols).zip(w.chunks_exact(rb)) {
-            row.clear();
-            for b in wr.chunks_exact(self.ty.block_bytes()) {
-                dequantize_block(self.ty, b, row);
-            }
-            crate::ops::packed_linear::round_to_bf16(row, o);
+    /// One weight row's blocks `w` dequantised into `out` (`cols` long) as bf16 bits: each
+    /// value the f32 dequantisation rounded to nearest even, the row at once (through a
+    /// per-thread f32 row).
+    fn row_bf16(&self, w: &[u8], out: &mut [u16]) {
+        thread_local! {
+            static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let (be, bb) = (self.ty.block_elems(), self.ty.block_bytes());
+        ROW.with_borrow_mut(|vals| {
+            vals.resize(self.cols, 0.0);
+            crate::ops::cpu::simd(|| {
+                for (b, v) in w.chunks_exact(bb).zip(vals.chunks_exact_mut(be)) {
+                    blocks::dequantize_block_into(self.ty, b, v);
+                }
+            });
+            crate::ops::packed_linear::round_to_bf16(vals, out);
+        })
     }
 
     /// `out[i, j]` = x row i · W row j for the weight rows `w`, each dequantised once.
