@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remakes the built-in default DLM (weights/dlm-shakespeare-4m) with dlm's own commands only:
+# Remakes the built-in default DLM (weights/dlm-shakespeare-12m) with dlm's own commands only:
 # a byte-level BPE tokenizer, a GPT-2-architecture AR model trained from scratch, then Algorithm 1
 # (shift, attention-mask annealing, 1/t-weighted loss) to adapt it into a diffusion LM, stored f16
 # with the sampling defaults of its card. The recipe (shape, steps, data split, optimizer) is
@@ -12,10 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-runs/builtin}"
-OUT=weights/dlm-shakespeare-4m
+OUT=weights/dlm-shakespeare-12m
 bash scripts/fetch-assets.sh shakespeare
-cargo build --release
-DLM=target/release/dlm
+# DLM=PATH runs that binary instead of building one (a long run keeps its binary while the tree
+# changes).
+if [ -z "${DLM:-}" ]; then
+    cargo build --release
+    DLM=target/release/dlm
+fi
 CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
 source scripts/builtin/recipe.sh
 source scripts/run-or-resume.sh
@@ -27,37 +31,29 @@ TRAIN=(--data "$WORK/data/train" --val-data "$WORK/data/heldout")
     --special "<|endoftext|>" --special "<|mask|>" --data "$WORK/data/train" \
     --out "$WORK/tokenizer.json"
 
-# 2. AR pre-training: 4.27M parameters (4 layers, d 256, 4 heads, context 256, tied head),
-#    lr 1.5e-3, warmup 50.
+# 2. AR pre-training: 12.3M parameters (6 layers, d 384, 6 heads, context 256, tied head),
+#    lr 1e-3, warmup 100.
 run_or_resume "$WORK/ar" $AR_STEPS pretrain --arch gpt2 --config "$BUILTIN_CONFIG" \
-    --tokenizer "$WORK/tokenizer.json" --objective ar "${TRAIN[@]}" --lr 1.5e-3 --warmup 50 \
+    --tokenizer "$WORK/tokenizer.json" --objective ar "${TRAIN[@]}" --lr 1e-3 --warmup 100 \
     "${OPT[@]}"
 
 # 3. Adaptation (Algorithm 1): mask id 1, shift on, causal -> bidirectional over 200 steps,
-#    1/t-weighted loss, lr 1e-3, warmup 50.
+#    1/t-weighted loss, lr 6e-4, warmup 100.
 run_or_resume "$WORK/dlm" $DLM_STEPS adapt \
     --base "$WORK/ar/checkpoints/step-$(printf %08d $AR_STEPS)" --mask-token 1 \
-    --anneal-steps 200 "${TRAIN[@]}" --lr 1e-3 --warmup 50 "${OPT[@]}"
+    --anneal-steps 200 "${TRAIN[@]}" --lr 6e-4 --warmup 100 "${OPT[@]}"
 
-# 4. More adaptation: the annealed model trained on for 2900 steps, bidirectional from the start
-#    (its annealing is done), a fresh cosine from lr 8e-4 and another seed, so a new data order.
-#    1100 steps left the held-out bound still falling; one run of 4000 would have needed the first
-#    1100 redone.
-run_or_resume "$WORK/dlm2" $DLM2_STEPS adapt \
-    --base "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --mask-token 1 \
-    --anneal-steps 0 "${TRAIN[@]}" --lr 8e-4 --warmup 100 "${OPT[@]}" --seed 1
-
-# 5. The committed copy: f16, without optimizer state, with the sampling defaults that
+# 4. The committed copy: f16, without optimizer state, with the sampling defaults that
 #    `dlm generate` uses when no flag says otherwise (MODEL_CARD.md says how they were chosen).
-$DLM convert --model "$WORK/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)" --out "$OUT" \
+$DLM convert --model "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --out "$OUT" \
     --dtype f16
 cp scripts/builtin/generation_config.json "$OUT/generation_config.json"
 
-# 6. The infilling sets of `dlm eval --task infill` (shipped in data/eval/), from the held-out
+# 5. The infilling sets of `dlm eval --task infill` (shipped in data/eval/), from the held-out
 #    plays with this tokenizer: remade here to check they are the shipped ones.
 cargo run --release --example make_infill_eval -- "$WORK/tokenizer.json" "$WORK/infill" \
     "$WORK"/data/heldout/*.txt
 for f in "$WORK"/infill/*.jsonl; do
     cmp <(gzip -dc "data/eval/$(basename "$f").gz") "$f"
 done
-echo "built $OUT; update $OUT/MODEL_CARD.md with the figures in $WORK/{ar,dlm,dlm2}/metrics.jsonl"
+echo "built $OUT; update $OUT/MODEL_CARD.md with the figures in $WORK/{ar,dlm}/metrics.jsonl"

@@ -76,47 +76,35 @@ small() {
 builtin() {
     local b="${BUILTIN_WORK:-runs/builtin}"
     source scripts/builtin/recipe.sh
-    local step2="$b/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)"
+    local dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
     local base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
-    [ -d "$step2" ] || { echo "$step2 is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
-    # Part 3: the built-in model (dlm2), and the same adapted on for 1600 more steps (dlm3, lr 6e-4,
-    # another seed), on the infilling claim; the first adaptation stage (dlm, 2200 steps in all)
-    # against a DLM trained from scratch for as many is part 1, below.
-    run_or_resume "$b/dlm3" $DLM3_STEPS adapt --base "$step2" --mask-token 1 --anneal-steps 0 \
-        --data "$b/data/train" --val-data "$b/data/heldout" --lr 6e-4 --warmup 100 "${OPT[@]}" \
-        --seed 2 --no-progress
-    local step3="$b/dlm3/checkpoints/step-$(printf %08d $DLM3_STEPS)"
-    # Exact recovery of a removed word and of a 3-6-token span: the DLM sees prefix and suffix
-    # (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily from the prefix.
-    local set stage
+    [ -d "$dlm" ] || { echo "$dlm is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
+    # Part 3: exact recovery of a removed word and of a 3-6-token span: the built-in DLM sees
+    # prefix and suffix (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily
+    # from the prefix.
+    local set
     for set in word word-nosuffix span span-nosuffix; do
         local file="data/eval/shakespeare-infill-$set.jsonl.gz"
-        for stage in dlm2 dlm3; do
-            local model=$step2
-            [ $stage = dlm3 ] && model=$step3
-            [ -f "$WORK/builtin-infill-$set-$stage.json" ] || $DLM eval "$model" --task infill \
-                --data "$file" --out "$WORK/builtin-infill-$set-$stage.json" --no-progress
-        done
+        [ -f "$WORK/builtin-infill-$set-dlm.json" ] || $DLM eval "$dlm" --task infill \
+            --data "$file" --out "$WORK/builtin-infill-$set-dlm.json" --no-progress
         [[ $set == *nosuffix ]] || [ -f "$WORK/builtin-infill-$set-ar.json" ] || $DLM eval "$base" \
             --ar --task infill --data "$file" --out "$WORK/builtin-infill-$set-ar.json" --no-progress
     done
-    # What the text right of a hole is worth to each stage (examples/right_context.rs).
+    # What the text right of a hole is worth to the DLM (examples/right_context.rs).
     local out="$WORK/builtin-right-context.txt"
     if [ ! -f "$out" ]; then
-        : > "$out.part"
-        for stage in "$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" "$step2" "$step3"; do
-            cargo run --release --quiet --example right_context -- "$stage" \
-                "$b/data/heldout/${HELD_OUT[0]}" data/eval/shakespeare-infill-word.jsonl.gz \
-                >> "$out.part"
-        done
+        cargo run --release --quiet --example right_context -- "$dlm" \
+            "$b/data/heldout/${HELD_OUT[0]}" data/eval/shakespeare-infill-word.jsonl.gz \
+            > "$out.part"
         mv "$out.part" "$out"
     fi
+    # Part 1: a DLM trained from scratch for the built-in's total steps (AR + adaptation).
     local data=(--data "$b/data/train" --val-data "$b/data/heldout" "${OPT[@]}" --no-progress)
     run_or_resume "$WORK/builtin-scratch" $((AR_STEPS + DLM_STEPS)) pretrain --arch gpt2 \
         --config "$BUILTIN_CONFIG" --tokenizer "$b/tokenizer.json" --objective diffusion \
-        --lr 1.5e-3 --warmup 50 "${data[@]}"
-    # The ablations: the built-in's adaptation without annealing, and without the shift.
-    local adapt=(--base "$base" --mask-token 1 --lr 1e-3 --warmup 50 "${data[@]}")
+        --lr 1e-3 --warmup 100 "${data[@]}"
+    # Part 2, the ablations: the built-in's adaptation without annealing, and without the shift.
+    local adapt=(--base "$base" --mask-token 1 --lr 6e-4 --warmup 100 "${data[@]}")
     run_or_resume "$WORK/builtin-no-anneal" $DLM_STEPS adapt --anneal-steps 0 "${adapt[@]}"
     run_or_resume "$WORK/builtin-no-shift" $DLM_STEPS adapt --anneal-steps 200 --no-shift \
         "${adapt[@]}"

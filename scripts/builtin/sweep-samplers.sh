@@ -5,11 +5,12 @@
 # (>= 25 words per 64 tokens, >= 90% of them words of the training text, no blank or one-token
 # canvas).
 #
-# usage: scripts/builtin/sweep-samplers.sh MODEL_DIR TRAIN_TEXT_DIR [OUT_DIR]
+# usage: scripts/builtin/sweep-samplers.sh MODEL_DIR TRAIN_TEXT_DIR [OUT_DIR] [NAME_REGEX]
 # Every run passes every setting as a flag, so the model's own defaults do not matter here.
+# NAME_REGEX (grep -E) keeps only the settings whose names match it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODEL=$1 TRAIN=$2 OUT=${3:-runs/builtin/sweep}
+MODEL=$1 TRAIN=$2 OUT=${3:-runs/builtin/sweep} ONLY=${4:-.}
 DLM=${DLM:-target/release/dlm}
 mkdir -p "$OUT"
 CANDIDATES=(
@@ -37,12 +38,16 @@ CANDIDATES=(
     "random-t1.0-k40-b1|--sampler random --temperature 1.0 --top-k 40 --block-length 1"
     "random-t1.0-k40-b16|--sampler random --temperature 1.0 --top-k 40 --block-length 16"
     "entropy-t1.0-k40-b4|--sampler entropy --temperature 1.0 --top-k 40 --block-length 4"
+    "random-t0.9-k50-b4|--sampler random --temperature 0.9 --top-k 50 --block-length 4"
+    "entropy-t0.9-k40-b4|--sampler entropy --temperature 0.9 --top-k 40 --block-length 4"
+    "confidence-t1.0-k40-b4|--sampler confidence --temperature 1.0 --top-k 40 --block-length 4"
 )
 # Each setting samples every prompt with seeds 0, 1 and 2 (63 canvases): one seed's pass count
 # swings by several canvases.
 SEEDS=(${SEEDS:-0 1 2})
 for c in "${CANDIDATES[@]}"; do
     name=${c%%|*} flags=${c#*|}
+    grep -qE "$ONLY" <<< "$name" || continue
     : > "$OUT/$name.jsonl"
     for seed in "${SEEDS[@]}"; do
         # shellcheck disable=SC2086
