@@ -35,7 +35,7 @@ FAMILY_SAMPLES = {
                    ("uneven", ["--block-length", "12"])],
     "dream-tiny": [(case, ["--alg", case.replace("_", "-")]) for case in ["entropy", "maskgit_plus", "topk_margin"]],
 }
-BUILTIN = os.path.join(ROOT, "weights", "dlm-shakespeare-4m")
+BUILTIN = os.path.join(ROOT, "weights", "dlm-shakespeare-12m")
 DATA = os.path.join(FIXTURES, "data")
 MASK = 7
 # fixtures/README §4: f32 logits, losses, gradients (atol + rtol·max|want|), one AdamW step end to
