@@ -158,6 +158,18 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// y [m, n] from per-task products: `parts[c]` is [m, nw] for output columns c·per..c·per + nw.
+fn join_columns(parts: &[Vec<f32>], m: usize, n: usize, per: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for (c, part) in parts.iter().enumerate() {
+        let nw = part.len() / m.max(1);
+        for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(nw.max(1))) {
+            yr[c * per..c * per + nw].copy_from_slice(pr);
+        }
+    }
+    y
+}
+
 /// A `[rows, cols]` weight (rows = outputs) kept as its blocks: a U8 tensor `[rows, row_bytes]`,
 /// so that it is stored, shared and saved like any other tensor.
 #[derive(Debug, Clone)]
@@ -324,14 +336,7 @@ impl QuantMatrix {
                 })
                 .collect())
         })?;
-        let mut y = vec![0f32; m * n];
-        for (c, part) in parts.iter().enumerate() {
-            let nw = part.len() / m.max(1);
-            for (i, row) in part.chunks_exact(nw.max(1)).enumerate() {
-                y[i * n + c * chunk..i * n + c * chunk + nw].copy_from_slice(row);
-            }
-        }
-        Ok(y)
+        Ok(join_columns(&parts, m, n, chunk))
     }
 
     /// y = x·Wᵀ for `x` row-major `[m, cols]` by `path`'s packed bf16 kernel: in parallel
@@ -368,15 +373,7 @@ impl QuantMatrix {
                 })
                 .collect())
         })?;
-        let mut y = vec![0f32; m * n];
-        for (c, part) in parts.iter().enumerate() {
-            let nw = part.len() / m.max(1);
-            let j0 = c * tile_rows;
-            for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(nw.max(1))) {
-                yr[j0..j0 + nw].copy_from_slice(pr);
-            }
-        }
-        Ok(y)
+        Ok(join_columns(&parts, m, n, tile_rows))
     }
 
     /// One weight row's blocks `w` dequantised into `out` (`cols` long) as bf16 bits: each
