@@ -221,8 +221,8 @@ impl PackedWeight {
 
     /// Packs a weight of `n` output columns and `k` inputs from its rows as bf16 bits, for
     /// `path`: `row(j, out)` writes row j's k values into `out`. Each panel's 16 rows are
-    /// written into one row buffer in turn and spread into the panel's lines, so no [n, k] copy
-    /// of the weight exists (kept-quantised weights dequantised a tile at a time).
+    /// written into a per-thread buffer and spread from there into the panel's lines, so no
+    /// [n, k] copy of the weight exists (kept-quantised weights dequantised a tile at a time).
     pub fn from_bf16_rows_on(
         path: Isa,
         n: usize,
