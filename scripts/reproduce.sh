@@ -3,7 +3,8 @@
 # machine, with dlm's own commands only. Every step is seeded and resumable: rerun to continue.
 #
 # usage: scripts/reproduce.sh [WORK_DIR] [PART...]   (default: runs/repro; parts: small builtin
-#        smollm2)
+#        smollm2, or builtin's three pieces on their own: builtin_infill builtin_scratch
+#        builtin_ablations)
 #
 # small:   a 5.4M-parameter GPT-2 AR base (300 steps), then four arms of 150 steps each from the
 #          same data with the same held-out validation documents: adapted with shift + annealing,
@@ -73,12 +74,25 @@ small() {
     done
 }
 
-builtin() {
-    local b="${BUILTIN_WORK:-runs/builtin}"
+# The built-in model's runs (scripts/make-builtin-model.sh) and recipe, for the builtin parts.
+builtin_runs() {
+    b="${BUILTIN_WORK:-runs/builtin}"
     source scripts/builtin/recipe.sh
-    local dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
-    local base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
+    dlm="$b/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)"
+    base="$b/ar/checkpoints/step-$(printf %08d $AR_STEPS)"
     [ -d "$dlm" ] || { echo "$dlm is missing: run scripts/make-builtin-model.sh first" >&2; exit 1; }
+    data=(--data "$b/data/train" --val-data "$b/data/heldout" "${OPT[@]}" --no-progress)
+}
+
+builtin() {
+    builtin_infill
+    builtin_scratch
+    builtin_ablations
+}
+
+builtin_infill() {
+    local b dlm base data
+    builtin_runs
     # Part 3: exact recovery of a removed word and of a 3-6-token span: the built-in DLM sees
     # prefix and suffix (and, in the -nosuffix sets, the prefix only); its AR base decodes greedily
     # from the prefix.
@@ -98,18 +112,36 @@ builtin() {
             > "$out.part"
         mv "$out.part" "$out"
     fi
-    # Part 1: a DLM trained from scratch for the built-in's total steps (AR + adaptation).
-    local data=(--data "$b/data/train" --val-data "$b/data/heldout" "${OPT[@]}" --no-progress)
+}
+
+# Part 1: a DLM trained from scratch for the built-in's total steps (AR + adaptation).
+builtin_scratch() {
+    local b dlm base data
+    builtin_runs
     run_or_resume "$WORK/builtin-scratch" $((AR_STEPS + DLM_STEPS)) pretrain --arch gpt2 \
         --config "$BUILTIN_CONFIG" --tokenizer "$b/tokenizer.json" --objective diffusion \
         --lr 1e-3 --warmup 100 "${data[@]}"
-    # Part 2, the ablations: the built-in's adaptation without annealing, and without the shift.
+    builtin_plot
+}
+
+# Part 2, the ablations: the built-in's adaptation without annealing, and without the shift.
+builtin_ablations() {
+    local b dlm base data
+    builtin_runs
     local adapt=(--base "$base" --mask-token 1 --lr 6e-4 --warmup 100 "${data[@]}")
     run_or_resume "$WORK/builtin-no-anneal" $DLM_STEPS adapt --anneal-steps 0 "${adapt[@]}"
     run_or_resume "$WORK/builtin-no-shift" $DLM_STEPS adapt --anneal-steps 200 --no-shift \
         "${adapt[@]}"
-    $DLM plot "$b/dlm" "$WORK/builtin-no-anneal" "$WORK/builtin-no-shift" "$WORK/builtin-scratch" \
-        --out "$WORK/builtin-validation.png" \
+    builtin_plot
+}
+
+# The held-out bound of every builtin run done so far, against training tokens.
+builtin_plot() {
+    local runs=("${BUILTIN_WORK:-runs/builtin}/dlm") run
+    for run in builtin-no-anneal builtin-no-shift builtin-scratch; do
+        [ -f "$WORK/$run/metrics.jsonl" ] && runs+=("$WORK/$run")
+    done
+    $DLM plot "${runs[@]}" --out "$WORK/builtin-validation.png" \
         --title "held-out diffusion bound (nats/token) vs training tokens"
 }
 

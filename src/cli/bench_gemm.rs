@@ -14,7 +14,8 @@ use crate::rng::Rng;
 
 #[derive(Debug, Args)]
 pub struct GemmBenchArgs {
-    /// Model shapes, comma-separated: smollm2 (M = 256 tokens), gpt2 (GPT-2 small, M = 512).
+    /// Model shapes, comma-separated: smollm2 (M = 256 tokens), gpt2 (GPT-2 small, M = 512);
+    /// `NAME:M` sets the rows (e.g. smollm2:33, a dual-cache step's window).
     #[arg(long, default_value = "smollm2,gpt2")]
     pub shapes: String,
     /// Paths to run, comma-separated (default: every path this CPU runs).
@@ -26,7 +27,14 @@ pub struct GemmBenchArgs {
 }
 
 /// (name, M, K, N) of y[M×N] = x[M×K]·Wᵀ for each linear of a model (and its LM head).
-fn shapes(model: &str) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
+fn shapes(spec: &str) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
+    let (model, rows) = match spec.split_once(':') {
+        Some((model, rows)) => match rows.parse::<usize>() {
+            Ok(r) if r > 0 => (model, Some(r)),
+            _ => anyhow::bail!("--shapes: `{spec}`: the rows after `:` must be a positive integer"),
+        },
+        None => (spec, None),
+    };
     let (m, list): (usize, &[(&str, usize, usize)]) = match model {
         "smollm2" => (
             256,
@@ -50,6 +58,7 @@ fn shapes(model: &str) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
         ),
         other => anyhow::bail!("--shapes: unknown model `{other}` (expected smollm2 or gpt2)"),
     };
+    let m = rows.unwrap_or(m);
     Ok(list
         .iter()
         .map(|&(name, k, n)| (format!("{model} {name}"), m, k, n))
@@ -69,10 +78,7 @@ fn quant_rows(
     for ty in [QuantType::Q8_0, QuantType::Q4_0] {
         let q = QuantMatrix::quantize(ty, w, n, k)?;
         for &path in paths {
-            let kernel = match path {
-                Isa::Generic => QuantKernel::Scalar,
-                _ => QuantKernel::Avx2,
-            };
+            let kernel = QuantKernel::on_path(path);
             for rows in [m, 1] {
                 let secs = best_of(iters, || {
                     q.matmul_with(kernel, QuantActivations::Int8, &x[..rows * k], rows)?;

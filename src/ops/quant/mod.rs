@@ -10,6 +10,7 @@ mod blocks;
 mod dot_avx2;
 mod dot_scalar;
 mod tile_avx2;
+mod tile_vnni;
 
 use std::sync::OnceLock;
 
@@ -26,12 +27,14 @@ pub use blocks::{dequantize, dequantize_block, quantize_block, QuantActs, QuantT
 pub enum QuantKernel {
     /// Portable Rust (dot_scalar.rs).
     Scalar,
-    /// AVX2 + FMA + F16C (dot_avx2.rs).
+    /// AVX2 + FMA + F16C (dot_avx2.rs, tile_avx2.rs).
     Avx2,
+    /// AVX-512 F/BW/VL + VNNI (tile_vnni.rs; Q4_K and single dot products take the AVX2 code).
+    Avx512Vnni,
 }
 
 impl QuantKernel {
-    pub const ALL: [QuantKernel; 2] = [Self::Scalar, Self::Avx2];
+    pub const ALL: [QuantKernel; 3] = [Self::Scalar, Self::Avx2, Self::Avx512Vnni];
 
     /// Whether this CPU can run the kernel.
     pub fn available(self) -> bool {
@@ -43,8 +46,10 @@ impl QuantKernel {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => Self::Avx2.available() && tile_vnni::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Avx2 => false,
+            Self::Avx2 | Self::Avx512Vnni => false,
         }
     }
 
@@ -52,23 +57,34 @@ impl QuantKernel {
         match self {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512-vnni",
         }
     }
 
     /// The kernel inference uses: the fastest at or below the CPU path `ops::gemm::isa` chose
-    /// (so `DLM_CPU_ISA=generic` forces the scalar one, as it does every kernel).
+    /// (so `DLM_CPU_ISA=avx2` forces the AVX2 one and `generic` the scalar one, as they do every
+    /// kernel).
     pub fn selected() -> Self {
-        match isa::selected() >= Isa::Avx2 {
-            true => Self::Avx2,
-            false => Self::Scalar,
+        Self::on_path(isa::selected())
+    }
+
+    /// The fastest kernel at or below `path`: VNNI from the AVX-512 paths on (every CPU with
+    /// AVX-512-BF16 or AMX has it).
+    pub fn on_path(path: Isa) -> Self {
+        match path {
+            Isa::Generic => Self::Scalar,
+            Isa::Avx2 => Self::Avx2,
+            _ if Self::Avx512Vnni.available() => Self::Avx512Vnni,
+            _ => Self::Avx2,
         }
     }
 
     fn dot(self, ty: QuantType, w: &[u8], a: blocks::ActRow<'_>) -> f32 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: callers reach Avx2 only through `available()` (checked in `matmul`).
-            Self::Avx2 => unsafe { dot_avx2::dot(ty, w, a) },
+            // SAFETY: callers reach Avx2 and Avx512Vnni (which implies AVX2) only through
+            // `available()` (checked in `matmul_with`).
+            Self::Avx2 | Self::Avx512Vnni => unsafe { dot_avx2::dot(ty, w, a) },
             _ => dot_scalar::dot(ty, w, a),
         }
     }
@@ -307,9 +323,9 @@ impl QuantMatrix {
         };
         let (n, rb) = (self.rows, self.ty.row_bytes(self.cols));
         // Weight rows in chunks small enough to stay in L1 while every x row passes over them,
-        // whole tiles of three rows (tile_avx2.rs) where there are enough.
+        // whole tiles of three (tile_avx2.rs) or four rows (tile_vnni.rs) where there are enough.
         let threads = rayon::current_num_threads().max(1);
-        let chunk = n.div_ceil(4 * threads).clamp(1, 60).next_multiple_of(3);
+        let chunk = n.div_ceil(4 * threads).clamp(1, 60).next_multiple_of(12);
         let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
             Ok(bytes
                 .par_chunks(chunk * rb)
@@ -318,7 +334,16 @@ impl QuantMatrix {
                     let mut out = vec![0f32; m * nw];
                     match &acts {
                         #[cfg(target_arch = "x86_64")]
-                        Some(acts) if kernel == QuantKernel::Avx2 && tile_avx2::tiled(self.ty) => {
+                        Some(acts)
+                            if kernel == QuantKernel::Avx512Vnni && tile_vnni::tiled(self.ty) =>
+                        {
+                            // SAFETY: `kernel.available()` was checked above; whole rows.
+                            unsafe { tile_vnni::product(self.ty, w, acts, &mut out, nw) }
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Some(acts)
+                            if kernel != QuantKernel::Scalar && tile_avx2::tiled(self.ty) =>
+                        {
                             // SAFETY: `kernel.available()` was checked above; whole rows.
                             unsafe { tile_avx2::product(self.ty, w, acts, &mut out, nw) }
                         }
@@ -412,8 +437,8 @@ impl QuantMatrix {
             }
         };
         match kernel {
-            QuantKernel::Avx2 => crate::ops::cpu::simd(work),
             QuantKernel::Scalar => work(),
+            _ => crate::ops::cpu::simd(work),
         }
     }
 
