@@ -23,17 +23,21 @@ pub fn tiled(ty: QuantType) -> bool {
     matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
 }
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs the kernel (VBMI's byte permute unpacks the 4-bit blocks).
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vbmi")
         && is_x86_feature_detected!("f16c")
 }
 
 /// Weight rows per tile (a multiple of it keeps every tile full).
 pub const TILE_ROWS: usize = 4;
+
+/// Blocks whose scales are read (and multiplied) together: one register of f32.
+const GROUP: usize = 16;
 
 /// out[i·ldo + j] = x row i · w row j for the `w.len() / row_bytes` weight rows `w` and every
 /// row of `acts`.
@@ -41,28 +45,16 @@ pub const TILE_ROWS: usize = 4;
 /// # Safety
 /// `available()`; `tiled(ty)`; `w` holds whole rows of `acts.cols` elements; `out` has room
 /// for `acts.rows()` rows of `ldo` ≥ (weight rows) floats.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32], ldo: usize) {
     let rb = ty.row_bytes(acts.cols);
     let (nw, m) = (w.len() / rb, acts.rows());
     assert!(ldo >= nw && out.len() >= m.saturating_sub(1) * ldo + nw);
-    let nb = acts.cols / ACT_BLOCK;
-    // Per x row and block pair: the two blocks' scales d_x across the register's halves.
-    let pairs = nb.div_ceil(2);
-    let mut xd = vec![0f32; m * pairs * 16];
-    for i in 0..m {
-        for b in 0..nb {
-            let (p, half) = (b / 2, b % 2);
-            let at = (i * pairs + p) * 16 + 8 * half;
-            xd[at..at + 8].fill(acts.d[i * nb + b]);
-        }
-    }
     let job = Job {
         w: w.as_ptr(),
         rb,
-        nb,
+        nb: acts.cols / ACT_BLOCK,
         acts,
-        xd: &xd,
         out: out.as_mut_ptr(),
         ldo,
     };
@@ -73,112 +65,129 @@ pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32]
     }
 }
 
-/// One call's operands: weight rows `rb` bytes apart from `w`, the activations and their
-/// expanded scales, the output.
+/// One call's operands: weight rows `rb` bytes apart from `w`, the activations, the output.
 struct Job<'a> {
     w: *const u8,
     rb: usize,
     nb: usize,
     acts: &'a QuantActs,
-    xd: &'a [f32],
     out: *mut f32,
     ldo: usize,
 }
 
 /// Runs `$job.tile::<$f, W, X>` for the tile's actual (rows, x rows), each at most (4, 2).
 macro_rules! dispatch {
-    ($job:expr, $f:ty, $scales:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
+    ($job:expr, $f:ty, $mins:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
         match ($rows, $xrows) {
-            (4, 2) => $job.tile::<$f, 4, 2>($scales, $j0, $i0),
-            (4, _) => $job.tile::<$f, 4, 1>($scales, $j0, $i0),
-            (3, 2) => $job.tile::<$f, 3, 2>($scales, $j0, $i0),
-            (3, _) => $job.tile::<$f, 3, 1>($scales, $j0, $i0),
-            (2, 2) => $job.tile::<$f, 2, 2>($scales, $j0, $i0),
-            (2, _) => $job.tile::<$f, 2, 1>($scales, $j0, $i0),
-            (_, 2) => $job.tile::<$f, 1, 2>($scales, $j0, $i0),
-            _ => $job.tile::<$f, 1, 1>($scales, $j0, $i0),
+            (4, 2) => $job.tile::<$f, 4, 2>($mins, $j0, $i0),
+            (4, _) => $job.tile::<$f, 4, 1>($mins, $j0, $i0),
+            (3, 2) => $job.tile::<$f, 3, 2>($mins, $j0, $i0),
+            (3, _) => $job.tile::<$f, 3, 1>($mins, $j0, $i0),
+            (2, 2) => $job.tile::<$f, 2, 2>($mins, $j0, $i0),
+            (2, _) => $job.tile::<$f, 2, 1>($mins, $j0, $i0),
+            (_, 2) => $job.tile::<$f, 1, 2>($mins, $j0, $i0),
+            _ => $job.tile::<$f, 1, 1>($mins, $j0, $i0),
         }
     };
 }
 
 impl Job<'_> {
     /// Every weight row against every x row, in tiles of at most 4 × 2.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     unsafe fn all<F: Format>(&self, nw: usize, m: usize) {
         const TW: usize = TILE_ROWS;
-        // Per weight row of a tile: its block scales (and Q4_1's mins) as f32, read once, with
-        // a zero past the last block so that an odd block count reads whole pairs.
-        let stride = 2 * self.nb.div_ceil(2);
-        let mut scales = vec![0f32; 2 * TW * stride];
+        // Q4_1: per weight row of a tile, its blocks' mins as f32, read once.
+        let mut mins = vec![0f32; if F::MIN { TW * self.nb } else { 0 }];
         for j0 in (0..nw).step_by(TW) {
             let rows = (nw - j0).min(TW);
-            for r in 0..rows {
-                for b in 0..self.nb {
-                    let block = self.w.add((j0 + r) * self.rb + b * F::BYTES);
-                    scales[r * stride + b] = f16(block);
-                    scales[(TW + r) * stride + b] = F::min(block);
+            if F::MIN {
+                for r in 0..rows {
+                    for b in 0..self.nb {
+                        let block = self.w.add((j0 + r) * self.rb + b * F::BYTES);
+                        mins[r * self.nb + b] = f16(block.add(2));
+                    }
                 }
             }
-            let (d, mins) = scales.split_at(TW * stride);
             for i0 in (0..m).step_by(2) {
-                dispatch!(self, F, (d, mins, stride), j0, i0, rows, (m - i0).min(2));
+                dispatch!(self, F, &mins, j0, i0, rows, (m - i0).min(2));
             }
         }
     }
 
     /// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
-    /// pair of blocks, then written to out.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    /// pair of blocks, then written to out. The scales d_w·d_x of 16 blocks at a time are one
+    /// register per (weight row, x row); each pair of blocks takes its two by a permute.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     #[inline]
     #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
     unsafe fn tile<F: Format, const W: usize, const X: usize>(
         &self,
-        (d, mins, stride): (&[f32], &[f32], usize),
+        mins: &[f32],
         j0: usize,
         i0: usize,
     ) {
         let (nb, cols) = (self.nb, self.acts.cols);
-        let pairs = nb.div_ceil(2);
         let mut acc = [[_mm512_setzero_ps(); X]; W];
         let w = self.w.add(j0 * self.rb);
         let xq = self.acts.qs.as_ptr().add(i0 * cols);
-        let xd = self.xd.as_ptr().add(i0 * pairs * 16);
+        let xd = self.acts.d.as_ptr().add(i0 * nb);
         let bias = _mm512_set1_epi8(F::BIAS as i8);
-        // Lanes 0..8 take the first of two scales, 8..16 the second.
+        // Byte offsets of 16 consecutive blocks' scales, for the gather.
+        let offsets = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(F::BYTES as i32),
+        );
+        // Lanes 0..8 take the pair's first scale, 8..16 its second.
         let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        for p in 0..pairs {
-            let b = 2 * p;
-            let both = b + 1 < nb;
-            let mut u = [_mm512_setzero_si512(); W];
-            for (r, u) in u.iter_mut().enumerate() {
-                let block = w.add(r * self.rb + b * F::BYTES);
-                *u = F::unpack(block, both.then(|| block.add(F::BYTES)));
+        for g in (0..nb).step_by(GROUP) {
+            let count = (nb - g).min(GROUP);
+            let valid: __mmask16 = if count == GROUP {
+                !0
+            } else {
+                (1u16 << count) - 1
+            };
+            let mut scale = [[_mm512_setzero_ps(); X]; W];
+            for r in 0..W {
+                // The f16 scales of blocks g.. of row r (each the low half of a gathered word).
+                let words = _mm512_mask_i32gather_epi32::<1>(
+                    _mm512_setzero_si512(),
+                    valid,
+                    offsets,
+                    w.add(r * self.rb + g * F::BYTES) as *const i32,
+                );
+                let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+                for i in 0..X {
+                    let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
+                    scale[r][i] = _mm512_mul_ps(dw, dx);
+                }
             }
-            for i in 0..X {
-                let xp = xq.add(i * cols + b * ACT_BLOCK);
-                let x = match both {
-                    true => _mm512_loadu_si512(xp as _),
-                    false => _mm512_zextsi256_si512(_mm256_loadu_si256(xp as _)),
-                };
-                // −bias·Σx in each group of four, where every weight row's sums start.
-                let start = match F::BIAS {
-                    0 => _mm512_setzero_si512(),
-                    _ => _mm512_sub_epi32(
-                        _mm512_setzero_si512(),
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
-                    ),
-                };
-                let dx = _mm512_loadu_ps(xd.add((i * pairs + p) * 16));
-                for r in 0..W {
-                    let ints = _mm512_dpbusd_epi32(start, u[r], x);
-                    let dw = _mm512_permutexvar_ps(
-                        halves,
-                        _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(
-                            d.as_ptr().add(r * stride + b) as *const f64,
-                        ))),
-                    );
-                    acc[r][i] =
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_mul_ps(dw, dx), acc[r][i]);
+            for p in 0..count.div_ceil(2) {
+                let b = g + 2 * p;
+                let both = b + 1 < nb;
+                let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
+                let mut u = [_mm512_setzero_si512(); W];
+                for (r, u) in u.iter_mut().enumerate() {
+                    *u = F::unpack(w.add(r * self.rb + b * F::BYTES), both);
+                }
+                for i in 0..X {
+                    let xp = xq.add(i * cols + b * ACT_BLOCK);
+                    let x = match both {
+                        true => _mm512_loadu_si512(xp as _),
+                        false => _mm512_zextsi256_si512(_mm256_loadu_si256(xp as _)),
+                    };
+                    // −bias·Σx in each group of four, where every weight row's sums start.
+                    let start = match F::BIAS {
+                        0 => _mm512_setzero_si512(),
+                        _ => _mm512_sub_epi32(
+                            _mm512_setzero_si512(),
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
+                        ),
+                    };
+                    for r in 0..W {
+                        let ints = _mm512_dpbusd_epi32(start, u[r], x);
+                        let s = _mm512_permutexvar_ps(pick, scale[r][i]);
+                        acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), s, acc[r][i]);
+                    }
                 }
             }
         }
@@ -187,7 +196,7 @@ impl Job<'_> {
                 let mut sum = _mm512_reduce_add_ps(acc[r][i]);
                 if F::MIN {
                     // Σ_blocks min_w·(d_x·Σq_x), the term every weight of a block shares.
-                    let (o, sx) = (&mins[r * stride..r * stride + nb], self.acts.row(i0 + i).s);
+                    let (o, sx) = (&mins[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
                     sum += o.iter().zip(sx).map(|(a, b)| a * b).sum::<f32>();
                 }
                 *self.out.add((i0 + i) * self.ldo + j0 + r) = sum;
@@ -198,47 +207,50 @@ impl Job<'_> {
 
 /// The f16 at `p`, by F16C.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 unsafe fn f16(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// One block format: its weights as unsigned bytes u, valued d·(u − BIAS) (+ the block's min).
+/// One block format: its weights as unsigned bytes u, valued d·(u − BIAS) (+ the block's min),
+/// d the f16 at the block's start.
 trait Format {
     const BYTES: usize;
     /// What u is offset by (0: none).
     const BIAS: u8;
-    /// Whether blocks carry a min (summed after the loop).
+    /// Whether blocks carry a min (the f16 after d, summed after the loop).
     const MIN: bool;
-    /// Blocks `a` and `b` (or zeros) as 64 u8 in element order.
-    unsafe fn unpack(a: *const u8, b: Option<*const u8>) -> __m512i;
-    /// The block's min per element.
-    unsafe fn min(block: *const u8) -> f32;
+    /// The block at `a` and (if `both`) the next one, as 64 u8 in element order (zeros for a
+    /// missing second block).
+    unsafe fn unpack(a: *const u8, both: bool) -> __m512i;
 }
 
 struct Q8_0;
 struct Q4_0;
 struct Q4_1;
 
-/// Two blocks' 16 nibble bytes at `a` and `b` as 64 bytes in element order: each block's low
-/// nibbles (its elements 0..16), then its high ones (16..32).
+/// Two 4-bit blocks from `a` (the next `BYTES` on, if `both`), their 16 nibble bytes at
+/// offset `q` of each, as 64 bytes in element order: each block's low nibbles (its elements
+/// 0..16), then its high ones (16..32). One masked load (nothing read past the blocks), one
+/// byte permute to put each block's 16 bytes twice, one shift of the high copies.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-unsafe fn nibbles(a: *const u8, b: Option<*const u8>) -> __m512i {
-    let lo = _mm_loadu_si128(a as *const __m128i);
-    let hi = b.map_or(_mm_setzero_si128(), |b| {
-        _mm_loadu_si128(b as *const __m128i)
-    });
-    let v = _mm256_set_m128i(hi, lo);
-    let low = _mm256_set1_epi8(0x0F);
-    let (l, h) = (
-        _mm256_and_si256(v, low),
-        _mm256_and_si256(_mm256_srli_epi16(v, 4), low),
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn nibbles<const BYTES: usize, const Q: usize>(a: *const u8, both: bool) -> __m512i {
+    let len = if both { 2 * BYTES } else { BYTES };
+    let raw = _mm512_maskz_loadu_epi8((1u64 << len) - 1, a as *const i8);
+    // Lane l takes byte Q + l % 16 of block l / 32.
+    let mut idx = [0u8; 64];
+    for (l, v) in idx.iter_mut().enumerate() {
+        *v = ((l / 32) * BYTES + Q + l % 16) as u8;
+    }
+    let picked = _mm512_permutexvar_epi8(_mm512_loadu_si512(idx.as_ptr() as _), raw);
+    // 16-bit words 8..16 and 24..32 (the high copies) shift right by 4.
+    let shifts = _mm512_set_epi16(
+        4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0,
+        0, 0,
     );
-    // [a lo, b lo, a hi, b hi] → [a lo, a hi, b lo, b hi]
-    let z = _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
-    _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+    _mm512_and_si512(_mm512_srlv_epi16(picked, shifts), _mm512_set1_epi8(0x0F))
 }
 
 impl Format for Q8_0 {
@@ -246,24 +258,19 @@ impl Format for Q8_0 {
     const BIAS: u8 = 128;
     const MIN: bool = false;
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn unpack(a: *const u8, b: Option<*const u8>) -> __m512i {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
         let lo = _mm256_loadu_si256(a.add(2) as _);
-        let z = match b {
-            Some(b) => _mm512_inserti64x4(
+        let z = match both {
+            true => _mm512_inserti64x4(
                 _mm512_castsi256_si512(lo),
-                _mm256_loadu_si256(b.add(2) as _),
+                _mm256_loadu_si256(a.add(Self::BYTES + 2) as _),
                 1,
             ),
-            None => _mm512_zextsi256_si512(lo),
+            false => _mm512_zextsi256_si512(lo),
         };
         // q + 128 as an unsigned byte (a missing block's zeros become 128 · zero x).
         _mm512_xor_si512(z, _mm512_set1_epi8(-128))
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn min(_: *const u8) -> f32 {
-        0.0
     }
 }
 
@@ -272,14 +279,9 @@ impl Format for Q4_0 {
     const BIAS: u8 = 8;
     const MIN: bool = false;
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn unpack(a: *const u8, b: Option<*const u8>) -> __m512i {
-        nibbles(a.add(2), b.map(|b| b.add(2)))
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn min(_: *const u8) -> f32 {
-        0.0
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
+        nibbles::<18, 2>(a, both)
     }
 }
 
@@ -288,13 +290,8 @@ impl Format for Q4_1 {
     const BIAS: u8 = 0;
     const MIN: bool = true;
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn unpack(a: *const u8, b: Option<*const u8>) -> __m512i {
-        nibbles(a.add(4), b.map(|b| b.add(4)))
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn min(block: *const u8) -> f32 {
-        f16(block.add(2))
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
+        nibbles::<20, 4>(a, both)
     }
 }
