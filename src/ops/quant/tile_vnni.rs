@@ -3,7 +3,10 @@
 //! VPDPBUSD (64 u8 × i8 products summed in fours into sixteen i32) where AVX2 needs
 //! `maddubs` + `madd` (and two `sign`s for signed weights). Tiles are up to 4 weight rows × 2
 //! activation rows, accumulated in registers across the whole of k; an odd last block runs
-//! with the register's upper half zero.
+//! with the register's upper half zero. The f16 scales of 16 blocks of a weight row are one
+//! gather, multiplied by x's 16 at once; each pair of blocks takes its two by a permute. Two
+//! 4-bit blocks unpack with one masked load and one VBMI byte permute (so the kernel needs
+//! AVX-512-VBMI too: Ice Lake, Sapphire Rapids, Zen 4 have it; Cascade Lake takes AVX2).
 //!
 //! VPDPBUSD wants its first operand unsigned. Every weight is stored as d·(u − bias) or d·u +
 //! min with u an unsigned byte: Q8_0 as its signed q with bias 128 (u = q ^ 0x80), Q4_0 as its
