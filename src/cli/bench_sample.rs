@@ -46,6 +46,10 @@ pub struct SampleBenchArgs {
     /// run's speed-up over the mean of the two (a noisy machine needs the baseline in the same run).
     #[arg(long, value_name = "PYTHON")]
     pub pytorch: Option<PathBuf>,
+    /// The dtype PyTorch runs in (default: the one dlm runs in): `--dtype bf16 --pytorch-dtype
+    /// fp32` sets every dlm run against PyTorch's fp32 reference step.
+    #[arg(long, value_parser = ["fp32", "bf16"])]
+    pub pytorch_dtype: Option<String>,
     /// Only the exact path (with --pytorch: the parity check alone)
     #[arg(long)]
     pub exact_only: bool,
@@ -190,7 +194,7 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
         let torch = (before + after) / 2.0;
         println!(
             "pytorch reference sampler ({}, full logits): {torch:.1} ms/step (before {before:.1}, after {after:.1})",
-            a.runtime.dtype
+            torch_dtype(&a)
         );
         for (name, ms) in ms_per_step {
             println!("{name:<40} x{:.2} vs PyTorch", torch / ms);
@@ -200,6 +204,13 @@ pub fn run(a: SampleBenchArgs) -> anyhow::Result<()> {
 }
 
 /// ms/step of `bench/pytorch_sample.py` on the same model, canvas and T.
+/// The dtype the PyTorch script runs in.
+fn torch_dtype(a: &SampleBenchArgs) -> &str {
+    a.pytorch_dtype
+        .as_deref()
+        .unwrap_or_else(|| super::bench::torch_dtype(a.runtime.dtype.dtype()))
+}
+
 fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f64> {
     let model = a.model.to_string_lossy();
     let args = [
@@ -209,7 +220,7 @@ fn pytorch_ms(python: &std::path::Path, a: &SampleBenchArgs) -> anyhow::Result<f
         "--steps",
         &a.steps.to_string(),
         "--dtype",
-        super::bench::torch_dtype(a.runtime.dtype.dtype()),
+        torch_dtype(a),
     ];
     let stdout = super::bench::run_bench_script(python, "pytorch_sample.py", &args)?;
     // "pytorch fp32 reference sampler: canvas 257, T = 64: 641.3 ms/step, 6.2 tokens/s"
