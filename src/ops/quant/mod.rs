@@ -156,6 +156,40 @@ impl QuantActivations {
     }
 }
 
+/// One call of a tiled int8 kernel (tile_avx2.rs, tile_vnni.rs): weight rows `rb` bytes apart
+/// from `w` (`nw` of them), the activations (`m` rows of `nb` blocks), the output (rows `ldo`
+/// floats apart).
+struct TileJob<'a> {
+    w: *const u8,
+    rb: usize,
+    nw: usize,
+    nb: usize,
+    m: usize,
+    acts: &'a QuantActs,
+    out: *mut f32,
+    ldo: usize,
+}
+
+impl<'a> TileJob<'a> {
+    /// The operands of out[i·ldo + j] = x row i · w row j for the whole weight rows `w` of `ty`
+    /// and every row of `acts`; panics if `out` is too small.
+    fn new(ty: QuantType, w: &[u8], acts: &'a QuantActs, out: &mut [f32], ldo: usize) -> Self {
+        let rb = ty.row_bytes(acts.cols);
+        let (nw, m) = (w.len() / rb, acts.rows());
+        assert!(ldo >= nw && out.len() >= m.saturating_sub(1) * ldo + nw);
+        Self {
+            w: w.as_ptr(),
+            rb,
+            nw,
+            nb: acts.cols / ACT_BLOCK,
+            m,
+            acts,
+            out: out.as_mut_ptr(),
+            ldo,
+        }
+    }
+}
+
 /// Σ a·b in eight independent lanes, so the loop vectorises without reassociating a float sum.
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];

@@ -19,6 +19,7 @@ use std::arch::x86_64::*;
 
 use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
 use super::dot_avx2::{hsum, nibbles_16};
+use super::TileJob;
 
 /// Whether `ty` has a tiled kernel.
 pub fn tiled(ty: QuantType) -> bool {
@@ -33,127 +34,106 @@ pub fn tiled(ty: QuantType) -> bool {
 /// `out` has room for `acts.rows()` rows of `ldo` ≥ (weight rows) floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32], ldo: usize) {
-    let rb = ty.row_bytes(acts.cols);
-    let (nw, m) = (w.len() / rb, acts.rows());
-    assert!(ldo >= nw && out.len() >= m.saturating_sub(1) * ldo + nw);
-    let job = Job {
-        w: w.as_ptr(),
-        rb,
-        nb: acts.cols / ACT_BLOCK,
-        acts,
-        out: out.as_mut_ptr(),
-        ldo,
-    };
+    let job = TileJob::new(ty, w, acts, out, ldo);
     match ty {
-        QuantType::Q8_0 => job.all::<Q8_0>(nw, m),
-        QuantType::Q4_0 => job.all::<Q4_0>(nw, m),
-        _ => job.all::<Q4_1>(nw, m),
+        QuantType::Q8_0 => all::<Q8_0>(&job),
+        QuantType::Q4_0 => all::<Q4_0>(&job),
+        _ => all::<Q4_1>(&job),
     }
-}
-
-/// One call's operands: weight rows `rb` bytes apart from `w`, the activations, the output.
-struct Job<'a> {
-    w: *const u8,
-    rb: usize,
-    nb: usize,
-    acts: &'a QuantActs,
-    out: *mut f32,
-    ldo: usize,
 }
 
 /// Runs `$job.tile::<$f, W, X>` for the tile's actual (rows, x rows), each at most (3, 2).
 macro_rules! dispatch {
     ($job:expr, $f:ty, $scales:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
         match ($rows, $xrows) {
-            (3, 2) => $job.tile::<$f, 3, 2>($scales, $j0, $i0),
-            (3, _) => $job.tile::<$f, 3, 1>($scales, $j0, $i0),
-            (2, 2) => $job.tile::<$f, 2, 2>($scales, $j0, $i0),
-            (2, _) => $job.tile::<$f, 2, 1>($scales, $j0, $i0),
-            (_, 2) => $job.tile::<$f, 1, 2>($scales, $j0, $i0),
-            _ => $job.tile::<$f, 1, 1>($scales, $j0, $i0),
+            (3, 2) => tile::<$f, 3, 2>($job, $scales, $j0, $i0),
+            (3, _) => tile::<$f, 3, 1>($job, $scales, $j0, $i0),
+            (2, 2) => tile::<$f, 2, 2>($job, $scales, $j0, $i0),
+            (2, _) => tile::<$f, 2, 1>($job, $scales, $j0, $i0),
+            (_, 2) => tile::<$f, 1, 2>($job, $scales, $j0, $i0),
+            _ => tile::<$f, 1, 1>($job, $scales, $j0, $i0),
         }
     };
 }
 
-impl Job<'_> {
-    /// Every weight row against every x row, in tiles of at most 3 × 2.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn all<F: Format>(&self, nw: usize, m: usize) {
-        const TW: usize = 3;
-        let tx = if F::PAIRS { 2 } else { 1 };
-        // Per weight row of a tile: its block scales (and offsets) as f32, read once.
-        let mut scales = vec![0f32; 2 * TW * self.nb];
-        for j0 in (0..nw).step_by(TW) {
-            let rows = (nw - j0).min(TW);
-            for r in 0..rows {
-                for b in 0..self.nb {
-                    let block = self.w.add((j0 + r) * self.rb + b * F::BYTES);
-                    scales[r * self.nb + b] = f16(block);
-                    scales[(TW + r) * self.nb + b] = F::offset(block);
-                }
+/// Every weight row against every x row, in tiles of at most 3 × 2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn all<F: Format>(job: &TileJob) {
+    let (nw, m) = (job.nw, job.m);
+    const TW: usize = 3;
+    let tx = if F::PAIRS { 2 } else { 1 };
+    // Per weight row of a tile: its block scales (and offsets) as f32, read once.
+    let mut scales = vec![0f32; 2 * TW * job.nb];
+    for j0 in (0..nw).step_by(TW) {
+        let rows = (nw - j0).min(TW);
+        for r in 0..rows {
+            for b in 0..job.nb {
+                let block = job.w.add((j0 + r) * job.rb + b * F::BYTES);
+                scales[r * job.nb + b] = f16(block);
+                scales[(TW + r) * job.nb + b] = F::offset(block);
             }
-            let (d, offsets) = scales.split_at(TW * self.nb);
-            for i0 in (0..m).step_by(tx) {
-                dispatch!(self, F, (d, offsets), j0, i0, rows, (m - i0).min(tx));
+        }
+        let (d, offsets) = scales.split_at(TW * job.nb);
+        for i0 in (0..m).step_by(tx) {
+            dispatch!(job, F, (d, offsets), j0, i0, rows, (m - i0).min(tx));
+        }
+    }
+}
+
+/// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
+/// block, then written to out.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // r and i index both operands and the output
+unsafe fn tile<F: Format, const W: usize, const X: usize>(
+    job: &TileJob,
+    (d, offsets): (&[f32], &[f32]),
+    j0: usize,
+    i0: usize,
+) {
+    let (nb, cols) = (job.nb, job.acts.cols);
+    let mut acc = [[_mm256_setzero_ps(); X]; W];
+    let w = job.w.add(j0 * job.rb);
+    let xq = job.acts.qs.as_ptr().add(i0 * cols);
+    let xd = job.acts.d.as_ptr().add(i0 * nb);
+    for b in 0..nb {
+        let mut wv = [(_mm256_setzero_si256(), _mm256_setzero_si256()); W];
+        for (r, wv) in wv.iter_mut().enumerate() {
+            *wv = F::unpack(w.add(r * job.rb + b * F::BYTES));
+        }
+        for i in 0..X {
+            let x = _mm256_loadu_si256(xq.add(i * cols + b * ACT_BLOCK) as _);
+            let dx = _mm256_broadcast_ss(&*xd.add(i * nb + b));
+            for r in 0..W {
+                let ints = F::dot(wv[r], x);
+                let s = _mm256_mul_ps(dx, _mm256_broadcast_ss(d.get_unchecked(r * nb + b)));
+                acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), s, acc[r][i]);
             }
         }
     }
-
-    /// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
-    /// block, then written to out.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
-    unsafe fn tile<F: Format, const W: usize, const X: usize>(
-        &self,
-        (d, offsets): (&[f32], &[f32]),
-        j0: usize,
-        i0: usize,
-    ) {
-        let (nb, cols) = (self.nb, self.acts.cols);
-        let mut acc = [[_mm256_setzero_ps(); X]; W];
-        let w = self.w.add(j0 * self.rb);
-        let xq = self.acts.qs.as_ptr().add(i0 * cols);
-        let xd = self.acts.d.as_ptr().add(i0 * nb);
-        for b in 0..nb {
-            let mut wv = [(_mm256_setzero_si256(), _mm256_setzero_si256()); W];
-            for (r, wv) in wv.iter_mut().enumerate() {
-                *wv = F::unpack(w.add(r * self.rb + b * F::BYTES));
-            }
-            for i in 0..X {
-                let x = _mm256_loadu_si256(xq.add(i * cols + b * ACT_BLOCK) as _);
-                let dx = _mm256_broadcast_ss(&*xd.add(i * nb + b));
-                for r in 0..W {
-                    let ints = F::dot(wv[r], x);
-                    let s = _mm256_mul_ps(dx, _mm256_broadcast_ss(d.get_unchecked(r * nb + b)));
-                    acc[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), s, acc[r][i]);
+    for r in 0..W {
+        for i in 0..X {
+            let mut v = acc[r][i];
+            let mut tail = 0.0;
+            if F::OFFSET {
+                // Σ_blocks offset_w·(d_x·Σq_x), the term every weight of a block shares,
+                // eight blocks at a time into the same lanes (one horizontal sum for both).
+                let (o, sx) = (&offsets[r * nb..(r + 1) * nb], job.acts.row(i0 + i).s);
+                let whole = nb - nb % 8;
+                for b in (0..whole).step_by(8) {
+                    let (ov, sv) = (
+                        _mm256_loadu_ps(o.as_ptr().add(b)),
+                        _mm256_loadu_ps(sx.as_ptr().add(b)),
+                    );
+                    v = _mm256_fmadd_ps(ov, sv, v);
                 }
+                tail = o[whole..]
+                    .iter()
+                    .zip(&sx[whole..])
+                    .map(|(a, b)| a * b)
+                    .sum();
             }
-        }
-        for r in 0..W {
-            for i in 0..X {
-                let mut v = acc[r][i];
-                let mut tail = 0.0;
-                if F::OFFSET {
-                    // Σ_blocks offset_w·(d_x·Σq_x), the term every weight of a block shares,
-                    // eight blocks at a time into the same lanes (one horizontal sum for both).
-                    let (o, sx) = (&offsets[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
-                    let whole = nb - nb % 8;
-                    for b in (0..whole).step_by(8) {
-                        let (ov, sv) = (
-                            _mm256_loadu_ps(o.as_ptr().add(b)),
-                            _mm256_loadu_ps(sx.as_ptr().add(b)),
-                        );
-                        v = _mm256_fmadd_ps(ov, sv, v);
-                    }
-                    tail = o[whole..]
-                        .iter()
-                        .zip(&sx[whole..])
-                        .map(|(a, b)| a * b)
-                        .sum();
-                }
-                *self.out.add((i0 + i) * self.ldo + j0 + r) = hsum(v) + tail;
-            }
+            *job.out.add((i0 + i) * job.ldo + j0 + r) = hsum(v) + tail;
         }
     }
 }

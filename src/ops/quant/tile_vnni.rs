@@ -20,6 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
+use super::TileJob;
 
 /// Whether `ty` has a tiled kernel here.
 pub fn tiled(ty: QuantType) -> bool {
@@ -50,160 +51,139 @@ const GROUP: usize = 16;
 /// for `acts.rows()` rows of `ldo` ≥ (weight rows) floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32], ldo: usize) {
-    let rb = ty.row_bytes(acts.cols);
-    let (nw, m) = (w.len() / rb, acts.rows());
-    assert!(ldo >= nw && out.len() >= m.saturating_sub(1) * ldo + nw);
-    let job = Job {
-        w: w.as_ptr(),
-        rb,
-        nb: acts.cols / ACT_BLOCK,
-        acts,
-        out: out.as_mut_ptr(),
-        ldo,
-    };
+    let job = TileJob::new(ty, w, acts, out, ldo);
     match ty {
-        QuantType::Q8_0 => job.all::<Q8_0>(nw, m),
-        QuantType::Q4_0 => job.all::<Q4_0>(nw, m),
-        _ => job.all::<Q4_1>(nw, m),
+        QuantType::Q8_0 => all::<Q8_0>(&job),
+        QuantType::Q4_0 => all::<Q4_0>(&job),
+        _ => all::<Q4_1>(&job),
     }
-}
-
-/// One call's operands: weight rows `rb` bytes apart from `w`, the activations, the output.
-struct Job<'a> {
-    w: *const u8,
-    rb: usize,
-    nb: usize,
-    acts: &'a QuantActs,
-    out: *mut f32,
-    ldo: usize,
 }
 
 /// Runs `$job.tile::<$f, W, X>` for the tile's actual (rows, x rows), each at most (4, 2).
 macro_rules! dispatch {
     ($job:expr, $f:ty, $mins:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
         match ($rows, $xrows) {
-            (4, 2) => $job.tile::<$f, 4, 2>($mins, $j0, $i0),
-            (4, _) => $job.tile::<$f, 4, 1>($mins, $j0, $i0),
-            (3, 2) => $job.tile::<$f, 3, 2>($mins, $j0, $i0),
-            (3, _) => $job.tile::<$f, 3, 1>($mins, $j0, $i0),
-            (2, 2) => $job.tile::<$f, 2, 2>($mins, $j0, $i0),
-            (2, _) => $job.tile::<$f, 2, 1>($mins, $j0, $i0),
-            (_, 2) => $job.tile::<$f, 1, 2>($mins, $j0, $i0),
-            _ => $job.tile::<$f, 1, 1>($mins, $j0, $i0),
+            (4, 2) => tile::<$f, 4, 2>($job, $mins, $j0, $i0),
+            (4, _) => tile::<$f, 4, 1>($job, $mins, $j0, $i0),
+            (3, 2) => tile::<$f, 3, 2>($job, $mins, $j0, $i0),
+            (3, _) => tile::<$f, 3, 1>($job, $mins, $j0, $i0),
+            (2, 2) => tile::<$f, 2, 2>($job, $mins, $j0, $i0),
+            (2, _) => tile::<$f, 2, 1>($job, $mins, $j0, $i0),
+            (_, 2) => tile::<$f, 1, 2>($job, $mins, $j0, $i0),
+            _ => tile::<$f, 1, 1>($job, $mins, $j0, $i0),
         }
     };
 }
 
-impl Job<'_> {
-    /// Every weight row against every x row, in tiles of at most 4 × 2.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    unsafe fn all<F: Format>(&self, nw: usize, m: usize) {
-        const TW: usize = TILE_ROWS;
-        // Q4_1: per weight row of a tile, its blocks' mins as f32, read once.
-        let mut mins = vec![0f32; if F::MIN { TW * self.nb } else { 0 }];
-        for j0 in (0..nw).step_by(TW) {
-            let rows = (nw - j0).min(TW);
-            if F::MIN {
-                for r in 0..rows {
-                    for b in 0..self.nb {
-                        let block = self.w.add((j0 + r) * self.rb + b * F::BYTES);
-                        mins[r * self.nb + b] = f16(block.add(2));
-                    }
+/// Every weight row against every x row, in tiles of at most 4 × 2.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn all<F: Format>(job: &TileJob) {
+    let (nw, m) = (job.nw, job.m);
+    const TW: usize = TILE_ROWS;
+    // Q4_1: per weight row of a tile, its blocks' mins as f32, read once.
+    let mut mins = vec![0f32; if F::MIN { TW * job.nb } else { 0 }];
+    for j0 in (0..nw).step_by(TW) {
+        let rows = (nw - j0).min(TW);
+        if F::MIN {
+            for r in 0..rows {
+                for b in 0..job.nb {
+                    let block = job.w.add((j0 + r) * job.rb + b * F::BYTES);
+                    mins[r * job.nb + b] = f16(block.add(2));
                 }
             }
-            for i0 in (0..m).step_by(2) {
-                dispatch!(self, F, &mins, j0, i0, rows, (m - i0).min(2));
+        }
+        for i0 in (0..m).step_by(2) {
+            dispatch!(job, F, &mins, j0, i0, rows, (m - i0).min(2));
+        }
+    }
+}
+
+/// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
+/// pair of blocks, then written to out. The scales d_w·d_x of 16 blocks at a time are one
+/// register per (weight row, x row); each pair of blocks takes its two by a permute.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // r and i index both operands and the output
+unsafe fn tile<F: Format, const W: usize, const X: usize>(
+    job: &TileJob,
+    mins: &[f32],
+    j0: usize,
+    i0: usize,
+) {
+    let (nb, cols) = (job.nb, job.acts.cols);
+    let mut acc = [[_mm512_setzero_ps(); X]; W];
+    let w = job.w.add(j0 * job.rb);
+    let xq = job.acts.qs.as_ptr().add(i0 * cols);
+    let xd = job.acts.d.as_ptr().add(i0 * nb);
+    let bias = _mm512_set1_epi8(F::BIAS as i8);
+    // Byte offsets of 16 consecutive blocks' scales, for the gather.
+    let offsets = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(F::BYTES as i32),
+    );
+    // Lanes 0..8 take the pair's first scale, 8..16 its second.
+    let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for g in (0..nb).step_by(GROUP) {
+        let count = (nb - g).min(GROUP);
+        let valid: __mmask16 = if count == GROUP {
+            !0
+        } else {
+            (1u16 << count) - 1
+        };
+        let mut scale = [[_mm512_setzero_ps(); X]; W];
+        for r in 0..W {
+            // The f16 scales of blocks g.. of row r (each the low half of a gathered word).
+            let words = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                valid,
+                offsets,
+                w.add(r * job.rb + g * F::BYTES) as *const i32,
+            );
+            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            for i in 0..X {
+                let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
+                scale[r][i] = _mm512_mul_ps(dw, dx);
+            }
+        }
+        for p in 0..count.div_ceil(2) {
+            let b = g + 2 * p;
+            let both = b + 1 < nb;
+            let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
+            let mut u = [_mm512_setzero_si512(); W];
+            for (r, u) in u.iter_mut().enumerate() {
+                *u = F::unpack(w.add(r * job.rb + b * F::BYTES), both);
+            }
+            for i in 0..X {
+                let xp = xq.add(i * cols + b * ACT_BLOCK);
+                let x = match both {
+                    true => _mm512_loadu_si512(xp as _),
+                    false => _mm512_zextsi256_si512(_mm256_loadu_si256(xp as _)),
+                };
+                // −bias·Σx in each group of four, where every weight row's sums start.
+                let start = match F::BIAS {
+                    0 => _mm512_setzero_si512(),
+                    _ => _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
+                    ),
+                };
+                for r in 0..W {
+                    let ints = _mm512_dpbusd_epi32(start, u[r], x);
+                    let s = _mm512_permutexvar_ps(pick, scale[r][i]);
+                    acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), s, acc[r][i]);
+                }
             }
         }
     }
-
-    /// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
-    /// pair of blocks, then written to out. The scales d_w·d_x of 16 blocks at a time are one
-    /// register per (weight row, x row); each pair of blocks takes its two by a permute.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
-    unsafe fn tile<F: Format, const W: usize, const X: usize>(
-        &self,
-        mins: &[f32],
-        j0: usize,
-        i0: usize,
-    ) {
-        let (nb, cols) = (self.nb, self.acts.cols);
-        let mut acc = [[_mm512_setzero_ps(); X]; W];
-        let w = self.w.add(j0 * self.rb);
-        let xq = self.acts.qs.as_ptr().add(i0 * cols);
-        let xd = self.acts.d.as_ptr().add(i0 * nb);
-        let bias = _mm512_set1_epi8(F::BIAS as i8);
-        // Byte offsets of 16 consecutive blocks' scales, for the gather.
-        let offsets = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(F::BYTES as i32),
-        );
-        // Lanes 0..8 take the pair's first scale, 8..16 its second.
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        for g in (0..nb).step_by(GROUP) {
-            let count = (nb - g).min(GROUP);
-            let valid: __mmask16 = if count == GROUP {
-                !0
-            } else {
-                (1u16 << count) - 1
-            };
-            let mut scale = [[_mm512_setzero_ps(); X]; W];
-            for r in 0..W {
-                // The f16 scales of blocks g.. of row r (each the low half of a gathered word).
-                let words = _mm512_mask_i32gather_epi32::<1>(
-                    _mm512_setzero_si512(),
-                    valid,
-                    offsets,
-                    w.add(r * self.rb + g * F::BYTES) as *const i32,
-                );
-                let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
-                for i in 0..X {
-                    let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
-                    scale[r][i] = _mm512_mul_ps(dw, dx);
-                }
+    for r in 0..W {
+        for i in 0..X {
+            let mut sum = _mm512_reduce_add_ps(acc[r][i]);
+            if F::MIN {
+                // Σ_blocks min_w·(d_x·Σq_x), the term every weight of a block shares.
+                let (o, sx) = (&mins[r * nb..(r + 1) * nb], job.acts.row(i0 + i).s);
+                sum += o.iter().zip(sx).map(|(a, b)| a * b).sum::<f32>();
             }
-            for p in 0..count.div_ceil(2) {
-                let b = g + 2 * p;
-                let both = b + 1 < nb;
-                let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
-                let mut u = [_mm512_setzero_si512(); W];
-                for (r, u) in u.iter_mut().enumerate() {
-                    *u = F::unpack(w.add(r * self.rb + b * F::BYTES), both);
-                }
-                for i in 0..X {
-                    let xp = xq.add(i * cols + b * ACT_BLOCK);
-                    let x = match both {
-                        true => _mm512_loadu_si512(xp as _),
-                        false => _mm512_zextsi256_si512(_mm256_loadu_si256(xp as _)),
-                    };
-                    // −bias·Σx in each group of four, where every weight row's sums start.
-                    let start = match F::BIAS {
-                        0 => _mm512_setzero_si512(),
-                        _ => _mm512_sub_epi32(
-                            _mm512_setzero_si512(),
-                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
-                        ),
-                    };
-                    for r in 0..W {
-                        let ints = _mm512_dpbusd_epi32(start, u[r], x);
-                        let s = _mm512_permutexvar_ps(pick, scale[r][i]);
-                        acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), s, acc[r][i]);
-                    }
-                }
-            }
-        }
-        for r in 0..W {
-            for i in 0..X {
-                let mut sum = _mm512_reduce_add_ps(acc[r][i]);
-                if F::MIN {
-                    // Σ_blocks min_w·(d_x·Σq_x), the term every weight of a block shares.
-                    let (o, sx) = (&mins[r * nb..(r + 1) * nb], self.acts.row(i0 + i).s);
-                    sum += o.iter().zip(sx).map(|(a, b)| a * b).sum::<f32>();
-                }
-                *self.out.add((i0 + i) * self.ldo + j0 + r) = sum;
-            }
+            *job.out.add((i0 + i) * job.ldo + j0 + r) = sum;
         }
     }
 }
