@@ -1,6 +1,6 @@
 //! dlm's GEMM on every path this CPU runs (DLM_CPU_ISA aside: each path is called by name),
 //! against an f64 reference, for a linear layer's three products in both weight layouts, with f32
-//! and bf16 operands, on awkward shapes: M = 1, 3, 17, 255; N and K not multiples of the 16-column
+//! and bf16 operands, on awkward shapes: M = 1, 3, 17, 33, 255; N and K not multiples of the 16-column
 //! panel, the 6-row tile or the 256-deep k-block; K below one k-block and above it. A path the
 //! CPU lacks, or one without kernels yet, is printed as skipped by name.
 //!
@@ -123,6 +123,8 @@ fn every_path_matches_f64_on_awkward_shapes() {
         (17, 45, 17),
         (255, 300, 21),
         (17, 257, 70),
+        // A whole 32-row block and one row (a dual-cache window).
+        (33, 64, 40),
         (3, 5, 1),
     ] {
         let mut values =

@@ -253,3 +253,24 @@ pub fn run(a: GemmBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shapes;
+
+    #[test]
+    fn a_shape_set_takes_its_rows_after_a_colon() {
+        let default = shapes("smollm2").unwrap();
+        let window = shapes("smollm2:33").unwrap();
+        assert_eq!(default.len(), window.len());
+        assert!(default.iter().all(|s| s.1 == 256));
+        assert!(window.iter().all(|s| s.1 == 33));
+        assert_eq!(
+            default.iter().map(|s| (s.2, s.3)).collect::<Vec<_>>(),
+            window.iter().map(|s| (s.2, s.3)).collect::<Vec<_>>()
+        );
+        for bad in ["smollm2:0", "smollm2:x", "gpt3", "gpt2:"] {
+            assert!(shapes(bad).is_err(), "{bad}");
+        }
+    }
+}
