@@ -189,6 +189,7 @@ fn detect() -> Features {
         ("avx512bw", std::is_x86_feature_detected!("avx512bw")),
         ("avx512vl", std::is_x86_feature_detected!("avx512vl")),
         ("avx512_vnni", bit(leaf7.ecx, 11) && avx512f),
+        ("avx512_vbmi", bit(leaf7.ecx, 1) && avx512f),
         ("avx512_bf16", bit(leaf7_1.eax, 5) && avx512f),
         ("amx_tile", amx_tile),
         ("amx_bf16", bit(leaf7.edx, 22) && amx_tile),
