@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device};
 use common::*;
 use dlm::data::tokenizer::Tokenizer;
-use dlm::eval::generation::GenSettings;
+use dlm::eval::generation::{score, GenSettings, Gold};
 use dlm::eval::harness::{run_task, EvalModel, EvalSettings};
 use dlm::eval::multiple_choice::{score_question, Choice, Estimator, PromptFormat, Question};
 use dlm::eval::score::{mc_draws, mc_score_with_draws, target_logprobs, Attention, ScoreRow};
@@ -250,6 +250,24 @@ fn every_task_runs_end_to_end_and_counts_malformed_records() {
     assert!(e.to_string().contains("set ar to evaluate"), "{e}");
     let cli = dlm::cli::describe_error(&e.into());
     assert!(cli.contains("--ar") && cli.contains("--mask-id"), "{cli}");
+}
+
+#[test]
+fn a_span_scores_exact_match_and_its_tokens_restored_in_place() {
+    let tok = word_tokenizer();
+    let gold_ids = tok.encode("sat on the").unwrap();
+    let gold = Gold::Span(" sat on the".into(), gold_ids.clone());
+    let metrics = |text: &str| {
+        let ids = tok.encode(text).unwrap();
+        let m: HashMap<_, _> = score(&gold, &ids, &tok, &[]).into_iter().collect();
+        (m["acc"], m["token_acc"])
+    };
+    assert_eq!(metrics("sat on the"), (1.0, 1.0));
+    // Two of three in place; a right token at the wrong position does not count.
+    assert_eq!(metrics("sat on a"), (0.0, 2.0 / 3.0));
+    assert_eq!(metrics("on the sat"), (0.0, 0.0));
+    // A shorter answer (an AR model that stopped) scores its missing tokens as wrong.
+    assert_eq!(metrics("sat"), (0.0, 1.0 / 3.0));
 }
 
 /// Runs dlm expecting a failure whose message contains `needle`.

@@ -11,7 +11,7 @@
 //! | sat-math | 4 tokens after "The answer is (" | 4 | temperature | choice letter |
 //! | rocstories | oracle tokens of s3 | 32 | temperature | ROUGE-1/2/L |
 //! | code-infill | oracle tokens of the line | 32 | temperature | pass@1 |
-//! | infill | oracle tokens of `middle` | = hole | argmax | exact span |
+//! | infill | oracle tokens of `middle` | = hole | argmax | exact span, tokens in place |
 //!
 //! `infill` is dlm's own task (not the paper's): records `{"prefix", "middle", "suffix"}` of any
 //! text, e.g. held-out lines with a word or span removed (`examples/make_infill_eval.rs`); an
@@ -49,6 +49,8 @@ pub enum GenTask {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gold {
     Word(String),
+    /// A removed span: its text, and its tokens for the share restored in place.
+    Span(String, Vec<u32>),
     Aliases(Vec<String>),
     Number(String),
     Letter(char),
@@ -254,7 +256,7 @@ pub fn gen_item(
                 length: hole.len(),
                 suffix: tok.encode(field(r, "suffix").unwrap_or(""))?,
                 steps: hole.len(),
-                gold: Gold::Word(middle.to_string()),
+                gold: Gold::Span(middle.to_string(), hole),
                 temperature: None,
             }
         }
@@ -328,6 +330,15 @@ pub fn score(
     let bool01 = |b: bool| f64::from(u8::from(b));
     match gold {
         Gold::Word(w) => vec![("acc", bool01(text.trim() == w.trim()))],
+        Gold::Span(w, gold) => {
+            // Exact span, and (where exact matches are rare, as for whole spans on a small
+            // model) the share of its tokens restored at their own positions.
+            let in_place = gold.iter().zip(tokens).filter(|(g, t)| g == t).count();
+            vec![
+                ("acc", bool01(text.trim() == w.trim())),
+                ("token_acc", in_place as f64 / gold.len() as f64),
+            ]
+        }
         Gold::Aliases(aliases) => {
             // The answer is the first line; the hole's extra tokens run on past it.
             let answer = text.trim().lines().next().unwrap_or("").trim();
