@@ -22,6 +22,7 @@ pub mod quant;
 mod rope;
 mod rope_fused;
 mod softmax;
+pub mod team;
 
 pub use activations::{gelu_new, silu, swiglu};
 pub use attention::{

@@ -358,10 +358,9 @@ impl PackedWeight {
         let panels = self.n.div_ceil(NR);
         let threads = rayon::current_num_threads().max(1);
         let per_task = panels.div_ceil(4 * threads).max(1);
-        (0..panels.div_ceil(per_task))
-            .into_par_iter()
-            .map(|t| task(t * per_task..((t + 1) * per_task).min(panels)))
-            .collect()
+        super::team::map(panels.div_ceil(per_task), |t| {
+            task(t * per_task..((t + 1) * per_task).min(panels))
+        })
     }
 
     /// out[rows × 16·|panels|] += x[rows] · panels, over every k-block, with `out` of row stride

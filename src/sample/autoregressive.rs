@@ -24,14 +24,22 @@ fn next_logits(
     cache: &mut KvCache,
     device: &Device,
 ) -> candle_core::Result<Vec<f32>> {
-    let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-    let hidden = model.hidden(&input, &AttentionMask::Causal, Some(cache))?;
-    let last = hidden.narrow(1, ids.len() - 1, 1)?;
-    model
-        .head(&last)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1()
+    // One token: the pool's threads spin as a team between its ~200 small products.
+    let step = || {
+        let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+        let hidden = model.hidden(&input, &AttentionMask::Causal, Some(cache))?;
+        let last = hidden.narrow(1, ids.len() - 1, 1)?;
+        model
+            .head(&last)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()
+    };
+    if ids.len() == 1 {
+        crate::ops::team::with_team(step)
+    } else {
+        crate::ops::cpu::on_pool(step)
+    }
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` as each one is chosen.

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use super::gemm::isa::{self, Isa};
 use super::gemm::PackedWeight;
 use super::packed_linear::Staged;
+use super::team::{self, SharedMut};
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -209,9 +210,14 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// y [m, n] from per-task products: `parts[c]` is [m, nw] for output columns c·per..c·per + nw.
-fn join_columns(parts: &[Vec<f32>], m: usize, n: usize, per: usize) -> Vec<f32> {
+fn join_columns<'a>(
+    parts: impl IntoIterator<Item = &'a [f32]>,
+    m: usize,
+    n: usize,
+    per: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    for (c, part) in parts.iter().enumerate() {
+    for (c, part) in parts.into_iter().enumerate() {
         let nw = part.len() / m.max(1);
         for (yr, pr) in y.chunks_exact_mut(n).zip(part.chunks_exact(nw.max(1))) {
             yr[c * per..c * per + nw].copy_from_slice(pr);
@@ -360,42 +366,46 @@ impl QuantMatrix {
         // whole tiles of three (tile_avx2.rs) or four rows (tile_vnni.rs) where there are enough.
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(4 * threads).clamp(1, 60).next_multiple_of(12);
-        let parts: Vec<Vec<f32>> = self.with_bytes(|bytes| {
-            Ok(bytes
-                .par_chunks(chunk * rb)
-                .map(|w| {
-                    let nw = w.len() / rb;
-                    let mut out = vec![0f32; m * nw];
-                    match &acts {
-                        #[cfg(target_arch = "x86_64")]
-                        Some(acts)
-                            if kernel == QuantKernel::Avx512Vnni && tile_vnni::tiled(self.ty) =>
-                        {
-                            // SAFETY: `kernel.available()` was checked above; whole rows.
-                            unsafe { tile_vnni::product(self.ty, w, acts, &mut out, nw) }
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        Some(acts)
-                            if kernel != QuantKernel::Scalar && tile_avx2::tiled(self.ty) =>
-                        {
-                            // SAFETY: `kernel.available()` was checked above; whole rows.
-                            unsafe { tile_avx2::product(self.ty, w, acts, &mut out, nw) }
-                        }
-                        Some(acts) => {
-                            for (i, o) in out.chunks_exact_mut(nw).enumerate() {
-                                let a = acts.row(i);
-                                for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
-                                    *y = kernel.dot(self.ty, wr, a);
-                                }
+        // Chunk c's outputs, [m, rows of c], at m·chunk·c of one buffer: for m = 1 already y.
+        let mut parts = vec![0f32; m * n];
+        let shared = SharedMut::new(&mut parts);
+        self.with_bytes(|bytes| {
+            team::for_each(n.div_ceil(chunk), |c| {
+                let w = &bytes[c * chunk * rb..((c + 1) * chunk).min(n) * rb];
+                let nw = w.len() / rb;
+                // SAFETY: chunk c's own range of `parts`, which outlives the op.
+                let out = unsafe { shared.part(m * chunk * c, m * nw) };
+                match &acts {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(acts)
+                        if kernel == QuantKernel::Avx512Vnni && tile_vnni::tiled(self.ty) =>
+                    {
+                        // SAFETY: `kernel.available()` was checked above; whole rows.
+                        unsafe { tile_vnni::product(self.ty, w, acts, out, nw) }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Some(acts) if kernel != QuantKernel::Scalar && tile_avx2::tiled(self.ty) => {
+                        // SAFETY: `kernel.available()` was checked above; whole rows.
+                        unsafe { tile_avx2::product(self.ty, w, acts, out, nw) }
+                    }
+                    Some(acts) => {
+                        for (i, o) in out.chunks_exact_mut(nw).enumerate() {
+                            let a = acts.row(i);
+                            for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
+                                *y = kernel.dot(self.ty, wr, a);
                             }
                         }
-                        None => self.f32_rows(kernel, w, x, &mut out),
                     }
-                    out
-                })
-                .collect())
+                    None => self.f32_rows(kernel, w, x, out),
+                }
+            });
+            Ok(())
         })?;
-        Ok(join_columns(&parts, m, n, chunk))
+        Ok(if m == 1 {
+            parts
+        } else {
+            join_columns(parts.chunks(m * chunk), m, n, chunk)
+        })
     }
 
     /// y = x·Wᵀ for `x` row-major `[m, cols]` by `path`'s packed bf16 kernel: in parallel
@@ -432,7 +442,12 @@ impl QuantMatrix {
                 })
                 .collect())
         })?;
-        Ok(join_columns(&parts, m, n, tile_rows))
+        Ok(join_columns(
+            parts.iter().map(Vec::as_slice),
+            m,
+            n,
+            tile_rows,
+        ))
     }
 
     /// One weight row's blocks `w` dequantised into `out` (`cols` long) as bf16 bits: each
