@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::cpu;
 use super::custom::{Inputs, Kernel, Saved};
 use super::gemm::{isa, matmul_acc_bf16_on, Data, Isa, MatRef};
+use super::team::{self, SharedMut};
 
 /// Where one operand's heads live: element (b, h, i, d) sits at off + b·sb + h·sh + i·sl + d.
 #[derive(Clone, Copy, Debug)]
@@ -208,69 +209,70 @@ impl FusedAttention {
         let mut out = vec![0f32; g.b * g.h * l * dh];
         let mut probs = vec![0f32; g.b * g.h * l * lk];
         let out_ptr = Shared(out.as_mut_ptr());
-        probs
-            .par_chunks_mut(l * lk)
-            .enumerate()
-            .for_each(|(bh, p)| {
-                let (b, h) = (bh / g.h, bh % g.h);
-                let (qh, kh, vh) = (g.q.at(b, h), g.k.at(b, h / group), g.v.at(b, h / group));
-                let out = out_ptr;
-                match bf16_path {
-                    // p is zero: the product accumulates into it.
-                    Some(path) => matmul_acc_bf16_on(
-                        path,
-                        head(q, qh, (l, dh), (g.q.sl, 1)),
-                        head(k, kh, (dh, lk), (1, g.k.sl)),
-                        p,
-                    ),
-                    // SAFETY: every view stays inside its buffer (shapes checked by candle and
-                    // the geometry), and head (b, h) of the output is written by this task alone.
-                    None => unsafe {
-                        let s = (p.as_mut_ptr(), lk, 1);
-                        let kt = (k.as_ptr().add(kh), 1, g.k.sl);
-                        matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
-                    },
-                }
-                cpu::simd(|| {
-                    for (i, row) in p.chunks_mut(lk).enumerate() {
-                        match &bias {
-                            Some(bias) => row
-                                .iter_mut()
-                                .zip(&bias[i])
-                                .for_each(|(s, b)| *s = *s * self.scale + b),
-                            None => row.iter_mut().for_each(|s| *s *= self.scale),
-                        }
-                        let m = cpu::max(row);
-                        row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
-                        let inv = 1.0 / cpu::sum(row);
-                        row.iter_mut().for_each(|s| *s *= inv);
+        let probs_of = SharedMut::new(&mut probs);
+        // One task per (batch, head), on the decode team inside one (`team`).
+        team::for_each(g.b * g.h, |bh| {
+            // SAFETY: head bh's own l·lk probabilities, inside `probs`.
+            let p = unsafe { probs_of.part(bh * l * lk, l * lk) };
+            let (b, h) = (bh / g.h, bh % g.h);
+            let (qh, kh, vh) = (g.q.at(b, h), g.k.at(b, h / group), g.v.at(b, h / group));
+            let out = out_ptr;
+            match bf16_path {
+                // p is zero: the product accumulates into it.
+                Some(path) => matmul_acc_bf16_on(
+                    path,
+                    head(q, qh, (l, dh), (g.q.sl, 1)),
+                    head(k, kh, (dh, lk), (1, g.k.sl)),
+                    p,
+                ),
+                // SAFETY: every view stays inside its buffer (shapes checked by candle and
+                // the geometry), and head (b, h) of the output is written by this task alone.
+                None => unsafe {
+                    let s = (p.as_mut_ptr(), lk, 1);
+                    let kt = (k.as_ptr().add(kh), 1, g.k.sl);
+                    matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
+                },
+            }
+            cpu::simd(|| {
+                for (i, row) in p.chunks_mut(lk).enumerate() {
+                    match &bias {
+                        Some(bias) => row
+                            .iter_mut()
+                            .zip(&bias[i])
+                            .for_each(|(s, b)| *s = *s * self.scale + b),
+                        None => row.iter_mut().for_each(|s| *s *= self.scale),
                     }
-                });
-                let y = out.0.wrapping_add(g.o.at(b, h));
-                match bf16_path {
-                    Some(path) => {
-                        let mut yh = vec![0f32; l * dh];
-                        matmul_acc_bf16_on(
-                            path,
-                            MatRef::row_major(Data::F32(p), l, lk),
-                            head(v, vh, (lk, dh), (g.v.sl, 1)),
-                            &mut yh,
-                        );
-                        for (i, row) in yh.chunks(dh).enumerate() {
-                            // SAFETY: row i of this head's output lies at y + i·sl, inside `out`,
-                            // and this task alone writes it.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(i * g.o.sl), dh)
-                            };
-                        }
-                    }
-                    // SAFETY: as for the scores; row i of this head's output lies at y + i·sl.
-                    None => unsafe {
-                        let vv = (v.as_ptr().add(vh), g.v.sl, 1);
-                        matmul((l, dh, lk), (y, g.o.sl, 1), false, (p.as_ptr(), lk, 1), vv);
-                    },
+                    let m = cpu::max(row);
+                    row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
+                    let inv = 1.0 / cpu::sum(row);
+                    row.iter_mut().for_each(|s| *s *= inv);
                 }
             });
+            let y = out.0.wrapping_add(g.o.at(b, h));
+            match bf16_path {
+                Some(path) => {
+                    let mut yh = vec![0f32; l * dh];
+                    matmul_acc_bf16_on(
+                        path,
+                        MatRef::row_major(Data::F32(p), l, lk),
+                        head(v, vh, (lk, dh), (g.v.sl, 1)),
+                        &mut yh,
+                    );
+                    for (i, row) in yh.chunks(dh).enumerate() {
+                        // SAFETY: row i of this head's output lies at y + i·sl, inside `out`,
+                        // and this task alone writes it.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(i * g.o.sl), dh)
+                        };
+                    }
+                }
+                // SAFETY: as for the scores; row i of this head's output lies at y + i·sl.
+                None => unsafe {
+                    let vv = (v.as_ptr().add(vh), g.v.sl, 1);
+                    matmul((l, dh, lk), (y, g.o.sl, 1), false, (p.as_ptr(), lk, 1), vv);
+                },
+            }
+        });
         self.saved_probs.put(probs)?;
         Ok(out)
     }

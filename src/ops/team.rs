@@ -17,6 +17,9 @@ use rayon::prelude::*;
 const FIELD: u32 = 20;
 const MASK: u64 = (1 << FIELD) - 1;
 const EPOCH_SHIFT: u32 = 2 * FIELD;
+/// The most rows (batch × positions) a forward or head runs on a team: the ops the team does
+/// not share (norms, activations, softmax) grow with the rows and run on one thread there.
+pub const TEAM_ROWS: usize = 64;
 /// Spins of an idle helper before it starts yielding its core between checks.
 const SPINS_BEFORE_YIELD: u32 = 1 << 16;
 
@@ -95,9 +98,13 @@ impl Team {
             (epoch << EPOCH_SHIFT) | ((n as u64) << FIELD),
             Ordering::Release,
         );
+        // A task that itself calls `for_each` (a head's products inside attention) must not
+        // republish over this op: on this thread it runs without the team meanwhile.
+        let owned = OWNED.with(|o| o.replace(std::ptr::null()));
         while let Some(i) = self.claim() {
             self.execute(i);
         }
+        OWNED.with(|o| o.set(owned));
         while self.done.load(Ordering::Acquire) < n {
             std::hint::spin_loop();
         }
@@ -153,6 +160,15 @@ pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             f()
         })
     })
+}
+
+/// `with_team` for work on the CPU; on another device `f` runs where it is called (a GPU stream
+/// stays on its own thread).
+pub fn with_team_on<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    match device.is_cpu() {
+        true => with_team(f),
+        false => f(),
+    }
 }
 
 /// `task(i)` for every i < n, in parallel: on the current thread's team inside `with_team`,
@@ -267,6 +283,28 @@ mod tests {
                 "{threads} threads"
             );
         }
+    }
+
+    /// A task that calls `for_each` itself runs its inner tasks in full, and the outer op too.
+    #[test]
+    fn nested_ops_inside_a_task() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let total = AtomicUsize::new(0);
+        pool.install(|| {
+            with_team(|| {
+                for _ in 0..50 {
+                    for_each(8, |_| {
+                        for_each(16, |_| {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        })
+                    });
+                }
+            })
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 50 * 8 * 16);
     }
 
     /// `map` keeps the order of its results in and out of a team.

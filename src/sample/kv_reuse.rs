@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{KvCache, LanguageModel};
 use crate::named::{display_and_from_str, Named};
+use crate::ops::team::{with_team_on, TEAM_ROWS};
 use crate::ops::AttentionMask;
 
 /// Which positions a denoising step recomputes.
@@ -80,7 +81,13 @@ impl StepCache {
             .filter(|c| c.window == (start, end) && c.batch == batch)
         {
             let ids = ids.narrow(1, start, end - start)?;
-            let hidden = model.hidden(&ids, &AttentionMask::Bidirectional, Some(&mut c.kv))?;
+            // A window of a few dozen rows: some 200 small products, which a spinning team
+            // shares without a wake-up each.
+            let mut forward = || model.hidden(&ids, &AttentionMask::Bidirectional, Some(&mut c.kv));
+            let hidden = match ids.elem_count() <= TEAM_ROWS {
+                true => with_team_on(ids.device(), forward)?,
+                false => forward()?,
+            };
             return Ok((hidden, start));
         }
         let mut kv = KvCache::new(model.config().num_layers);
