@@ -43,15 +43,9 @@ run_or_resume "$WORK/dlm" $DLM_STEPS adapt \
     --base "$WORK/ar/checkpoints/step-$(printf %08d $AR_STEPS)" --mask-token 1 \
     --anneal-steps 200 "${TRAIN[@]}" --lr 6e-4 --warmup 100 "${OPT[@]}"
 
-# 3b. A second cosine cycle of the same objective from the first one's end (annealing is done):
-#     lr 3e-4, warmup 100, another data order.
-run_or_resume "$WORK/dlm2" $DLM2_STEPS adapt \
-    --base "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --mask-token 1 \
-    --anneal-steps 0 "${TRAIN[@]}" --lr 3e-4 --warmup 100 --seed 1 "${OPT[@]}"
-
 # 4. The committed copy: f16, without optimizer state, with the sampling defaults that
 #    `dlm generate` uses when no flag says otherwise (MODEL_CARD.md says how they were chosen).
-$DLM convert --model "$WORK/dlm2/checkpoints/step-$(printf %08d $DLM2_STEPS)" --out "$OUT" \
+$DLM convert --model "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --out "$OUT" \
     --dtype f16
 cp scripts/builtin/generation_config.json "$OUT/generation_config.json"
 

@@ -7,9 +7,6 @@ BUILTIN_CONFIG=scripts/builtin/gpt2-12m.json
 # adaptation steps (Algorithm 1, annealing over the first 200): 12.3M adaptation tokens.
 AR_STEPS=1200
 DLM_STEPS=3000
-# Then a second adaptation cycle from the first one's end: the same objective, bidirectional from
-# the start, half the peak rate, another data order (seed 1): 2400 steps, 9.8M more tokens.
-DLM2_STEPS=2400
 # Two whole plays are held out of training: every validation figure and the infilling sets.
 HELD_OUT=(julius_caesar_gut.txt twelfth_night_gut.txt)
 # 16 x 256 tokens a step, AdamW (beta2 0.99, wd 0.1), cosine to 10%, checkpoints every 100; seed 0

@@ -41,6 +41,11 @@ CANDIDATES=(
     "random-t0.9-k50-b4|--sampler random --temperature 0.9 --top-k 50 --block-length 4"
     "entropy-t0.9-k40-b4|--sampler entropy --temperature 0.9 --top-k 40 --block-length 4"
     "confidence-t1.0-k40-b4|--sampler confidence --temperature 1.0 --top-k 40 --block-length 4"
+    "confidence-t1.0-k40-b2|--sampler confidence --temperature 1.0 --top-k 40 --block-length 2"
+    "confidence-t1.0-k40-b8|--sampler confidence --temperature 1.0 --top-k 40 --block-length 8"
+    "confidence-t0.9-k40-b4|--sampler confidence --temperature 0.9 --top-k 40 --block-length 4"
+    "confidence-t1.0-k50-b4|--sampler confidence --temperature 1.0 --top-k 50 --block-length 4"
+    "margin-t1.0-k40-b4|--sampler margin --temperature 1.0 --top-k 40 --block-length 4"
 )
 # Each setting samples every prompt with seeds 0, 1 and 2 (63 canvases): one seed's pass count
 # swings by several canvases.

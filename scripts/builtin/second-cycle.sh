@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A second adaptation cycle of the built-in model (measured, not adopted: MODEL_CARD.md,
+# docs/reproduction.md): from the committed model's checkpoint (the end of
+# scripts/make-builtin-model.sh's adaptation), the same objective bidirectional from the start
+# (annealing is done), a new cosine cycle at half the peak rate (lr 3e-4, warmup 100), another
+# data order (seed 1): 2400 steps of 4096 tokens (9.8M more tokens). Then the same checks as the
+# built-in model: the sampler sweep and the infilling sets, on the converted f16 copy.
+#
+# usage: scripts/builtin/second-cycle.sh [WORK_DIR]   (default: runs/builtin, as the make script)
+# Resumable: rerun it after a stop.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WORK="${1:-runs/builtin}"
+if [ -z "${DLM:-}" ]; then
+    cargo build --release
+    DLM=target/release/dlm
+fi
+CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
+source scripts/builtin/recipe.sh
+source scripts/run-or-resume.sh
+TRAIN=(--data "$WORK/data/train" --val-data "$WORK/data/heldout")
+STEPS=2400
+run_or_resume "$WORK/dlm2" $STEPS adapt \
+    --base "$WORK/dlm/checkpoints/step-$(printf %08d $DLM_STEPS)" --mask-token 1 \
+    --anneal-steps 0 "${TRAIN[@]}" --lr 3e-4 --warmup 100 --seed 1 "${OPT[@]}"
+
+final="$WORK/dlm2/checkpoints/step-$(printf %08d $STEPS)"
+model="$WORK/dlm2-f16"
+[ -f "$model/model.safetensors" ] || $DLM convert --model "$final" --out "$model" --dtype f16
+DLM=$DLM bash scripts/builtin/sweep-samplers.sh "$model" "$WORK/data/train" "$WORK/sweep2" \
+    '^(topk-confidence|entropy-t0.8-p0.9-b4|confidence-t1.0-k40-b4|confidence-t0.9-k40-b4)$'
+out="$WORK/dlm2-infill"
+mkdir -p "$out"
+for set in word word-nosuffix span span-nosuffix; do
+    [ -f "$out/$set.json" ] || $DLM eval "$final" --task infill \
+        --data "data/eval/shakespeare-infill-$set.jsonl.gz" --out "$out/$set.json" --no-progress
+done
