@@ -14,15 +14,8 @@ cd "$(dirname "$0")/.."
 WORK="${1:-runs/builtin}"
 OUT=weights/dlm-shakespeare-12m
 bash scripts/fetch-assets.sh shakespeare
-# DLM=PATH runs that binary instead of building one (a long run keeps its binary while the tree
-# changes).
-if [ -z "${DLM:-}" ]; then
-    cargo build --release
-    DLM=target/release/dlm
-fi
-CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
-source scripts/builtin/recipe.sh
 source scripts/run-or-resume.sh
+source scripts/builtin/recipe.sh
 builtin_split "$WORK/data"
 TRAIN=(--data "$WORK/data/train" --val-data "$WORK/data/heldout")
 

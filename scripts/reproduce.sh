@@ -22,14 +22,7 @@ WORK="${1:-runs/repro}"
 shift || true
 PARTS=("${@:-small}")
 bash scripts/fetch-assets.sh shakespeare smollm2
-# DLM=PATH runs that binary instead of building one (a long run keeps its binary while the tree
-# changes).
-if [ -z "${DLM:-}" ]; then
-    cargo build --release
-    DLM=target/release/dlm
-fi
 source scripts/run-or-resume.sh
-CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
 mkdir -p "$WORK"
 
 # Four plays are held out of every arm's training data: the evaluation text.

@@ -1,4 +1,12 @@
-# Sourced by the training scripts. Needs $DLM (the dlm binary).
+# Sourced by the training scripts: sets $DLM (the dlm binary) and $CACHE (the asset cache).
+# DLM=PATH runs that binary instead of building one (a long run keeps its binary while the tree
+# changes).
+if [ -z "${DLM:-}" ]; then
+    cargo build --release
+    DLM=target/release/dlm
+fi
+CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
+
 # run_or_resume DIR FINAL_STEP COMMAND ARGS...: a fresh run of `dlm COMMAND ARGS --out DIR`, or the
 # rest of an interrupted one (`--resume DIR`), or nothing when step FINAL_STEP is already saved.
 run_or_resume() {

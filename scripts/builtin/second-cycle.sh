@@ -11,13 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK="${1:-runs/builtin}"
-if [ -z "${DLM:-}" ]; then
-    cargo build --release
-    DLM=target/release/dlm
-fi
-CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
-source scripts/builtin/recipe.sh
 source scripts/run-or-resume.sh
+source scripts/builtin/recipe.sh
 TRAIN=(--data "$WORK/data/train" --val-data "$WORK/data/heldout")
 STEPS=2400
 run_or_resume "$WORK/dlm2" $STEPS adapt \
