@@ -19,7 +19,7 @@ const MASK: u64 = (1 << FIELD) - 1;
 const EPOCH_SHIFT: u32 = 2 * FIELD;
 /// The most rows (batch × positions) a forward or head runs on a team: the ops the team does
 /// not share (norms, activations, softmax) grow with the rows and run on one thread there.
-pub const TEAM_ROWS: usize = 64;
+const TEAM_ROWS: usize = 64;
 /// Spins of an idle helper before it starts yielding its core between checks.
 const SPINS_BEFORE_YIELD: u32 = 1 << 16;
 
@@ -162,10 +162,15 @@ pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// `with_team` for work on the CPU; on another device `f` runs where it is called (a GPU stream
-/// stays on its own thread).
-pub fn with_team_on<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
-    match device.is_cpu() {
+/// `f` on a team when it works on the CPU over at most `TEAM_ROWS` rows (a decode token, a
+/// dual-cache window, a few head rows); otherwise where it is called (a GPU stream stays on its
+/// own thread; a full canvas keeps rayon for the ops the team does not share).
+pub fn with_team_if_small<R: Send>(
+    device: &candle_core::Device,
+    rows: usize,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    match device.is_cpu() && rows <= TEAM_ROWS {
         true => with_team(f),
         false => f(),
     }

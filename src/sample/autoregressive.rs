@@ -24,7 +24,8 @@ fn next_logits(
     cache: &mut KvCache,
     device: &Device,
 ) -> candle_core::Result<Vec<f32>> {
-    // One token: the pool's threads spin as a team between its ~200 small products.
+    // A token (or a short prompt): the pool's threads spin as a team between its ~200 small
+    // products.
     let step = || {
         let input = Tensor::new(ids, device)?.unsqueeze(0)?;
         let hidden = model.hidden(&input, &AttentionMask::Causal, Some(cache))?;
@@ -35,11 +36,7 @@ fn next_logits(
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()
     };
-    if ids.len() == 1 {
-        crate::ops::team::with_team(step)
-    } else {
-        crate::ops::cpu::on_pool(step)
-    }
+    crate::ops::team::with_team_if_small(device, ids.len(), step)
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` as each one is chosen.

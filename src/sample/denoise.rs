@@ -31,7 +31,7 @@ use super::schedule::Progress;
 use super::{dream, llada, random_keep, topk_confidence, unmask};
 use crate::error::{Error, Result};
 use crate::model::LanguageModel;
-use crate::ops::team::{with_team_on, TEAM_ROWS};
+use crate::ops::team::with_team_if_small;
 use crate::ops::AttentionMask;
 use crate::rng::Rng;
 
@@ -159,13 +159,9 @@ impl Denoiser<'_> {
             let picks: Vec<Pick> = if wanted.is_empty() {
                 vec![]
             } else {
-                let head = match wanted.len() <= TEAM_ROWS {
-                    // A few rows: as for the window's forward (`StepCache`).
-                    true => with_team_on(self.device, || {
-                        self.head(&hidden, &wanted, greedy, guidance, &mut report)
-                    })?,
-                    false => self.head(&hidden, &wanted, greedy, guidance, &mut report)?,
-                };
+                let head = with_team_if_small(self.device, wanted.len(), || {
+                    self.head(&hidden, &wanted, greedy, guidance, &mut report)
+                })?;
                 propose_rows(&head, &wanted, &seeds, proposer)?
             };
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{KvCache, LanguageModel};
 use crate::named::{display_and_from_str, Named};
-use crate::ops::team::{with_team_on, TEAM_ROWS};
+use crate::ops::team::with_team_if_small;
 use crate::ops::AttentionMask;
 
 /// Which positions a denoising step recomputes.
@@ -83,11 +83,9 @@ impl StepCache {
             let ids = ids.narrow(1, start, end - start)?;
             // A window of a few dozen rows: some 200 small products, which a spinning team
             // shares without a wake-up each.
-            let mut forward = || model.hidden(&ids, &AttentionMask::Bidirectional, Some(&mut c.kv));
-            let hidden = match ids.elem_count() <= TEAM_ROWS {
-                true => with_team_on(ids.device(), forward)?,
-                false => forward()?,
-            };
+            let hidden = with_team_if_small(ids.device(), ids.elem_count(), || {
+                model.hidden(&ids, &AttentionMask::Bidirectional, Some(&mut c.kv))
+            })?;
             return Ok((hidden, start));
         }
         let mut kv = KvCache::new(model.config().num_layers);
