@@ -3,8 +3,9 @@
 //! VPDPBUSD (64 u8 × i8 products summed in fours into sixteen i32) where AVX2 needs
 //! `maddubs` + `madd` (and two `sign`s for signed weights). Tiles are up to 4 weight rows × 2
 //! activation rows, accumulated in registers across the whole of k; an odd last block runs
-//! with the register's upper half zero. The f16 scales of 16 blocks of a weight row are one
-//! gather, multiplied by x's 16 at once; each pair of blocks takes its two by a permute. Two
+//! with the register's upper half zero. The f16 scales of 16 blocks of a weight row are read
+//! into one register, multiplied by x's 16 at once; each pair of blocks takes its two by a
+//! permute. Two
 //! 4-bit blocks unpack with one masked load and one VBMI byte permute (so the kernel needs
 //! AVX-512-VBMI too: Ice Lake, Sapphire Rapids, Zen 4 have it; Cascade Lake takes AVX2).
 //!
@@ -116,11 +117,6 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
     let xq = job.acts.qs.as_ptr().add(i0 * cols);
     let xd = job.acts.d.as_ptr().add(i0 * nb);
     let bias = _mm512_set1_epi8(F::BIAS as i8);
-    // Byte offsets of 16 consecutive blocks' scales, for the gather.
-    let offsets = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(F::BYTES as i32),
-    );
     // Lanes 0..8 take the pair's first scale, 8..16 its second.
     let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     for g in (0..nb).step_by(GROUP) {
@@ -132,14 +128,7 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
         };
         let mut scale = [[_mm512_setzero_ps(); X]; W];
         for r in 0..W {
-            // The f16 scales of blocks g.. of row r (each the low half of a gathered word).
-            let words = _mm512_mask_i32gather_epi32::<1>(
-                _mm512_setzero_si512(),
-                valid,
-                offsets,
-                w.add(r * job.rb + g * F::BYTES) as *const i32,
-            );
-            let dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            let dw = _mm512_cvtph_ps(scales::<F>(w.add(r * job.rb + g * F::BYTES), count));
             for i in 0..X {
                 let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
                 scale[r][i] = _mm512_mul_ps(dw, dx);
@@ -186,6 +175,22 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
             *job.out.add((i0 + i) * job.ldo + j0 + r) = sum;
         }
     }
+}
+
+/// The f16 scales of the `count` ≤ 16 blocks from `row` (zeros after them), as 16 halves. Read
+/// one by one and packed four to a 64-bit word in general registers: a gather of 16, or 16
+/// stores and one vector load (which store forwarding cannot serve), made the whole M = 1
+/// product about 1.5× slower on the Xeon measured.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn scales<F: Format>(row: *const u8, count: usize) -> __m256i {
+    let half = |k: usize| match k < count {
+        true => (row.add(k * F::BYTES) as *const u16).read_unaligned() as u64,
+        false => 0,
+    };
+    let four =
+        |k: usize| (half(k) | half(k + 1) << 16 | half(k + 2) << 32 | half(k + 3) << 48) as i64;
+    _mm256_set_epi64x(four(12), four(8), four(4), four(0))
 }
 
 /// The f16 at `p`, by F16C.
