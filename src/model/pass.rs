@@ -8,23 +8,69 @@ use crate::ops::AttentionMask;
 /// Key/value states per layer. The caller owns it. By default the model appends each forward's
 /// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
 /// a forward over a window of the cached sequence attend to the whole of it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<KvBuffers>>,
     len: usize,
     splice: Option<usize>,
 }
 
+/// One layer's keys and values, [B, K, capacity, Dh] each: positions before the cache's length
+/// are cached, the rest is room that later forwards fill in place. A decoding step so copies
+/// its own keys and values only (concatenating copied the whole cache at every step).
+#[derive(Debug)]
+struct KvBuffers {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl KvBuffers {
+    /// Buffers holding `old`'s first `len` positions with room for `n` more: `old` itself when
+    /// it has the room, else new ones half as large again (so appends copy the cache
+    /// O(log L) times in all), or exactly `n` for a first forward.
+    fn with_room(old: Option<Self>, len: usize, n: usize, k: &Tensor, v: &Tensor) -> Result<Self> {
+        let need = len + n;
+        let old = match old {
+            Some(old) if old.k.dim(2)? >= need => return Ok(old),
+            old => old,
+        };
+        let capacity = match len {
+            0 => n,
+            _ => need + (need / 2).max(64),
+        };
+        let room = |t: &Tensor| -> Result<Tensor> {
+            let (b, h, _, dh) = t.dims4()?;
+            Tensor::zeros((b, h, capacity, dh), t.dtype(), t.device())
+        };
+        let new = Self {
+            k: room(k)?,
+            v: room(v)?,
+        };
+        if let Some(old) = old.filter(|_| len > 0) {
+            let (k, v) = old.valid(len)?;
+            new.k.slice_set(&k.contiguous()?, 2, 0)?;
+            new.v.slice_set(&v.contiguous()?, 2, 0)?;
+        }
+        Ok(new)
+    }
+
+    /// The first `len` positions, as views into the buffers.
+    fn valid(&self, len: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, len)?, self.v.narrow(2, 0, len)?))
+    }
+}
+
 /// One layer's view of a cache during a forward.
 struct LayerCache<'a> {
-    kv: &'a mut Option<(Tensor, Tensor)>,
+    kv: &'a mut Option<KvBuffers>,
+    len: usize,
     splice: Option<usize>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
             splice: None,
         }
@@ -55,6 +101,7 @@ impl KvCache {
     fn layer(&mut self, i: usize) -> LayerCache<'_> {
         LayerCache {
             kv: &mut self.layers[i],
+            len: self.len,
             splice: self.splice,
         }
     }
@@ -169,15 +216,25 @@ impl LayerPass<'_> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok((k, v));
         };
-        let (k, v) = match (cache.kv.as_ref(), cache.splice) {
-            (Some((ck, cv)), Some(start)) => {
-                return Ok((splice(ck, &k, start)?, splice(cv, &v, start)?))
-            }
-            (Some((ck, cv)), None) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
-            (None, _) => (k, v),
-        };
-        *cache.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let len = cache.len;
+        if let (Some(buffers), Some(start)) = (cache.kv.as_ref(), cache.splice) {
+            let (ck, cv) = buffers.valid(len)?;
+            return Ok((splice(&ck, &k, start)?, splice(&cv, &v, start)?));
+        }
+        // Appended after the cached positions (a spliced forward into an empty cache stores its
+        // keys and values as the cache, as an appending one does).
+        let n = k.dim(2)?;
+        let buffers = KvBuffers::with_room(cache.kv.take(), len, n, &k, &v)?;
+        buffers.k.slice_set(&k.contiguous()?, 2, len)?;
+        buffers.v.slice_set(&v.contiguous()?, 2, len)?;
+        let (k, v) = buffers.valid(len + n)?;
+        *cache.kv = Some(buffers);
+        // The views are read in place on the CPU (fused attention); other devices' kernels get
+        // contiguous copies.
+        match k.device().is_cpu() {
+            true => Ok((k, v)),
+            false => Ok((k.contiguous()?, v.contiguous()?)),
+        }
     }
 }
 

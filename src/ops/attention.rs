@@ -29,7 +29,13 @@ pub fn scaled_dot_product_attention(
     if fusable(&[q, k, v], bias) {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let op = FusedAttention::new(scale, bias.cloned(), None).bf16_products(bf16_products);
-        return custom::apply(op, &[q, k, v]);
+        // k and v are read in place (a cache's prefix view) wherever each row of Dh is
+        // contiguous.
+        let rows = |t: &Tensor| match t.stride().last() {
+            Some(1) => Ok(t.clone()),
+            _ => t.contiguous(),
+        };
+        return custom::apply(op, &[q, &rows(k)?, &rows(v)?]);
     }
     scaled_dot_product_attention_composed(q, k, v, bias)
 }
@@ -111,6 +117,31 @@ mod tests {
                 false => scaled_dot_product_attention_composed(q, k, v, bias),
             }
         })
+    }
+
+    /// A few queries (a decoding step: the per-group direct path) against the first 9 of 12
+    /// positions of key/value buffers (a cache's prefix, read in place), grouped heads, with
+    /// and without a causal mask offset by the cached positions.
+    #[test]
+    fn fused_attention_over_a_cache_prefix_matches_composed() -> Result<()> {
+        let dev = Device::Cpu;
+        let (lk, cap) = (9, 12);
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, cap, 8), &dev)?)?;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, cap, 8), &dev)?)?;
+        let (kp, vp) = (k.narrow(2, 0, lk)?, v.narrow(2, 0, lk)?);
+        assert!(!kp.is_contiguous());
+        for l in 1..=5 {
+            let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, l, 8), &dev)?)?;
+            let causal = AttentionMask::Causal.bias(l, lk, lk - l, DType::F32, &dev)?;
+            for bias in [None, causal] {
+                let fused = scaled_dot_product_attention(&q, &kp, &vp, bias.as_ref(), false)?;
+                let composed = scaled_dot_product_attention_composed(&q, &kp, &vp, bias.as_ref())?;
+                let what = format!("{l} queries, mask {}", bias.is_some());
+                let tol = Tolerance::new(1e-5, 1e-5);
+                assert_fused_matches(&what, &[&q, &k, &v], &fused, &composed, tol)?;
+            }
+        }
+        Ok(())
     }
 
     #[test]

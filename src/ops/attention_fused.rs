@@ -49,15 +49,35 @@ struct Geometry {
     o: Heads,
 }
 
+/// Where the heads of a [B, K, Lk, Dh] view with these strides live (its rows of Dh must be
+/// contiguous).
+fn strided_heads(stride: &[usize]) -> Result<Heads> {
+    match stride {
+        &[sb, sh, sl, 1] => Ok(Heads { off: 0, sb, sh, sl }),
+        _ => candle_core::bail!("attention keys or values with strides {stride:?}"),
+    }
+}
+
 /// A raw pointer that rayon tasks may share: every task writes a disjoint set of heads.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The element `i` on (a method, so that closures capture the whole `Shared`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// The fewest query rows whose products take the bf16 kernel (`FusedAttention::bf16_products`):
 /// SmolLM2's 32-row dual-cache block ran 2–5% slower with them, its 257-row canvas 7% faster.
 const BF16_MIN_QUERIES: usize = 64;
+
+/// The most query rows whose products are plain dot products and AXPYs rather than GEMM calls:
+/// for a decoding step's one query, a GEMM call's set-up costs more than its arithmetic.
+const DIRECT_QUERIES: usize = 4;
 
 /// One head of an operand as a rows × cols matrix starting at `off`, with strides (rs, cs).
 fn head(
@@ -210,6 +230,11 @@ impl FusedAttention {
         let mut probs = vec![0f32; g.b * g.h * l * lk];
         let out_ptr = Shared(out.as_mut_ptr());
         let probs_of = SharedMut::new(&mut probs);
+        if l <= DIRECT_QUERIES && bf16_path.is_none() {
+            self.attend_direct(g, bias.as_deref(), (q, k, v), &probs_of, out_ptr);
+            self.saved_probs.put(probs)?;
+            return Ok(out);
+        }
         // One task per (batch, head), on the decode team inside one (`team`).
         team::for_each(g.b * g.h, |bh| {
             // SAFETY: head bh's own l·lk probabilities, inside `probs`.
@@ -233,21 +258,7 @@ impl FusedAttention {
                     matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
                 },
             }
-            cpu::simd(|| {
-                for (i, row) in p.chunks_mut(lk).enumerate() {
-                    match &bias {
-                        Some(bias) => row
-                            .iter_mut()
-                            .zip(&bias[i])
-                            .for_each(|(s, b)| *s = *s * self.scale + b),
-                        None => row.iter_mut().for_each(|s| *s *= self.scale),
-                    }
-                    let m = cpu::max(row);
-                    row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
-                    let inv = 1.0 / cpu::sum(row);
-                    row.iter_mut().for_each(|s| *s *= inv);
-                }
-            });
+            self.softmax_rows(p, l, lk, bias.as_deref());
             let y = out.0.wrapping_add(g.o.at(b, h));
             match bf16_path {
                 Some(path) => {
@@ -275,6 +286,73 @@ impl FusedAttention {
         });
         self.saved_probs.put(probs)?;
         Ok(out)
+    }
+
+    /// Softmax of `p`'s rows of `lk` scaled scores, plus `bias` row (row index mod `l`).
+    fn softmax_rows(&self, p: &mut [f32], l: usize, lk: usize, bias: Option<&[Vec<f32>]>) {
+        cpu::simd(|| {
+            for (r, row) in p.chunks_mut(lk).enumerate() {
+                match bias {
+                    Some(bias) => row
+                        .iter_mut()
+                        .zip(&bias[r % l])
+                        .for_each(|(s, b)| *s = *s * self.scale + b),
+                    None => row.iter_mut().for_each(|s| *s *= self.scale),
+                }
+                let m = cpu::max(row);
+                row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
+                let inv = 1.0 / cpu::sum(row);
+                row.iter_mut().for_each(|s| *s *= inv);
+            }
+        });
+    }
+
+    /// `attend` for a few queries (decoding): one task per key/value head, which reads its keys
+    /// and values once for all the query heads of its group, by dot products and AXPYs.
+    fn attend_direct(
+        &self,
+        g: &Geometry,
+        bias: Option<&[Vec<f32>]>,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        probs_of: &SharedMut<f32>,
+        out: Shared,
+    ) {
+        let (l, lk, dh, group) = (g.l, g.lk, g.dh, g.h / g.kh);
+        team::for_each(g.b * g.kh, |bk| {
+            let (b, kv) = (bk / g.kh, bk % g.kh);
+            let first = b * g.h + kv * group;
+            // SAFETY: the group's query heads' probabilities (consecutive heads), this task's
+            // alone.
+            let p = unsafe { probs_of.part(first * l * lk, group * l * lk) };
+            // Row r of p: query row r % l of the group's head r / l.
+            let query = |r: usize| &q[g.q.at(b, kv * group + r / l) + (r % l) * g.q.sl..][..dh];
+            cpu::simd(|| {
+                for j in 0..lk {
+                    let kj = &k[g.k.at(b, kv) + j * g.k.sl..][..dh];
+                    for (r, row) in p.chunks_mut(lk).enumerate() {
+                        row[j] = cpu::dot(query(r), kj);
+                    }
+                }
+            });
+            self.softmax_rows(p, l, lk, bias);
+            // SAFETY: row r's output lies at its head's offset + (r % l)·sl inside `out`, and
+            // the group's heads are written by this task alone, each row once.
+            let mut rows: Vec<&mut [f32]> = (0..group * l)
+                .map(|r| unsafe {
+                    let at = g.o.at(b, kv * group + r / l) + (r % l) * g.o.sl;
+                    std::slice::from_raw_parts_mut(out.at(at), dh)
+                })
+                .collect();
+            cpu::simd(|| {
+                for j in 0..lk {
+                    let vj = &v[g.v.at(b, kv) + j * g.v.sl..][..dh];
+                    for (y, row) in rows.iter_mut().zip(p.chunks(lk)) {
+                        let pj = row[j];
+                        y.iter_mut().zip(vj).for_each(|(y, v)| *y += pj * v);
+                    }
+                }
+            });
+        });
     }
 
     /// Writes dQ, dK, dV through `dq`, `dk`, `dv` (laid out as q, k, v; for the packed form all
@@ -351,10 +429,16 @@ impl Kernel for FusedAttention {
         let shapes = (0..inputs.arity())
             .map(|i| inputs.shape(i))
             .collect::<Result<Vec<_>>>()?;
-        let g = self.geometry(&shapes)?;
+        let mut g = self.geometry(&shapes)?;
         let (q, k, v) = match inputs.arity() {
             1 => (inputs.f32(0)?, inputs.f32(0)?, inputs.f32(0)?),
-            _ => (inputs.f32(0)?, inputs.f32(1)?, inputs.f32(2)?),
+            _ => {
+                // k and v as they are: a key/value cache's valid prefix is such a view.
+                let (k, ks) = inputs.f32_strided(1)?;
+                let (v, vs) = inputs.f32_strided(2)?;
+                (g.k, g.v) = (strided_heads(ks)?, strided_heads(vs)?);
+                (inputs.f32(0)?, k, v)
+            }
         };
         let out = self.attend(&g, q, k, v)?;
         let shape = match self.packed_heads {
@@ -364,7 +448,12 @@ impl Kernel for FusedAttention {
         Ok((out, shape))
     }
 
-    /// (dqkv) for the packed form, (dq, dk, dv) for the split form.
+    /// The split form's k and v are read through their strides (a cache's prefix, in place).
+    fn strided_input(&self, i: usize) -> bool {
+        self.packed_heads.is_none() && i > 0
+    }
+
+    /// (dqkv) for the packed form, (dq, dk, dv) for the split form (from contiguous copies).
     fn backward(&self, inputs: &[&Tensor], _y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>> {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         let g = self.geometry(&shapes)?;

@@ -21,18 +21,27 @@ pub trait Kernel: Send + Sync + 'static {
     /// The gradients of the leading inputs, each a buffer of its input's shape. The inputs after
     /// them (a constant mask, target ids) get none.
     fn backward(&self, inputs: &[&Tensor], y: &Tensor, dy: &Tensor) -> Result<Vec<Vec<f32>>>;
+
+    /// Whether input `i` reaches the forward pass as it is, a view read through its strides
+    /// (`Inputs::f32_strided`), rather than made contiguous first.
+    fn strided_input(&self, _i: usize) -> bool {
+        false
+    }
 }
 
-/// Applies `kernel` to the tensors (made contiguous) as one autograd node.
+/// Applies `kernel` to the tensors (made contiguous, unless the kernel reads an input through its
+/// strides) as one autograd node.
 pub fn apply(kernel: impl Kernel, inputs: &[&Tensor]) -> Result<Tensor> {
     let op = Op(kernel);
-    match inputs {
-        [a] => a.contiguous()?.apply_op1(op),
-        [a, b] => a.contiguous()?.apply_op2(&b.contiguous()?, op),
-        [a, b, c] => a
-            .contiguous()?
-            .apply_op3(&b.contiguous()?, &c.contiguous()?, op),
-        _ => candle_core::bail!("{}: {} inputs", op.0.name(inputs.len()), inputs.len()),
+    let arg = |i: usize| match op.0.strided_input(i) {
+        true => Ok(inputs[i].clone()),
+        false => inputs[i].contiguous(),
+    };
+    match inputs.len() {
+        1 => arg(0)?.apply_op1(op),
+        2 => arg(0)?.apply_op2(&arg(1)?, op),
+        3 => arg(0)?.apply_op3(&arg(1)?, &arg(2)?, op),
+        n => candle_core::bail!("{}: {n} inputs", op.0.name(n)),
     }
 }
 
@@ -56,6 +65,28 @@ impl<'a> Inputs<'a> {
     pub fn f32(&self, i: usize) -> Result<&'a [f32]> {
         let (s, l) = self.at(i)?;
         cpu::slice(s, l)
+    }
+
+    /// The f32 data of input `i` from its first element to its last, and its strides: element
+    /// (i₀, i₁, …) sits at Σ iₖ·strides[k] (for an input the kernel reads strided).
+    pub fn f32_strided(&self, i: usize) -> Result<(&'a [f32], &'a [usize])> {
+        let (s, l) = self.at(i)?;
+        let data = s.as_slice::<f32>()?;
+        let span = match l.dims().contains(&0) {
+            true => 0,
+            false => {
+                1 + l
+                    .dims()
+                    .iter()
+                    .zip(l.stride())
+                    .map(|(d, s)| (d - 1) * s)
+                    .sum::<usize>()
+            }
+        };
+        match data.get(l.start_offset()..l.start_offset() + span) {
+            Some(view) => Ok((view, l.stride())),
+            None => candle_core::bail!("a view {l:?} past its storage of {}", data.len()),
+        }
     }
 
     /// The f32 data of input `i`, or None where the op was applied to fewer inputs.
