@@ -70,12 +70,11 @@ impl Attention {
     fn forward(&self, x: &Tensor, rope: &Rope, mut pass: LayerPass<'_>) -> Result<Tensor> {
         let (b, l, _d) = x.dims3()?;
         let dh = self.head_dim;
+        let [q, k, v] = Linear::forward_each([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         // [B, n, L, Dh] each.
-        let q = rope.apply_heads(&self.q_proj.forward(x)?, self.n_head, pass.offset())?;
-        let k = rope.apply_heads(&self.k_proj.forward(x)?, self.n_kv_head, pass.offset())?;
-        let v = self
-            .v_proj
-            .forward(x)?
+        let q = rope.apply_heads(&q, self.n_head, pass.offset())?;
+        let k = rope.apply_heads(&k, self.n_kv_head, pass.offset())?;
+        let v = v
             .reshape((b, l, self.n_kv_head, dh))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -114,9 +113,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?;
-        self.down_proj
-            .forward(&swiglu(&gate, &self.up_proj.forward(x)?)?)
+        let [gate, up] = Linear::forward_each([&self.gate_proj, &self.up_proj], x)?;
+        self.down_proj.forward(&swiglu(&gate, &up)?)
     }
 }
 

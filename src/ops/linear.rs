@@ -186,6 +186,22 @@ impl Linear {
         self.forward_composed(x)
     }
 
+    /// x through several layers of its width (a block's q, k and v projections; its gate and
+    /// up): kept-quantised weights take x quantised once and one parallel op for all their
+    /// products (`QuantMatrix::forward_many`); other weights are each their own `forward`.
+    pub fn forward_each<const N: usize>(layers: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let quantised: Option<Vec<_>> = layers
+            .iter()
+            .map(|l| l.quant.as_ref().map(|q| (q, l.bias.as_ref())))
+            .collect();
+        let ys = match quantised {
+            Some(weights) => QuantMatrix::forward_many(&weights, x)?,
+            None => layers.iter().map(|l| l.forward(x)).collect::<Result<_>>()?,
+        };
+        <[Tensor; N]>::try_from(ys)
+            .map_err(|ys| candle_core::Error::Msg(format!("{} outputs of {N} layers", ys.len())))
+    }
+
     /// The inference path: y = x·Wᵀ (+ b) with the packed weight, as an untracked tensor of x's
     /// dtype (f32 accumulation either way).
     fn forward_packed(&self, x: &Tensor) -> Result<Tensor> {

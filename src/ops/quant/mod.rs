@@ -236,6 +236,22 @@ pub struct QuantMatrix {
     blocks: Tensor,
 }
 
+/// Runs `f` on the blocks' bytes of every weight in `weights`.
+fn with_all_bytes<R>(weights: &[&QuantMatrix], f: impl FnOnce(&[&[u8]]) -> Result<R>) -> Result<R> {
+    let held: Vec<_> = weights
+        .iter()
+        .map(|w| w.blocks.storage_and_layout())
+        .collect();
+    let bytes = held
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(s) => crate::ops::cpu::slice::<u8>(s, layout),
+            _ => Err(bail_shape("blocks are not on the CPU")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    f(&bytes)
+}
+
 fn bail_shape(what: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("quantised weight: {what}"))
 }
@@ -295,11 +311,7 @@ impl QuantMatrix {
 
     /// Runs `f` on the blocks' bytes.
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
-        let (storage, layout) = self.blocks.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => f(crate::ops::cpu::slice::<u8>(s, layout)?),
-            _ => Err(bail_shape("blocks are not on the CPU")),
-        }
+        with_all_bytes(&[self], |bytes| f(bytes[0]))
     }
 
     /// The matrix in f32, row-major `[rows, cols]`.
@@ -343,11 +355,32 @@ impl QuantMatrix {
         x: &[f32],
         m: usize,
     ) -> Result<Vec<f32>> {
-        if x.len() != m * self.cols {
+        let mut ys = Self::matmul_many(kernel, activations, &[self], x, m)?;
+        Ok(ys.pop().expect("one product per weight"))
+    }
+
+    /// y_i = x·W_iᵀ for several weights of x's width (a layer's q, k and v; its gate and up):
+    /// x quantised once, and the weight rows of all of them dealt out in one parallel op.
+    pub fn matmul_many(
+        kernel: QuantKernel,
+        activations: QuantActivations,
+        weights: &[&QuantMatrix],
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Some(cols) = weights.first().map(|w| w.cols) else {
+            return Ok(vec![]);
+        };
+        if let Some(w) = weights.iter().find(|w| w.cols != cols) {
             return Err(bail_shape(format!(
-                "input of {} values is not [{m}, {}]",
-                x.len(),
-                self.cols
+                "products of one input with weights of {cols} and {} columns",
+                w.cols
+            )));
+        }
+        if x.len() != m * cols {
+            return Err(bail_shape(format!(
+                "input of {} values is not [{m}, {cols}]",
+                x.len()
             )));
         }
         if !kernel.available() {
@@ -357,61 +390,90 @@ impl QuantMatrix {
             )));
         }
         let acts = match activations {
-            QuantActivations::Int8 => Some(QuantActs::new(x, self.cols)),
+            QuantActivations::Int8 => Some(QuantActs::new(x, cols)),
             QuantActivations::F32 => None,
-            QuantActivations::Bf16 => return self.matmul_bf16_on(isa::gemm_path(), x, m),
+            QuantActivations::Bf16 => {
+                return weights
+                    .iter()
+                    .map(|w| w.matmul_bf16_on(isa::gemm_path(), x, m))
+                    .collect()
+            }
         };
-        let (n, rb) = (self.rows, self.ty.row_bytes(self.cols));
         // Weight rows in chunks small enough to stay in L1 while every x row passes over them,
         // whole tiles of three (tile_avx2.rs) or four rows (tile_vnni.rs) where there are enough.
         // A row or two of x (decoding) uses each weight once: one contiguous share per thread
         // streams faster than chunks dealt out in turn (+7-10% tokens/s measured).
         let threads = rayon::current_num_threads().max(1);
-        let chunk = match m {
-            0..=2 => n.div_ceil(threads),
-            _ => n.div_ceil(4 * threads).clamp(1, 60),
-        }
-        .next_multiple_of(12);
-        // Chunk c's outputs, [m, rows of c], at m·chunk·c of one buffer: for m = 1 already y.
-        let mut parts = vec![0f32; m * n];
-        let shared = SharedMut::new(&mut parts);
-        self.with_bytes(|bytes| {
-            team::for_each(n.div_ceil(chunk), |c| {
-                let w = &bytes[c * chunk * rb..((c + 1) * chunk).min(n) * rb];
-                let nw = w.len() / rb;
-                // SAFETY: chunk c's own range of `parts`, which outlives the op.
-                let out = unsafe { shared.part(m * chunk * c, m * nw) };
-                match &acts {
-                    #[cfg(target_arch = "x86_64")]
-                    Some(acts)
-                        if kernel == QuantKernel::Avx512Vnni && tile_vnni::tiled(self.ty) =>
-                    {
-                        // SAFETY: `kernel.available()` was checked above; whole rows.
-                        unsafe { tile_vnni::product(self.ty, w, acts, out, nw) }
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    Some(acts) if kernel != QuantKernel::Scalar && tile_avx2::tiled(self.ty) => {
-                        // SAFETY: `kernel.available()` was checked above; whole rows.
-                        unsafe { tile_avx2::product(self.ty, w, acts, out, nw) }
-                    }
-                    Some(acts) => {
-                        for (i, o) in out.chunks_exact_mut(nw).enumerate() {
-                            let a = acts.row(i);
-                            for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
-                                *y = kernel.dot(self.ty, wr, a);
-                            }
-                        }
-                    }
-                    None => self.f32_rows(kernel, w, x, out),
-                }
+        let chunk_rows = |n: usize| {
+            match m {
+                0..=2 => n.div_ceil(threads),
+                _ => n.div_ceil(4 * threads).clamp(1, 60),
+            }
+            .next_multiple_of(12)
+        };
+        let chunks: Vec<usize> = weights.iter().map(|w| chunk_rows(w.rows)).collect();
+        // Chunk c of weight i writes its outputs, [m, rows of c], at m·chunk·c of out[i]: for
+        // m = 1 that is already y.
+        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
+        let tasks: Vec<(usize, usize)> = (0..weights.len())
+            .flat_map(|i| (0..weights[i].rows.div_ceil(chunks[i])).map(move |c| (i, c)))
+            .collect();
+        let shared: Vec<SharedMut<f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
+        with_all_bytes(weights, |bytes| {
+            team::for_each(tasks.len(), |t| {
+                let ((i, c), w) = (tasks[t], weights[tasks[t].0]);
+                let (chunk, rb) = (chunks[i], w.ty.row_bytes(cols));
+                let rows = &bytes[i][c * chunk * rb..((c + 1) * chunk).min(w.rows) * rb];
+                let nw = rows.len() / rb;
+                // SAFETY: chunk c's own range of out[i], which outlives the op.
+                let out = unsafe { shared[i].part(m * chunk * c, m * nw) };
+                w.rows_product(kernel, acts.as_ref(), rows, x, out);
             });
             Ok(())
         })?;
-        Ok(if m == 1 {
-            parts
-        } else {
-            join_columns(parts.chunks(m * chunk), m, n, chunk)
-        })
+        Ok(outs
+            .into_iter()
+            .zip(weights.iter().zip(chunks))
+            .map(|(y, (w, chunk))| match m {
+                1 => y,
+                _ => join_columns(y.chunks(m * chunk), m, w.rows, chunk),
+            })
+            .collect())
+    }
+
+    /// `out[i, j]` = x row i · W row j for the whole weight rows `w` (`out`: [m, rows of w]), on
+    /// `kernel` with the int8 activations `acts`, or f32 x where there are none.
+    fn rows_product(
+        &self,
+        kernel: QuantKernel,
+        acts: Option<&QuantActs>,
+        w: &[u8],
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let rb = self.ty.row_bytes(self.cols);
+        let nw = w.len() / rb;
+        match acts {
+            #[cfg(target_arch = "x86_64")]
+            Some(acts) if kernel == QuantKernel::Avx512Vnni && tile_vnni::tiled(self.ty) => {
+                // SAFETY: the kernel's availability was checked by the caller; whole rows.
+                unsafe { tile_vnni::product(self.ty, w, acts, out, nw) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Some(acts) if kernel != QuantKernel::Scalar && tile_avx2::tiled(self.ty) => {
+                // SAFETY: the kernel's availability was checked by the caller; whole rows.
+                unsafe { tile_avx2::product(self.ty, w, acts, out, nw) }
+            }
+            Some(acts) => {
+                for (i, o) in out.chunks_exact_mut(nw).enumerate() {
+                    let a = acts.row(i);
+                    for (y, wr) in o.iter_mut().zip(w.chunks_exact(rb)) {
+                        *y = kernel.dot(self.ty, wr, a);
+                    }
+                }
+            }
+            None => self.f32_rows(kernel, w, x, out),
+        }
     }
 
     /// y = x·Wᵀ for `x` row-major `[m, cols]` by `path`'s packed bf16 kernel: in parallel
@@ -500,6 +562,16 @@ impl QuantMatrix {
     /// x [..., cols] → x·Wᵀ (+ bias) [..., rows] in x's dtype, on the selected kernel. Refuses
     /// an x that carries a gradient: quantised weights are for inference only.
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let mut ys = Self::forward_many(&[(self, bias)], x)?;
+        Ok(ys.pop().expect("one output per weight"))
+    }
+
+    /// `forward` of one x through several weights (each with its bias), x quantised once and
+    /// the products one parallel op (`matmul_many`).
+    pub fn forward_many(
+        weights: &[(&QuantMatrix, Option<&Tensor>)],
+        x: &Tensor,
+    ) -> Result<Vec<Tensor>> {
         if x.track_op() {
             return Err(bail_shape(
                 "no gradient flows through kept-quantised weights; train from a float \
@@ -509,28 +581,38 @@ impl QuantMatrix {
         if !x.device().is_cpu() {
             return Err(bail_shape("kept-quantised weights run on the CPU only"));
         }
-        if x.dims().last() != Some(&self.cols) {
+        let Some(&cols) = x.dims().last() else {
+            return Err(bail_shape("a scalar input"));
+        };
+        if let Some((w, _)) = weights.iter().find(|(w, _)| w.cols != cols) {
             return Err(bail_shape(format!(
                 "input {:?} does not end in the weight's {} columns",
                 x.dims(),
-                self.cols
+                w.cols
             )));
         }
-        let m = x.elem_count() / self.cols;
+        let m = x.elem_count() / cols.max(1);
+        let matrices: Vec<&QuantMatrix> = weights.iter().map(|(w, _)| *w).collect();
         let xf = x.to_dtype(DType::F32)?;
-        let mut y = crate::ops::cpu::with_data(&xf, |x| {
-            self.matmul_with(QuantKernel::selected(), QuantActivations::for_rows(m), x, m)
+        let ys = crate::ops::cpu::with_data(&xf, |x| {
+            let activations = QuantActivations::for_rows(m);
+            Self::matmul_many(QuantKernel::selected(), activations, &matrices, x, m)
         })?;
-        if let Some(b) = bias {
-            crate::ops::cpu::with_data(&b.to_dtype(DType::F32)?, |b| {
-                for row in y.chunks_exact_mut(self.rows) {
-                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        ys.into_iter()
+            .zip(weights)
+            .map(|(mut y, (w, bias))| {
+                if let Some(b) = bias {
+                    crate::ops::cpu::with_data(&b.to_dtype(DType::F32)?, |b| {
+                        for row in y.chunks_exact_mut(w.rows) {
+                            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                        }
+                        Ok(())
+                    })?;
                 }
-                Ok(())
-            })?;
-        }
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("checked above") = self.rows;
-        Tensor::from_vec(y, dims, x.device())?.to_dtype(x.dtype())
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("checked above") = w.rows;
+                Tensor::from_vec(y, dims, x.device())?.to_dtype(x.dtype())
+            })
+            .collect()
     }
 }
