@@ -306,7 +306,7 @@ fn copy_bandwidth(n: usize) -> anyhow::Result<f64> {
     let src = vec![1u8; n];
     let mut dst = vec![0u8; n];
     let chunk = n.div_ceil(rayon::current_num_threads().max(1));
-    let secs = best_of(3, || {
+    let secs = best_of(5, || {
         dst.par_chunks_mut(chunk)
             .zip(src.par_chunks(chunk))
             .for_each(|(d, s)| d.copy_from_slice(s));

@@ -58,19 +58,6 @@ fn strided_heads(stride: &[usize]) -> Result<Heads> {
     }
 }
 
-/// A raw pointer that rayon tasks may share: every task writes a disjoint set of heads.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The element `i` on (a method, so that closures capture the whole `Shared`).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// The fewest query rows whose products take the bf16 kernel (`FusedAttention::bf16_products`):
 /// SmolLM2's 32-row dual-cache block ran 2–5% slower with them, its 257-row canvas 7% faster.
 const BF16_MIN_QUERIES: usize = 64;
@@ -228,7 +215,7 @@ impl FusedAttention {
         let group = g.h / g.kh;
         let mut out = vec![0f32; g.b * g.h * l * dh];
         let mut probs = vec![0f32; g.b * g.h * l * lk];
-        let out_ptr = Shared(out.as_mut_ptr());
+        let out_ptr = SharedMut::new(&mut out);
         let probs_of = SharedMut::new(&mut probs);
         if l <= DIRECT_QUERIES && bf16_path.is_none() {
             self.attend_direct(g, bias.as_deref(), (q, k, v), &probs_of, out_ptr);
@@ -259,7 +246,7 @@ impl FusedAttention {
                 },
             }
             self.softmax_rows(p, l, lk, bias.as_deref());
-            let y = out.0.wrapping_add(g.o.at(b, h));
+            let y = out.ptr(g.o.at(b, h));
             match bf16_path {
                 Some(path) => {
                     let mut yh = vec![0f32; l * dh];
@@ -315,7 +302,7 @@ impl FusedAttention {
         bias: Option<&[Vec<f32>]>,
         (q, k, v): (&[f32], &[f32], &[f32]),
         probs_of: &SharedMut<f32>,
-        out: Shared,
+        out: SharedMut<f32>,
     ) {
         let (l, lk, dh, group) = (g.l, g.lk, g.dh, g.h / g.kh);
         team::for_each(g.b * g.kh, |bk| {
@@ -340,7 +327,7 @@ impl FusedAttention {
             let mut rows: Vec<&mut [f32]> = (0..group * l)
                 .map(|r| unsafe {
                     let at = g.o.at(b, kv * group + r / l) + (r % l) * g.o.sl;
-                    std::slice::from_raw_parts_mut(out.at(at), dh)
+                    std::slice::from_raw_parts_mut(out.ptr(at), dh)
                 })
                 .collect();
             cpu::simd(|| {
@@ -366,7 +353,7 @@ impl FusedAttention {
         k: &[f32],
         v: &[f32],
         dy: &[f32],
-        (dq, dk, dv): (Shared, Shared, Shared),
+        (dq, dk, dv): (SharedMut<f32>, SharedMut<f32>, SharedMut<f32>),
     ) {
         let (l, lk, dh) = (g.l, g.lk, g.dh);
         let group = g.h / g.kh;
@@ -395,7 +382,7 @@ impl FusedAttention {
                 }
                 unsafe {
                     let dsm = (ds.as_ptr(), lk, 1);
-                    let dst = (dq.0.add(qh), g.q.sl, 1);
+                    let dst = (dq.ptr(qh), g.q.sl, 1);
                     matmul(
                         (l, dh, lk),
                         dst,
@@ -403,10 +390,10 @@ impl FusedAttention {
                         dsm,
                         (k.as_ptr().add(kh), g.k.sl, 1),
                     );
-                    let dst = (dk.0.add(kh), g.k.sl, 1);
+                    let dst = (dk.ptr(kh), g.k.sl, 1);
                     let qm = (q.as_ptr().add(qh), g.q.sl, 1);
                     matmul((lk, dh, l), dst, gi > 0, (ds.as_ptr(), 1, lk), qm);
-                    let dst = (dv.0.add(vh), g.v.sl, 1);
+                    let dst = (dv.ptr(vh), g.v.sl, 1);
                     let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
                     matmul((lk, dh, l), dst, gi > 0, (p.as_ptr(), 1, lk), dyv);
                 }
@@ -458,7 +445,7 @@ impl Kernel for FusedAttention {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         let g = self.geometry(&shapes)?;
         let mut grads: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0f32; t.elem_count()]).collect();
-        let ptrs: Vec<Shared> = grads.iter_mut().map(|d| Shared(d.as_mut_ptr())).collect();
+        let ptrs: Vec<SharedMut<f32>> = grads.iter_mut().map(|d| SharedMut::new(d)).collect();
         self.saved_probs.with(|probs| match (inputs, &ptrs[..]) {
             (&[qkv], &[d]) => cpu::with_data(qkv, |x| {
                 cpu::with_data(dy, |dy| {

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::gemm::isa::{self, Isa};
 use super::gemm::{Data, MatRef};
+use super::team::SharedMut;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
@@ -332,7 +333,7 @@ impl PackedWeight {
             "x staged for another packing"
         );
         let staged = staged.0.as_deref();
-        let y = SendPtr(y.as_mut_ptr());
+        let y = SharedMut::new(y);
         self.per_task(m, |panels| {
             let mut scratch = vec![];
             for i0 in (0..m).step_by(MC) {
@@ -340,7 +341,7 @@ impl PackedWeight {
                 let a = self.rows(x, staged, i0..i1, &mut scratch);
                 for p0 in panels.clone().step_by(GROUP) {
                     let group = p0..(p0 + GROUP).min(panels.end);
-                    let out = y.get().wrapping_add(i0 * n + p0 * NR);
+                    let out = y.ptr(i0 * n + p0 * NR);
                     // SAFETY: this task alone writes the columns of its panels (the tasks'
                     // panel ranges are disjoint); rows i0..i1 lie inside y.
                     unsafe { self.panels_into(path, a, group, i1 - i0, out, n) }
@@ -687,15 +688,3 @@ impl Load for LineBf16 {}
 
 /// A packed weight shared by the clones of a layer, made on first use.
 pub type PackedCache = Arc<std::sync::OnceLock<PackedWeight>>;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the wrapper (Sync), not its raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}

@@ -225,6 +225,13 @@ impl<T> SharedMut<T> {
     pub unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+
+    /// The address of element `i`, for writes through strides that `part` cannot express
+    /// (the same rules apply to what is written through it). A method, so that closures
+    /// capture the whole wrapper rather than its raw pointer.
+    pub fn ptr(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
 }
 
 #[cfg(test)]

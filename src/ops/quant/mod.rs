@@ -191,24 +191,6 @@ impl<'a> TileJob<'a> {
     }
 }
 
-/// Σ a·b in eight independent lanes, so the loop vectorises without reassociating a float sum.
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// y [m, n] from per-task products: `parts[c]` is [m, nw] for output columns c·per..c·per + nw.
 fn join_columns<'a>(
     parts: impl IntoIterator<Item = &'a [f32]>,
@@ -549,7 +531,7 @@ impl QuantMatrix {
                     dequantize_block(self.ty, b, &mut row);
                 }
                 for (i, xr) in x.chunks_exact(self.cols).enumerate() {
-                    out[i * nw + j] = dot_f32(&row, xr);
+                    out[i * nw + j] = crate::ops::cpu::dot(&row, xr);
                 }
             }
         };

@@ -56,6 +56,9 @@ macro_rules! dispatch {
     };
 }
 
+/// How many weight tiles ahead of the one being multiplied the kernel prefetches.
+const PREFETCH_TILES: usize = 2;
+
 /// Every weight row against every x row, in tiles of at most 3 × 2.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn all<F: Format>(job: &TileJob) {
@@ -96,7 +99,17 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
     let w = job.w.add(j0 * job.rb);
     let xq = job.acts.qs.as_ptr().add(i0 * cols);
     let xd = job.acts.d.as_ptr().add(i0 * nb);
+    // As in tile_vnni.rs: the tile PREFETCH_TILES on, a few lines per block.
+    let ahead = w.wrapping_add(PREFETCH_TILES * W * job.rb);
+    let lines = (W * job.rb).div_ceil(64);
+    let lines_per_block = lines.div_ceil(nb);
     for b in 0..nb {
+        for line in (b * lines_per_block..).take(lines_per_block) {
+            if line < lines {
+                // A hint: never faults, even past the matrix.
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
+            }
+        }
         let mut wv = [(_mm256_setzero_si256(), _mm256_setzero_si256()); W];
         for (r, wv) in wv.iter_mut().enumerate() {
             *wv = F::unpack(w.add(r * job.rb + b * F::BYTES));
