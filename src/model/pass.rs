@@ -15,55 +15,66 @@ pub struct KvCache {
     splice: Option<usize>,
 }
 
-/// One layer's keys and values, [B, K, capacity, Dh] each: positions before the cache's length
-/// are cached, the rest is room that later forwards fill in place. A decoding step so copies
-/// its own keys and values only (concatenating copied the whole cache at every step).
+/// One layer's keys and values, [B, K, capacity, Dh] each: the first `len` positions are
+/// cached, the rest is room that later forwards fill in place. A decoding step so copies its own
+/// keys and values only (concatenating copied the whole cache at every step).
 #[derive(Debug)]
 struct KvBuffers {
     k: Tensor,
     v: Tensor,
+    len: usize,
 }
 
 impl KvBuffers {
-    /// Buffers holding `old`'s first `len` positions with room for `n` more: `old` itself when
-    /// it has the room, else new ones half as large again (so appends copy the cache
-    /// O(log L) times in all), or exactly `n` for a first forward.
-    fn with_room(old: Option<Self>, len: usize, n: usize, k: &Tensor, v: &Tensor) -> Result<Self> {
-        let need = len + n;
-        let old = match old {
-            Some(old) if old.k.dim(2)? >= need => return Ok(old),
-            old => old,
+    /// `old`'s positions followed by k and v [B, K, n, Dh]: written into `old`'s room when it
+    /// has enough, else into new buffers half as large again as needed (so appends copy the
+    /// cache O(log L) times in all). A first forward's keys and values are kept as they are.
+    fn append(old: Option<Self>, k: &Tensor, v: &Tensor) -> Result<Self> {
+        let Some(old) = old else {
+            // Exactly full: the first append moves them (they may share storage with the
+            // caller's tensors, which nothing then writes into).
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
+            let len = k.dim(2)?;
+            return Ok(Self { k, v, len });
         };
-        let capacity = match len {
-            0 => n,
-            _ => need + (need / 2).max(64),
+        let (len, need) = (old.len, old.len + k.dim(2)?);
+        let mut buffers = match old.k.dim(2)? >= need {
+            true => old,
+            false => {
+                let capacity = need + (need / 2).max(64);
+                let room = |t: &Tensor| -> Result<Tensor> {
+                    let (b, h, _, dh) = t.dims4()?;
+                    Tensor::zeros((b, h, capacity, dh), t.dtype(), t.device())
+                };
+                let new = Self {
+                    k: room(k)?,
+                    v: room(v)?,
+                    len,
+                };
+                let (cached_k, cached_v) = old.valid()?;
+                new.k.slice_set(&cached_k.contiguous()?, 2, 0)?;
+                new.v.slice_set(&cached_v.contiguous()?, 2, 0)?;
+                new
+            }
         };
-        let room = |t: &Tensor| -> Result<Tensor> {
-            let (b, h, _, dh) = t.dims4()?;
-            Tensor::zeros((b, h, capacity, dh), t.dtype(), t.device())
-        };
-        let new = Self {
-            k: room(k)?,
-            v: room(v)?,
-        };
-        if let Some(old) = old.filter(|_| len > 0) {
-            let (k, v) = old.valid(len)?;
-            new.k.slice_set(&k.contiguous()?, 2, 0)?;
-            new.v.slice_set(&v.contiguous()?, 2, 0)?;
-        }
-        Ok(new)
+        buffers.k.slice_set(&k.contiguous()?, 2, len)?;
+        buffers.v.slice_set(&v.contiguous()?, 2, len)?;
+        buffers.len = need;
+        Ok(buffers)
     }
 
-    /// The first `len` positions, as views into the buffers.
-    fn valid(&self, len: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.k.narrow(2, 0, len)?, self.v.narrow(2, 0, len)?))
+    /// The cached positions, as views into the buffers.
+    fn valid(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 }
 
 /// One layer's view of a cache during a forward.
 struct LayerCache<'a> {
     kv: &'a mut Option<KvBuffers>,
-    len: usize,
     splice: Option<usize>,
 }
 
@@ -101,7 +112,6 @@ impl KvCache {
     fn layer(&mut self, i: usize) -> LayerCache<'_> {
         LayerCache {
             kv: &mut self.layers[i],
-            len: self.len,
             splice: self.splice,
         }
     }
@@ -216,18 +226,14 @@ impl LayerPass<'_> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok((k, v));
         };
-        let len = cache.len;
         if let (Some(buffers), Some(start)) = (cache.kv.as_ref(), cache.splice) {
-            let (ck, cv) = buffers.valid(len)?;
+            let (ck, cv) = buffers.valid()?;
             return Ok((splice(&ck, &k, start)?, splice(&cv, &v, start)?));
         }
         // Appended after the cached positions (a spliced forward into an empty cache stores its
         // keys and values as the cache, as an appending one does).
-        let n = k.dim(2)?;
-        let buffers = KvBuffers::with_room(cache.kv.take(), len, n, &k, &v)?;
-        buffers.k.slice_set(&k.contiguous()?, 2, len)?;
-        buffers.v.slice_set(&v.contiguous()?, 2, len)?;
-        let (k, v) = buffers.valid(len + n)?;
+        let buffers = KvBuffers::append(cache.kv.take(), &k, &v)?;
+        let (k, v) = buffers.valid()?;
         *cache.kv = Some(buffers);
         // The views are read in place on the CPU (fused attention); other devices' kernels get
         // contiguous copies.
@@ -251,4 +257,33 @@ fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> Result<Tensor> {
         .filter(|t| t.dim(2).is_ok_and(|d| d > 0))
         .collect();
     Tensor::cat(&parts, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Appends of 1 to 5 positions, through several growths, hold exactly what concatenating
+    /// every append gives.
+    #[test]
+    fn appends_hold_what_concatenation_gives() -> Result<()> {
+        let dev = Device::Cpu;
+        let (mut buffers, mut ks, mut vs) = (None, vec![], vec![]);
+        for step in 0..80 {
+            let n = 1 + step % 5;
+            let k = Tensor::randn(0f32, 1.0, (2, 3, n, 4), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (2, 3, n, 4), &dev)?;
+            buffers = Some(KvBuffers::append(buffers, &k, &v)?);
+            (ks.push(k), vs.push(v));
+        }
+        let (k, v) = buffers.expect("appended").valid()?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        assert_eq!(k.dims(), &[2, 3, 240, 4]);
+        assert_eq!(diff(&k, &Tensor::cat(&ks, 2)?)?, 0.0);
+        assert_eq!(diff(&v, &Tensor::cat(&vs, 2)?)?, 0.0);
+        Ok(())
+    }
 }
