@@ -275,7 +275,8 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (2, 3, n, 4), &dev)?;
             let v = Tensor::randn(0f32, 1.0, (2, 3, n, 4), &dev)?;
             buffers = Some(KvBuffers::append(buffers, &k, &v)?);
-            (ks.push(k), vs.push(v));
+            ks.push(k);
+            vs.push(v);
         }
         let (k, v) = buffers.expect("appended").valid()?;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
