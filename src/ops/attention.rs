@@ -28,7 +28,10 @@ pub fn scaled_dot_product_attention(
 ) -> Result<Tensor> {
     if fusable(&[q, k, v], bias) {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let op = FusedAttention::new(scale, bias.cloned(), None).bf16_products(bf16_products);
+        let differentiated = q.track_op() || k.track_op() || v.track_op();
+        let op = FusedAttention::new(scale, bias.cloned(), None)
+            .bf16_products(bf16_products)
+            .keep_probabilities(differentiated);
         // k and v are read in place (a cache's prefix view) wherever each row of Dh is
         // contiguous.
         let rows = |t: &Tensor| match t.stride().last() {
@@ -72,7 +75,8 @@ pub fn packed_self_attention(
     let (d, dh) = (d3 / 3, d3 / 3 / n_head.max(1));
     if fusable(&[qkv], bias) {
         let op = FusedAttention::new(1.0 / (dh as f64).sqrt(), bias.cloned(), Some(n_head))
-            .bf16_products(bf16_products);
+            .bf16_products(bf16_products)
+            .keep_probabilities(qkv.track_op());
         return custom::apply(op, &[qkv]);
     }
     let heads = |i: usize| -> Result<Tensor> {
@@ -88,7 +92,7 @@ pub fn packed_self_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::fused_check::{assert_fused_matches, Tolerance};
+    use crate::ops::fused_check::{assert_fused_matches, max_diff, Tolerance};
     use crate::ops::AttentionMask;
     use candle_core::{DType, Device, Var};
 
@@ -137,6 +141,10 @@ mod tests {
                 let fused = scaled_dot_product_attention(&q, &kp, &vp, bias.as_ref(), false)?;
                 let composed = scaled_dot_product_attention_composed(&q, &kp, &vp, bias.as_ref())?;
                 let what = format!("{l} queries, mask {}", bias.is_some());
+                // Nothing to differentiate: P in each task's scratch, the same values.
+                let (qd, kd, vd) = (q.detach(), kp.detach(), vp.detach());
+                let inference = scaled_dot_product_attention(&qd, &kd, &vd, bias.as_ref(), false)?;
+                assert_eq!(max_diff(&inference, &fused)?, 0.0, "{what}: inference");
                 let tol = Tolerance::new(1e-5, 1e-5);
                 assert_fused_matches(&what, &[&q, &k, &v], &fused, &composed, tol)?;
             }

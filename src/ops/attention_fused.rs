@@ -62,6 +62,26 @@ fn strided_heads(stride: &[usize]) -> Result<Heads> {
 /// SmolLM2's 32-row dual-cache block ran 2–5% slower with them, its 257-row canvas 7% faster.
 const BF16_MIN_QUERIES: usize = 64;
 
+/// A task's `len` probabilities from `start`: its part of the kept buffer, or (none kept) its
+/// own zeroed scratch.
+///
+/// # Safety
+/// As `SharedMut::part` for the kept buffer.
+unsafe fn probs_part<'a>(
+    kept: Option<&'a SharedMut<f32>>,
+    start: usize,
+    len: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a mut [f32] {
+    match kept {
+        Some(all) => all.part(start, len),
+        None => {
+            scratch.resize(len, 0.0);
+            scratch
+        }
+    }
+}
+
 /// The most query rows whose products are plain dot products and AXPYs rather than GEMM calls:
 /// for a decoding step's one query, a GEMM call's set-up costs more than its arithmetic.
 const DIRECT_QUERIES: usize = 4;
@@ -103,6 +123,8 @@ pub struct FusedAttention {
     /// Some(H): one packed [B, L, 3·H·Dh] q|k|v input and a [B, L, H·Dh] output (GPT-2's c_attn
     /// layout). None: q [B, H, L, Dh], k and v [B, K, Lk, Dh], output [B, H, L, Dh].
     packed_heads: Option<usize>,
+    /// Whether the forward keeps P for a backward pass (`keep_probabilities`).
+    keep_probs: bool,
     saved_probs: Saved<Vec<f32>>,
 }
 
@@ -113,8 +135,18 @@ impl FusedAttention {
             bf16_path: None,
             bias,
             packed_heads,
+            keep_probs: true,
             saved_probs: Saved::new("attention"),
         }
+    }
+
+    /// Whether the forward keeps the probabilities P [B, H, L, Lk] for the backward pass. A
+    /// forward nothing will differentiate need not: each task then writes its head's P to a
+    /// scratch buffer of its own, which stays in cache, and nothing of size B·H·L·Lk is
+    /// allocated and zeroed.
+    pub fn keep_probabilities(mut self, keep: bool) -> Self {
+        self.keep_probs = keep;
+        self
     }
 
     /// Runs the forward's products in bf16 operands (f32 accumulation) where dlm's GEMM path
@@ -200,7 +232,7 @@ impl FusedAttention {
         })
     }
 
-    /// Y, saving P. q, k and v may be the same (packed) slice.
+    /// Y, saving P (when kept). q, k and v may be the same (packed) slice.
     fn attend(&self, g: &Geometry, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         let bias = self.bias.as_ref().map(|b| b.to_vec2::<f32>()).transpose()?;
         if let Some(bias) = &bias {
@@ -212,20 +244,43 @@ impl FusedAttention {
         // Packing a head's K and V for the bf16 kernel costs what the f32 GEMM spends on a few
         // dozen query rows: fewer rows (a cached block's queries) keep the f32 products.
         let bf16_path = self.bf16_path.filter(|_| l >= BF16_MIN_QUERIES);
-        let group = g.h / g.kh;
         let mut out = vec![0f32; g.b * g.h * l * dh];
-        let mut probs = vec![0f32; g.b * g.h * l * lk];
+        let kept_len = match self.keep_probs {
+            true => g.b * g.h * l * lk,
+            false => 0,
+        };
+        let mut probs = vec![0f32; kept_len];
         let out_ptr = SharedMut::new(&mut out);
         let probs_of = SharedMut::new(&mut probs);
+        let kept = self.keep_probs.then_some(&probs_of);
         if l <= DIRECT_QUERIES && bf16_path.is_none() {
-            self.attend_direct(g, bias.as_deref(), (q, k, v), &probs_of, out_ptr);
-            self.saved_probs.put(probs)?;
-            return Ok(out);
+            self.attend_direct(g, bias.as_deref(), (q, k, v), kept, out_ptr);
+        } else {
+            self.attend_heads(g, bias.as_deref(), (q, k, v), bf16_path, kept, out_ptr);
         }
+        if self.keep_probs {
+            self.saved_probs.put(probs)?;
+        }
+        Ok(out)
+    }
+
+    /// `attend` by one task per (batch, head), each two products (on the bf16 path, or f32 GEMM
+    /// calls) around its softmax.
+    fn attend_heads(
+        &self,
+        g: &Geometry,
+        bias: Option<&[Vec<f32>]>,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        bf16_path: Option<Isa>,
+        kept: Option<&SharedMut<f32>>,
+        out_ptr: SharedMut<f32>,
+    ) {
+        let (l, lk, dh, group) = (g.l, g.lk, g.dh, g.h / g.kh);
         // One task per (batch, head), on the decode team inside one (`team`).
         team::for_each(g.b * g.h, |bh| {
-            // SAFETY: head bh's own l·lk probabilities, inside `probs`.
-            let p = unsafe { probs_of.part(bh * l * lk, l * lk) };
+            let mut scratch = vec![];
+            // SAFETY: head bh's own l·lk probabilities.
+            let p = unsafe { probs_part(kept, bh * l * lk, l * lk, &mut scratch) };
             let (b, h) = (bh / g.h, bh % g.h);
             let (qh, kh, vh) = (g.q.at(b, h), g.k.at(b, h / group), g.v.at(b, h / group));
             let out = out_ptr;
@@ -245,7 +300,7 @@ impl FusedAttention {
                     matmul((l, lk, dh), s, false, (q.as_ptr().add(qh), g.q.sl, 1), kt);
                 },
             }
-            self.softmax_rows(p, l, lk, bias.as_deref());
+            self.softmax_rows(p, l, lk, bias);
             let y = out.ptr(g.o.at(b, h));
             match bf16_path {
                 Some(path) => {
@@ -271,8 +326,6 @@ impl FusedAttention {
                 },
             }
         });
-        self.saved_probs.put(probs)?;
-        Ok(out)
     }
 
     /// Softmax of `p`'s rows of `lk` scaled scores, plus `bias` row (row index mod `l`).
@@ -301,16 +354,17 @@ impl FusedAttention {
         g: &Geometry,
         bias: Option<&[Vec<f32>]>,
         (q, k, v): (&[f32], &[f32], &[f32]),
-        probs_of: &SharedMut<f32>,
+        kept: Option<&SharedMut<f32>>,
         out: SharedMut<f32>,
     ) {
         let (l, lk, dh, group) = (g.l, g.lk, g.dh, g.h / g.kh);
         team::for_each(g.b * g.kh, |bk| {
             let (b, kv) = (bk / g.kh, bk % g.kh);
             let first = b * g.h + kv * group;
+            let mut scratch = vec![];
             // SAFETY: the group's query heads' probabilities (consecutive heads), this task's
             // alone.
-            let p = unsafe { probs_of.part(first * l * lk, group * l * lk) };
+            let p = unsafe { probs_part(kept, first * l * lk, group * l * lk, &mut scratch) };
             // Row r of p: query row r % l of the group's head r / l.
             let query = |r: usize| &q[g.q.at(b, kv * group + r / l) + (r % l) * g.q.sl..][..dh];
             cpu::simd(|| {
