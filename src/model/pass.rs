@@ -6,8 +6,8 @@ use candle_core::{DType, Result, Tensor};
 use crate::ops::AttentionMask;
 
 /// Key/value states per layer. The caller owns it. By default the model appends each forward's
-/// keys and values (incremental decoding); after `splice_at` it leaves the cache as it is and lets
-/// a forward over a window of the cached sequence attend to the whole of it.
+/// keys and values (incremental decoding); after `splice_at` a forward over a window of the
+/// cached sequence overwrites the window's positions and attends to the whole of it.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<KvBuffers>>,
@@ -63,6 +63,19 @@ impl KvBuffers {
         Ok(buffers)
     }
 
+    /// k and v [B, K, n, Dh] in place of positions `start..start + n`.
+    fn overwrite(&mut self, start: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let n = k.dim(2)?;
+        if start + n > self.len {
+            candle_core::bail!(
+                "a window of {n} positions at {start} runs past the {} cached ones",
+                self.len
+            );
+        }
+        self.k.slice_set(&k.contiguous()?, 2, start)?;
+        self.v.slice_set(&v.contiguous()?, 2, start)
+    }
+
     /// The cached positions, as views into the buffers.
     fn valid(&self) -> Result<(Tensor, Tensor)> {
         Ok((
@@ -97,9 +110,10 @@ impl KvCache {
     }
 
     /// Later forwards take ids for positions `start..start + n` of the cached sequence: their
-    /// fresh keys and values stand in for the cached ones at those positions, every other
-    /// position is served from the cache, and the cache is not changed (Fast-dLLM's reuse of
-    /// keys and values across denoising steps). Bidirectional attention only.
+    /// fresh keys and values replace the cached ones at those positions (in place: the cache
+    /// then holds the latest window's), every other position is served from the cache and never
+    /// changed (Fast-dLLM's reuse of keys and values across denoising steps, whose every step
+    /// recomputes the same window). Bidirectional attention only.
     pub fn splice_at(&mut self, start: usize) {
         self.splice = Some(start);
     }
@@ -220,21 +234,26 @@ impl LayerPass<'_> {
     }
 
     /// Records this forward's keys and values [B, K, L, Dh] in the cache (when there is one) and
-    /// returns the keys and values attention should see: appended to the cached ones, or spliced
-    /// into them at the cache's splice position.
+    /// returns the keys and values attention should see: the cached ones followed by these, or
+    /// with these at the cache's splice position.
     pub(super) fn append_kv(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let Some(cache) = self.cache.as_mut() else {
             return Ok((k, v));
         };
-        if let (Some(buffers), Some(start)) = (cache.kv.as_ref(), cache.splice) {
-            let (ck, cv) = buffers.valid()?;
-            return Ok((splice(&ck, &k, start)?, splice(&cv, &v, start)?));
-        }
-        // Appended after the cached positions (a spliced forward into an empty cache stores its
-        // keys and values as the cache, as an appending one does).
-        let buffers = KvBuffers::append(cache.kv.take(), &k, &v)?;
-        let (k, v) = buffers.valid()?;
-        *cache.kv = Some(buffers);
+        let (k, v) = match (cache.kv.as_mut(), cache.splice) {
+            (Some(buffers), Some(start)) => {
+                buffers.overwrite(start, &k, &v)?;
+                buffers.valid()?
+            }
+            // Appended after the cached positions (a spliced forward into an empty cache stores
+            // its keys and values as the cache, as an appending one does).
+            _ => {
+                let buffers = KvBuffers::append(cache.kv.take(), &k, &v)?;
+                let views = buffers.valid()?;
+                *cache.kv = Some(buffers);
+                views
+            }
+        };
         // The views are read in place on the CPU (fused attention); other devices' kernels get
         // contiguous copies.
         match k.device().is_cpu() {
@@ -242,21 +261,6 @@ impl LayerPass<'_> {
             false => Ok((k.contiguous()?, v.contiguous()?)),
         }
     }
-}
-
-/// `cached` [B, K, L, Dh] with positions `start..start + n` replaced by `fresh` [B, K, n, Dh].
-fn splice(cached: &Tensor, fresh: &Tensor, start: usize) -> Result<Tensor> {
-    let (l, n) = (cached.dim(2)?, fresh.dim(2)?);
-    if start + n > l {
-        candle_core::bail!("a window of {n} positions at {start} runs past the {l} cached ones");
-    }
-    let before = cached.narrow(2, 0, start)?;
-    let after = cached.narrow(2, start + n, l - start - n)?;
-    let parts: Vec<&Tensor> = [&before, fresh, &after]
-        .into_iter()
-        .filter(|t| t.dim(2).is_ok_and(|d| d > 0))
-        .collect();
-    Tensor::cat(&parts, 2)
 }
 
 #[cfg(test)]
