@@ -152,6 +152,44 @@ mod tests {
         Ok(())
     }
 
+    /// Decoding's few queries over many keys with three key/value heads on two threads: each
+    /// head's keys split in spans merged after (`attend_direct`), against the composed path,
+    /// also where a mask hides every key of a span.
+    #[test]
+    fn split_key_spans_match_composed() -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let dev = Device::Cpu;
+            let lk = 100;
+            let k = Tensor::randn(0f32, 1.0, (1, 3, lk, 16), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (1, 3, lk, 16), &dev)?;
+            for l in 1..=4 {
+                let q = Tensor::randn(0f32, 1.0, (1, 6, l, 16), &dev)?;
+                let causal = AttentionMask::Causal.bias(l, lk, lk - l, DType::F32, &dev)?;
+                // Keys before 60 hidden: the first span (50 keys) wholly.
+                let padding: Vec<f32> = (0..l * lk)
+                    .map(|i| if i % lk < 60 { f32::NEG_INFINITY } else { 0.0 })
+                    .collect();
+                let padding = Tensor::from_vec(padding, (l, lk), &dev)?;
+                for (what, bias) in [
+                    ("none", None),
+                    ("causal", causal),
+                    ("padding", Some(padding)),
+                ] {
+                    let fused = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), false)?;
+                    let composed =
+                        scaled_dot_product_attention_composed(&q, &k, &v, bias.as_ref())?;
+                    let err = max_diff(&fused, &composed)?;
+                    assert!(err < 1e-5, "{l} queries, mask {what}: {err}");
+                }
+            }
+            Ok(())
+        })
+    }
+
     #[test]
     fn fused_packed_attention_matches_composed() -> Result<()> {
         let dev = Device::Cpu;

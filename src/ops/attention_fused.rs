@@ -86,6 +86,116 @@ unsafe fn probs_part<'a>(
 /// for a decoding step's one query, a GEMM call's set-up costs more than its arithmetic.
 const DIRECT_QUERIES: usize = 4;
 
+/// Keys and values of one head: (data, head offset, row stride).
+type HeadRows<'a> = (&'a [f32], usize, usize);
+
+/// `direct_span` compiled for the vector units this CPU has (a closure handed to `cpu::simd`
+/// was left out of line there, in SSE code, this function being inlined into it).
+fn direct_span_on(
+    scale: f32,
+    queries: &[&[f32]],
+    bias: Option<&[&[f32]]>,
+    kv: (HeadRows, HeadRows),
+    keys: std::ops::Range<usize>,
+    p: &mut [f32],
+    part: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn avx512(
+            scale: f32,
+            queries: &[&[f32]],
+            bias: Option<&[&[f32]]>,
+            kv: (HeadRows, HeadRows),
+            keys: std::ops::Range<usize>,
+            p: &mut [f32],
+            part: &mut [f32],
+        ) {
+            direct_span(scale, queries, bias, kv, keys, p, part)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(
+            scale: f32,
+            queries: &[&[f32]],
+            bias: Option<&[&[f32]]>,
+            kv: (HeadRows, HeadRows),
+            keys: std::ops::Range<usize>,
+            p: &mut [f32],
+            part: &mut [f32],
+        ) {
+            direct_span(scale, queries, bias, kv, keys, p, part)
+        }
+        let path = isa::selected();
+        if path >= Isa::Avx512 {
+            // SAFETY: the features were detected for this path.
+            return unsafe { avx512(scale, queries, bias, kv, keys, p, part) };
+        }
+        if path >= Isa::Avx2 {
+            // SAFETY: as above.
+            return unsafe { avx2(scale, queries, bias, kv, keys, p, part) };
+        }
+    }
+    direct_span(scale, queries, bias, kv, keys, p, part)
+}
+
+/// The fewest keys per span of a split head (`FusedAttention::attend_direct`).
+const MIN_SPAN_KEYS: usize = 32;
+
+/// One key/value head's span of keys against the `queries` rows of its group, for
+/// `attend_direct`: scores scale·q·k (+ each row's `bias` over the span) into `p` ([rows, keys]),
+/// their softmax over the span, and Σ p·v into `part`'s first rows × dh, followed by each row's
+/// maximum score and Σ e^(score − maximum) (0 where the span is wholly masked). Keys and values
+/// are (data, head offset, row stride).
+#[inline(always)]
+fn direct_span(
+    scale: f32,
+    queries: &[&[f32]],
+    bias: Option<&[&[f32]]>,
+    ((k, ko, ks), (v, vo, vs)): (HeadRows, HeadRows),
+    keys: std::ops::Range<usize>,
+    p: &mut [f32],
+    part: &mut [f32],
+) {
+    let (rows, n) = (queries.len(), keys.len());
+    let dh = queries.first().map_or(0, |q| q.len());
+    for (j, key) in keys.clone().enumerate() {
+        let kj = &k[ko + key * ks..][..dh];
+        for (r, q) in queries.iter().enumerate() {
+            p[r * n + j] = cpu::dot(q, kj);
+        }
+    }
+    let (outs, stats) = part.split_at_mut(rows * dh);
+    for (r, row) in p.chunks_mut(n).enumerate() {
+        match bias {
+            Some(bias) => row
+                .iter_mut()
+                .zip(bias[r % bias.len()])
+                .for_each(|(s, b)| *s = *s * scale + b),
+            None => row.iter_mut().for_each(|s| *s *= scale),
+        }
+        let top = cpu::max(row);
+        if top == f32::NEG_INFINITY {
+            // Every key of the span masked: it takes no share of the row.
+            row.fill(0.0);
+            (stats[r], stats[rows + r]) = (top, 0.0);
+            continue;
+        }
+        row.iter_mut().for_each(|s| *s = cpu::exp(*s - top));
+        let sum = cpu::sum(row);
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+        (stats[r], stats[rows + r]) = (top, sum);
+    }
+    for (j, key) in keys.enumerate() {
+        let vj = &v[vo + key * vs..][..dh];
+        for (y, row) in outs.chunks_exact_mut(dh.max(1)).zip(p.chunks(n)) {
+            let pj = row[j];
+            y.iter_mut().zip(vj).for_each(|(y, v)| *y += pj * v);
+        }
+    }
+}
+
 /// One head of an operand as a rows × cols matrix starting at `off`, with strides (rs, cs).
 fn head(
     d: &[f32],
@@ -347,8 +457,12 @@ impl FusedAttention {
         });
     }
 
-    /// `attend` for a few queries (decoding): one task per key/value head, which reads its keys
-    /// and values once for all the query heads of its group, by dot products and AXPYs.
+    /// `attend` for a few queries (decoding): tasks of one key/value head and a span of its
+    /// keys, each reading them once for all the query heads of its group (`direct_span`: dot
+    /// products and AXPYs). Where P is not kept and the heads do not share out evenly among
+    /// the threads (SmolLM2's 3 over 2 threads left one idle a third of the time), a head's
+    /// keys are split in spans: each span's softmax runs against its own maximum, and the
+    /// spans' outputs are merged after by their maxima and sums (flash decoding's split).
     fn attend_direct(
         &self,
         g: &Geometry,
@@ -358,42 +472,67 @@ impl FusedAttention {
         out: SharedMut<f32>,
     ) {
         let (l, lk, dh, group) = (g.l, g.lk, g.dh, g.h / g.kh);
-        team::for_each(g.b * g.kh, |bk| {
-            let (b, kv) = (bk / g.kh, bk % g.kh);
+        let (heads, rows) = (g.b * g.kh, group * l);
+        let threads = rayon::current_num_threads().max(1);
+        let spans = match kept {
+            None if !heads.is_multiple_of(threads) => threads.min(lk / MIN_SPAN_KEYS).max(1),
+            _ => 1,
+        };
+        let span_len = lk.div_ceil(spans);
+        // Task t: head t / spans, span t % spans; its outputs [rows, dh] (normalised over its
+        // span), then per row its maximum score and Σ e^(score − maximum).
+        let parts = team::map(heads * spans, |t| {
+            let (b, kv, s) = (t / spans / g.kh, t / spans % g.kh, t % spans);
+            let keys = s * span_len..((s + 1) * span_len).min(lk);
             let first = b * g.h + kv * group;
             let mut scratch = vec![];
-            // SAFETY: the group's query heads' probabilities (consecutive heads), this task's
-            // alone.
-            let p = unsafe { probs_part(kept, first * l * lk, group * l * lk, &mut scratch) };
-            // Row r of p: query row r % l of the group's head r / l.
-            let query = |r: usize| &q[g.q.at(b, kv * group + r / l) + (r % l) * g.q.sl..][..dh];
-            cpu::simd(|| {
-                for j in 0..lk {
-                    let kj = &k[g.k.at(b, kv) + j * g.k.sl..][..dh];
-                    for (r, row) in p.chunks_mut(lk).enumerate() {
-                        row[j] = cpu::dot(query(r), kj);
-                    }
-                }
-            });
-            self.softmax_rows(p, l, lk, bias);
-            // SAFETY: row r's output lies at its head's offset + (r % l)·sl inside `out`, and
-            // the group's heads are written by this task alone, each row once.
-            let mut rows: Vec<&mut [f32]> = (0..group * l)
-                .map(|r| unsafe {
-                    let at = g.o.at(b, kv * group + r / l) + (r % l) * g.o.sl;
-                    std::slice::from_raw_parts_mut(out.ptr(at), dh)
-                })
+            // SAFETY: the group's query heads' probabilities (consecutive heads, whole rows:
+            // one span when kept), this task's alone.
+            let p = unsafe { probs_part(kept, first * l * lk, rows * keys.len(), &mut scratch) };
+            // Row r: query row r % l of the group's head r / l.
+            let queries: Vec<&[f32]> = (0..rows)
+                .map(|r| &q[g.q.at(b, kv * group + r / l) + (r % l) * g.q.sl..][..dh])
                 .collect();
-            cpu::simd(|| {
-                for j in 0..lk {
-                    let vj = &v[g.v.at(b, kv) + j * g.v.sl..][..dh];
-                    for (y, row) in rows.iter_mut().zip(p.chunks(lk)) {
-                        let pj = row[j];
-                        y.iter_mut().zip(vj).for_each(|(y, v)| *y += pj * v);
-                    }
-                }
-            });
+            let bias: Option<Vec<&[f32]>> =
+                bias.map(|rows| rows.iter().map(|row| &row[keys.clone()]).collect());
+            let mut part = vec![0f32; rows * (dh + 2)];
+            let (kh, vh) = ((k, g.k.at(b, kv), g.k.sl), (v, g.v.at(b, kv), g.v.sl));
+            direct_span_on(
+                self.scale,
+                &queries,
+                bias.as_deref(),
+                (kh, vh),
+                keys,
+                p,
+                &mut part,
+            );
+            part
         });
+        for (bk, parts) in parts.chunks(spans).enumerate() {
+            let (b, kv) = (bk / g.kh, bk % g.kh);
+            for r in 0..rows {
+                let stat = |part: &[f32], i: usize| part[rows * dh + i * rows + r];
+                let top = parts
+                    .iter()
+                    .map(|p| stat(p, 0))
+                    .fold(f32::NEG_INFINITY, f32::max);
+                // Span s's share: its Σ e^(score − top).
+                let shares: Vec<f32> = parts
+                    .iter()
+                    .map(|p| stat(p, 1) * cpu::exp(stat(p, 0) - top))
+                    .collect();
+                let total: f32 = shares.iter().sum();
+                let at = g.o.at(b, kv * group + r / l) + (r % l) * g.o.sl;
+                // SAFETY: row r of head (b, kv·group + r / l), written here alone, after the
+                // tasks.
+                let y = unsafe { std::slice::from_raw_parts_mut(out.ptr(at), dh) };
+                for (part, share) in parts.iter().zip(&shares) {
+                    let w = share / total;
+                    let o = &part[r * dh..(r + 1) * dh];
+                    y.iter_mut().zip(o).for_each(|(y, o)| *y += w * o);
+                }
+            }
+        }
     }
 
     /// Writes dQ, dK, dV through `dq`, `dk`, `dv` (laid out as q, k, v; for the packed form all

@@ -14,6 +14,7 @@
 //! (scale, min) pair per 32: value = d·sc·q − dmin·m.
 
 use half::f16;
+use std::sync::OnceLock;
 
 /// Elements of an activation block: every weight block is a whole number of them.
 pub const ACT_BLOCK: usize = 32;
@@ -222,6 +223,31 @@ pub struct QuantActs {
     /// Per block: d·Σq.
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
+    /// `qs` in the 4-bit kernels' quad order, made on first use and shared by every task.
+    quads: OnceLock<QuadActs>,
+}
+
+/// Elements per quad: four blocks, what one 64-byte register of 4-bit weights holds.
+pub const QUAD: usize = 4 * ACT_BLOCK;
+
+/// Activation rows in the order the AVX-512 4-bit kernels read them (tile_vnni.rs): a 4-bit
+/// block's byte j holds its elements j and j + 16, so a register of four blocks' bytes splits
+/// into those blocks' elements 0..16 (low nibbles) and 16..32 (high ones) with one mask and one
+/// shift. Per quad of four blocks: the four blocks' elements 0..16 (64 bytes), then their
+/// elements 16..32 (64 bytes), a block past the row's end as zeros.
+pub struct QuadActs {
+    /// Quads per row.
+    pub quads: usize,
+    /// `rows · quads · 128` bytes.
+    pub halves: Vec<i8>,
+    /// Per quad, sixteen i32: lane 4k holds −8·Σq of the quad's block k (Q4_0's offset, the
+    /// starting sum of every weight row's dot products), the other lanes 0.
+    pub starts: Vec<i32>,
+    /// Per quad, sixteen f32: block k's scale d in lanes 4k..4k + 4, where the kernel leaves
+    /// that block's integer sums.
+    pub scales: Vec<f32>,
+    /// Per quad, sixteen f32: block k's d·Σq (Q4_1's min term) in lane 4k, the others 0.
+    pub sums: Vec<f32>,
 }
 
 /// One row of [`QuantActs`].
@@ -241,6 +267,7 @@ impl QuantActs {
             d: Vec::with_capacity(blocks),
             s: Vec::with_capacity(blocks),
             qs: Vec::with_capacity(x.len()),
+            quads: OnceLock::new(),
         };
         for b in x.chunks_exact(ACT_BLOCK) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -262,6 +289,36 @@ impl QuantActs {
 
     pub fn rows(&self) -> usize {
         self.qs.len() / self.cols.max(1)
+    }
+
+    /// The rows in quad order (`QuadActs`), made once.
+    pub fn quads(&self) -> &QuadActs {
+        self.quads.get_or_init(|| {
+            let (nb, rows) = (self.cols / ACT_BLOCK, self.rows());
+            let quads = nb.div_ceil(4);
+            let mut halves = vec![0i8; rows * quads * QUAD];
+            let mut starts = vec![0i32; rows * quads * 16];
+            let (mut scales, mut sums) = (vec![0f32; starts.len()], vec![0f32; starts.len()]);
+            for (i, row) in self.qs.chunks_exact(self.cols.max(1)).enumerate() {
+                for (b, block) in row.chunks_exact(ACT_BLOCK).enumerate() {
+                    let at = (i * quads + b / 4) * QUAD + (b % 4) * 16;
+                    halves[at..at + 16].copy_from_slice(&block[..16]);
+                    halves[at + 64..at + 80].copy_from_slice(&block[16..]);
+                    let lane = (i * quads + b / 4) * 16 + (b % 4) * 4;
+                    let sum: i32 = block.iter().map(|&q| q as i32).sum();
+                    starts[lane] = -8 * sum;
+                    scales[lane..lane + 4].fill(self.d[i * nb + b]);
+                    sums[lane] = self.s[i * nb + b];
+                }
+            }
+            QuadActs {
+                quads,
+                halves,
+                starts,
+                scales,
+                sums,
+            }
+        })
     }
 
     pub fn row(&self, i: usize) -> ActRow<'_> {

@@ -5,9 +5,12 @@
 //! activation rows, accumulated in registers across the whole of k; an odd last block runs
 //! with the register's upper half zero. The f16 scales of 16 blocks of a weight row are read
 //! into one register, multiplied by x's 16 at once; each pair of blocks takes its two by a
-//! permute. Two
-//! 4-bit blocks unpack with one masked load and one VBMI byte permute (so the kernel needs
-//! AVX-512-VBMI too: Ice Lake, Sapphire Rapids, Zen 4 have it; Cascade Lake takes AVX2).
+//! permute. 4-bit blocks go four a step (`quad_tile`): one two-source VBMI byte permute puts
+//! the four blocks' 64 nibble bytes in one register, a mask and a shift split it into their
+//! elements 0..16 and 16..32, and two VPDPBUSD multiply them with x rearranged to match once per
+//! product (`QuadActs`); each block's sums land in four lanes, which one permute of the scales
+//! matches. That is about half the vector instructions of a pair of blocks a step (the kernel
+//! needs AVX-512-VBMI: Ice Lake, Sapphire Rapids, Zen 4 have it; Cascade Lake takes AVX2).
 //!
 //! VPDPBUSD wants its first operand unsigned. Every weight is stored as d·(u − bias) or d·u +
 //! min with u an unsigned byte: Q8_0 as its signed q with bias 128 (u = q ^ 0x80), Q4_0 as its
@@ -20,7 +23,7 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{QuantActs, QuantType, ACT_BLOCK};
+use super::blocks::{QuadActs, QuantActs, QuantType, ACT_BLOCK, QUAD};
 use super::TileJob;
 
 /// Whether `ty` has a tiled kernel here.
@@ -65,18 +68,18 @@ pub unsafe fn product(ty: QuantType, w: &[u8], acts: &QuantActs, out: &mut [f32]
     }
 }
 
-/// Runs `$job.tile::<$f, W, X>` for the tile's actual (rows, x rows), each at most (4, 2).
+/// Runs `$tile::<$f, W, X>($args)` for the tile's actual (rows, x rows), each at most (4, 2).
 macro_rules! dispatch {
-    ($job:expr, $f:ty, $mins:expr, $j0:expr, $i0:expr, $rows:expr, $xrows:expr) => {
+    ($tile:ident, $f:ty, $rows:expr, $xrows:expr, $($arg:expr),*) => {
         match ($rows, $xrows) {
-            (4, 2) => tile::<$f, 4, 2>($job, $mins, $j0, $i0),
-            (4, _) => tile::<$f, 4, 1>($job, $mins, $j0, $i0),
-            (3, 2) => tile::<$f, 3, 2>($job, $mins, $j0, $i0),
-            (3, _) => tile::<$f, 3, 1>($job, $mins, $j0, $i0),
-            (2, 2) => tile::<$f, 2, 2>($job, $mins, $j0, $i0),
-            (2, _) => tile::<$f, 2, 1>($job, $mins, $j0, $i0),
-            (_, 2) => tile::<$f, 1, 2>($job, $mins, $j0, $i0),
-            _ => tile::<$f, 1, 1>($job, $mins, $j0, $i0),
+            (4, 2) => $tile::<$f, 4, 2>($($arg),*),
+            (4, _) => $tile::<$f, 4, 1>($($arg),*),
+            (3, 2) => $tile::<$f, 3, 2>($($arg),*),
+            (3, _) => $tile::<$f, 3, 1>($($arg),*),
+            (2, 2) => $tile::<$f, 2, 2>($($arg),*),
+            (2, _) => $tile::<$f, 2, 1>($($arg),*),
+            (_, 2) => $tile::<$f, 1, 2>($($arg),*),
+            _ => $tile::<$f, 1, 1>($($arg),*),
         }
     };
 }
@@ -85,34 +88,28 @@ macro_rules! dispatch {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 unsafe fn all<F: Format>(job: &TileJob) {
     let (nw, m) = (job.nw, job.m);
-    const TW: usize = TILE_ROWS;
-    // Q4_1: per weight row of a tile, its blocks' mins as f32, read once.
-    let mut mins = vec![0f32; if F::MIN { TW * job.nb } else { 0 }];
-    for j0 in (0..nw).step_by(TW) {
-        let rows = (nw - j0).min(TW);
-        if F::MIN {
-            for r in 0..rows {
-                for b in 0..job.nb {
-                    let block = job.w.add((j0 + r) * job.rb + b * F::BYTES);
-                    mins[r * job.nb + b] = f16(block.add(2));
-                }
-            }
-        }
+    let quads = F::NIBBLES.map(|_| job.acts.quads());
+    for j0 in (0..nw).step_by(TILE_ROWS) {
+        let rows = (nw - j0).min(TILE_ROWS);
         for i0 in (0..m).step_by(2) {
-            dispatch!(job, F, &mins, j0, i0, rows, (m - i0).min(2));
+            let xrows = (m - i0).min(2);
+            match quads {
+                Some(q) => dispatch!(quad_tile, F, rows, xrows, job, q, j0, i0),
+                None => dispatch!(pair_tile, F, rows, xrows, job, j0, i0),
+            }
         }
     }
 }
 
-/// Weight rows j0..j0 + W against x rows i0..i0 + X, accumulated in registers over every
-/// pair of blocks, then written to out. The scales d_w·d_x of 16 blocks at a time are one
-/// register per (weight row, x row); each pair of blocks takes its two by a permute.
+/// Weight rows j0..j0 + W of byte blocks (Q8_0) against x rows i0..i0 + X, accumulated in
+/// registers over every pair of blocks, then written to out. The scales d_w·d_x of 16 blocks
+/// at a time are one register per (weight row, x row); each pair of blocks takes its two by a
+/// permute.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 #[inline]
 #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
-unsafe fn tile<F: Format, const W: usize, const X: usize>(
+unsafe fn pair_tile<F: Format, const W: usize, const X: usize>(
     job: &TileJob,
-    mins: &[f32],
     j0: usize,
     i0: usize,
 ) {
@@ -131,19 +128,7 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
     let lines_per_pair = lines.div_ceil(nb.div_ceil(2));
     for g in (0..nb).step_by(GROUP) {
         let count = (nb - g).min(GROUP);
-        let valid: __mmask16 = if count == GROUP {
-            !0
-        } else {
-            (1u16 << count) - 1
-        };
-        let mut scale = [[_mm512_setzero_ps(); X]; W];
-        for r in 0..W {
-            let dw = _mm512_cvtph_ps(scales::<F>(w.add(r * job.rb + g * F::BYTES), count));
-            for i in 0..X {
-                let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
-                scale[r][i] = _mm512_mul_ps(dw, dx);
-            }
-        }
+        let scale = group_scales::<F, W, X>(w, job.rb, xd, nb, g);
         for p in 0..count.div_ceil(2) {
             let b = g + 2 * p;
             for line in (b / 2 * lines_per_pair..).take(lines_per_pair) {
@@ -156,7 +141,7 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
             let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
             let mut u = [_mm512_setzero_si512(); W];
             for (r, u) in u.iter_mut().enumerate() {
-                *u = F::unpack(w.add(r * job.rb + b * F::BYTES), both);
+                *u = byte_pair::<F>(w.add(r * job.rb + b * F::BYTES), both);
             }
             for i in 0..X {
                 let xp = xq.add(i * cols + b * ACT_BLOCK);
@@ -180,15 +165,137 @@ unsafe fn tile<F: Format, const W: usize, const X: usize>(
             }
         }
     }
-    for r in 0..W {
-        for i in 0..X {
-            let mut sum = _mm512_reduce_add_ps(acc[r][i]);
-            if F::MIN {
-                // Σ_blocks min_w·(d_x·Σq_x), the term every weight of a block shares.
-                let (o, sx) = (&mins[r * nb..(r + 1) * nb], job.acts.row(i0 + i).s);
-                sum += o.iter().zip(sx).map(|(a, b)| a * b).sum::<f32>();
+    write_tile::<W, X>(job, &acc, j0, i0);
+}
+
+/// Weight rows j0..j0 + W of 4-bit blocks (Q4_0, Q4_1) against x rows i0..i0 + X (`quads`:
+/// the activations in quad order), four blocks a step. Per weight row, from the 64 bytes at the
+/// four blocks' start (and the 64 ending at their end): one permute gathers their nibble bytes,
+/// a mask and a shift split them into elements 0..16 and 16..32, two VPDPBUSD with x's
+/// matching halves leave block k's integer sum in lanes 4k..4k + 4, and a second permute puts
+/// block k's f16 scale in the same lanes (as Q4_1's min). Q4_0's bias enters as each block's
+/// starting sum −8·Σx (`QuadActs::starts`), Q4_1's min as min·(d_x·Σx) (`QuadActs::sums`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // r and i index both operands and the output
+unsafe fn quad_tile<F: Format, const W: usize, const X: usize>(
+    job: &TileJob,
+    quads: &QuadActs,
+    j0: usize,
+    i0: usize,
+) {
+    let nb = job.nb;
+    let mut acc = [[_mm512_setzero_ps(); X]; W];
+    let w = job.w.add(j0 * job.rb);
+    let x = i0 * quads.quads;
+    // Opaque to the compiler: constant indices let LLVM turn the byte permutes into VPERMT2W
+    // and VPERMW (these offsets are even), three µops where VPERMT2B and VPERMB take one.
+    let [nibbles, scales, mins] = std::hint::black_box(quad_indices::<F>());
+    let low = _mm512_set1_epi8(0x0F);
+    let ahead = w.wrapping_add(PREFETCH_TILES * W * job.rb);
+    let lines = (W * job.rb).div_ceil(64);
+    let lines_per_quad = lines.div_ceil(quads.quads);
+    for quad in 0..quads.quads {
+        for line in (quad * lines_per_quad..).take(lines_per_quad) {
+            if line < lines {
+                // A hint: never faults, even past the matrix.
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
             }
-            *job.out.add((i0 + i) * job.ldo + j0 + r) = sum;
+        }
+        let b = 4 * quad;
+        let blocks = (nb - b).min(4);
+        let mut lo = [_mm512_setzero_si512(); W];
+        let mut hi = [_mm512_setzero_si512(); W];
+        let mut dw = [_mm512_setzero_ps(); W];
+        let mut mw = [_mm512_setzero_ps(); W];
+        for r in 0..W {
+            let a = w.add(r * job.rb + b * F::BYTES);
+            let (first, last) = match blocks {
+                4 => (
+                    _mm512_loadu_si512(a as _),
+                    _mm512_loadu_si512(a.add(4 * F::BYTES - 64) as _),
+                ),
+                // Fewer than four blocks fit in 64 bytes; nothing is read past them.
+                _ => (
+                    _mm512_maskz_loadu_epi8((1u64 << (blocks * F::BYTES)) - 1, a as *const i8),
+                    _mm512_setzero_si512(),
+                ),
+            };
+            let u = _mm512_permutex2var_epi8(first, nibbles, last);
+            lo[r] = _mm512_and_si512(u, low);
+            hi[r] = _mm512_and_si512(_mm512_srli_epi16::<4>(u), low);
+            let halves = |idx| _mm512_castsi512_si256(_mm512_permutexvar_epi8(idx, first));
+            dw[r] = _mm512_cvtph_ps(halves(scales));
+            if F::MIN {
+                mw[r] = _mm512_cvtph_ps(halves(mins));
+            }
+        }
+        for i in 0..X {
+            let at = x + i * quads.quads + quad;
+            let xlo = _mm512_loadu_si512(quads.halves.as_ptr().add(at * QUAD) as _);
+            let xhi = _mm512_loadu_si512(quads.halves.as_ptr().add(at * QUAD + 64) as _);
+            let dx = _mm512_loadu_ps(quads.scales.as_ptr().add(at * 16));
+            let start = match F::BIAS {
+                0 => _mm512_setzero_si512(),
+                _ => _mm512_loadu_si512(quads.starts.as_ptr().add(at * 16) as _),
+            };
+            for r in 0..W {
+                let ints = _mm512_dpbusd_epi32(start, lo[r], xlo);
+                let ints = _mm512_dpbusd_epi32(ints, hi[r], xhi);
+                let s = _mm512_mul_ps(dw[r], dx);
+                acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), s, acc[r][i]);
+                if F::MIN {
+                    // min_w·(d_x·Σq_x), the term every weight of a block shares (in lane 4k).
+                    let sums = _mm512_loadu_ps(quads.sums.as_ptr().add(at * 16));
+                    acc[r][i] = _mm512_fmadd_ps(mw[r], sums, acc[r][i]);
+                }
+            }
+        }
+    }
+    write_tile::<W, X>(job, &acc, j0, i0);
+}
+
+/// d_w·d_x of the up to 16 blocks from block g, one register per (weight row, x row) of the
+/// tile at `w` (rows `rb` bytes apart), x's scales at `xd` (rows `nb` apart); zeros past the
+/// row's end.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+#[inline]
+unsafe fn group_scales<F: Format, const W: usize, const X: usize>(
+    w: *const u8,
+    rb: usize,
+    xd: *const f32,
+    nb: usize,
+    g: usize,
+) -> [[__m512; X]; W] {
+    let count = (nb - g).min(GROUP);
+    let valid: __mmask16 = if count == GROUP {
+        !0
+    } else {
+        (1u16 << count) - 1
+    };
+    let mut scale = [[_mm512_setzero_ps(); X]; W];
+    for (r, row) in scale.iter_mut().enumerate() {
+        let dw = _mm512_cvtph_ps(scales::<F>(w.add(r * rb + g * F::BYTES), count));
+        for (i, s) in row.iter_mut().enumerate() {
+            let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
+            *s = _mm512_mul_ps(dw, dx);
+        }
+    }
+    scale
+}
+
+/// The tile's sums to out.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+#[inline]
+unsafe fn write_tile<const W: usize, const X: usize>(
+    job: &TileJob,
+    acc: &[[__m512; X]; W],
+    j0: usize,
+    i0: usize,
+) {
+    for (r, row) in acc.iter().enumerate() {
+        for (i, a) in row.iter().enumerate() {
+            *job.out.add((i0 + i) * job.ldo + j0 + r) = _mm512_reduce_add_ps(*a);
         }
     }
 }
@@ -209,93 +316,81 @@ unsafe fn scales<F: Format>(row: *const u8, count: usize) -> __m256i {
     _mm256_set_epi64x(four(12), four(8), four(4), four(0))
 }
 
-/// The f16 at `p`, by F16C.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-/// One block format: its weights as unsigned bytes u, valued d·(u − BIAS) (+ the block's min),
-/// d the f16 at the block's start.
+/// One block format: its weights as unsigned values u (bytes, or nibbles two to a byte), valued
+/// d·(u − BIAS) (+ the block's min), d the f16 at the block's start.
 trait Format {
     const BYTES: usize;
-    /// What u is offset by (0: none).
+    /// What u is offset by (0: none; Q4_0's 8 is `QuadActs::starts`' −8).
     const BIAS: u8;
     /// Whether blocks carry a min (the f16 after d, summed after the loop).
     const MIN: bool;
-    /// The block at `a` and (if `both`) the next one, as 64 u8 in element order (zeros for a
-    /// missing second block).
-    unsafe fn unpack(a: *const u8, both: bool) -> __m512i;
+    /// Where a 4-bit block's 16 nibble bytes start (such blocks go four a step,
+    /// `quad_tile`); None for byte blocks (two a step, `pair_tile`).
+    const NIBBLES: Option<usize>;
 }
 
 struct Q8_0;
 struct Q4_0;
 struct Q4_1;
 
-/// Two 4-bit blocks from `a` (the next `BYTES` on, if `both`), their 16 nibble bytes at
-/// offset `q` of each, as 64 bytes in element order: each block's low nibbles (its elements
-/// 0..16), then its high ones (16..32). One masked load (nothing read past the blocks), one
-/// byte permute to put each block's 16 bytes twice, one shift of the high copies.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-unsafe fn nibbles<const BYTES: usize, const Q: usize>(a: *const u8, both: bool) -> __m512i {
-    let len = if both { 2 * BYTES } else { BYTES };
-    let raw = _mm512_maskz_loadu_epi8((1u64 << len) - 1, a as *const i8);
-    // Lane l takes byte Q + l % 16 of block l / 32.
-    let mut idx = [0u8; 64];
-    for (l, v) in idx.iter_mut().enumerate() {
-        *v = ((l / 32) * BYTES + Q + l % 16) as u8;
-    }
-    let picked = _mm512_permutexvar_epi8(_mm512_loadu_si512(idx.as_ptr() as _), raw);
-    // 16-bit words 8..16 and 24..32 (the high copies) shift right by 4.
-    let shifts = _mm512_set_epi16(
-        4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0,
-        0, 0,
-    );
-    _mm512_and_si512(_mm512_srlv_epi16(picked, shifts), _mm512_set1_epi8(0x0F))
-}
-
 impl Format for Q8_0 {
     const BYTES: usize = 34;
     const BIAS: u8 = 128;
     const MIN: bool = false;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
-        let lo = _mm256_loadu_si256(a.add(2) as _);
-        let z = match both {
-            true => _mm512_inserti64x4(
-                _mm512_castsi256_si512(lo),
-                _mm256_loadu_si256(a.add(Self::BYTES + 2) as _),
-                1,
-            ),
-            false => _mm512_zextsi256_si512(lo),
-        };
-        // q + 128 as an unsigned byte (a missing block's zeros become 128 · zero x).
-        _mm512_xor_si512(z, _mm512_set1_epi8(-128))
-    }
+    const NIBBLES: Option<usize> = None;
 }
 
 impl Format for Q4_0 {
     const BYTES: usize = 18;
     const BIAS: u8 = 8;
     const MIN: bool = false;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
-        nibbles::<18, 2>(a, both)
-    }
+    const NIBBLES: Option<usize> = Some(2);
 }
 
 impl Format for Q4_1 {
     const BYTES: usize = 20;
     const BIAS: u8 = 0;
     const MIN: bool = true;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    unsafe fn unpack(a: *const u8, both: bool) -> __m512i {
-        nibbles::<20, 4>(a, both)
+    const NIBBLES: Option<usize> = Some(4);
+}
+
+/// The byte block at `a` and (if `both`) the next one, as 64 u8 q + 128 in element order (a
+/// missing second block's zeros become 128, multiplied by zero x).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn byte_pair<F: Format>(a: *const u8, both: bool) -> __m512i {
+    let lo = _mm256_loadu_si256(a.add(2) as _);
+    let z = match both {
+        true => _mm512_inserti64x4(
+            _mm512_castsi256_si512(lo),
+            _mm256_loadu_si256(a.add(F::BYTES + 2) as _),
+            1,
+        ),
+        false => _mm512_zextsi256_si512(lo),
+    };
+    _mm512_xor_si512(z, _mm512_set1_epi8(-128))
+}
+
+/// Byte permute indices for a quad of four 4-bit blocks (72 or 80 bytes): [its nibble bytes,
+/// byte j of block k to lane 16k + j, from the 64 bytes at its start (blocks 0..3) and the 64
+/// ending at its end (block 3); its scales d, block k's f16 in halves 4k..4k + 4; its mins (at
+/// byte 2), the same way]. The scales and mins lie in the first 64 bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn quad_indices<F: Format>() -> [__m512i; 3] {
+    let q = F::NIBBLES.unwrap_or(0);
+    let (mut nibbles, mut scales, mut mins) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+    for l in 0..64 {
+        let (k, j) = (l / 16, l % 16);
+        nibbles[l] = match k {
+            3 => 64 + (3 * F::BYTES + q + j - (4 * F::BYTES - 64)),
+            _ => k * F::BYTES + q + j,
+        } as u8;
+        // Half h (bytes 2h, 2h + 1) of the first 32 bytes holds block h / 4's f16.
+        let (half, byte) = (l / 2 % 16, l % 2);
+        scales[l] = ((half / 4) * F::BYTES + byte) as u8;
+        mins[l] = scales[l] + 2;
     }
+    let load = |a: &[u8; 64]| _mm512_loadu_si512(a.as_ptr() as _);
+    [load(&nibbles), load(&scales), load(&mins)]
 }
