@@ -89,54 +89,17 @@ const DIRECT_QUERIES: usize = 4;
 /// Keys and values of one head: (data, head offset, row stride).
 type HeadRows<'a> = (&'a [f32], usize, usize);
 
-/// `direct_span` compiled for the vector units this CPU has (a closure handed to `cpu::simd`
-/// was left out of line there, in SSE code, this function being inlined into it).
-fn direct_span_on(
-    scale: f32,
-    queries: &[&[f32]],
-    bias: Option<&[&[f32]]>,
-    kv: (HeadRows, HeadRows),
-    keys: std::ops::Range<usize>,
-    p: &mut [f32],
-    part: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn avx512(
-            scale: f32,
-            queries: &[&[f32]],
-            bias: Option<&[&[f32]]>,
-            kv: (HeadRows, HeadRows),
-            keys: std::ops::Range<usize>,
-            p: &mut [f32],
-            part: &mut [f32],
-        ) {
-            direct_span(scale, queries, bias, kv, keys, p, part)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(
-            scale: f32,
-            queries: &[&[f32]],
-            bias: Option<&[&[f32]]>,
-            kv: (HeadRows, HeadRows),
-            keys: std::ops::Range<usize>,
-            p: &mut [f32],
-            part: &mut [f32],
-        ) {
-            direct_span(scale, queries, bias, kv, keys, p, part)
-        }
-        let path = isa::selected();
-        if path >= Isa::Avx512 {
-            // SAFETY: the features were detected for this path.
-            return unsafe { avx512(scale, queries, bias, kv, keys, p, part) };
-        }
-        if path >= Isa::Avx2 {
-            // SAFETY: as above.
-            return unsafe { avx2(scale, queries, bias, kv, keys, p, part) };
-        }
-    }
-    direct_span(scale, queries, bias, kv, keys, p, part)
+cpu::simd_fn! {
+    /// `direct_span` compiled for the vector units this CPU has.
+    fn direct_span_on(
+        scale: f32,
+        queries: &[&[f32]],
+        bias: Option<&[&[f32]]>,
+        kv: (HeadRows, HeadRows),
+        keys: std::ops::Range<usize>,
+        p: &mut [f32],
+        part: &mut [f32],
+    ) = direct_span;
 }
 
 /// The fewest keys per span of a split head (`FusedAttention::attend_direct`).

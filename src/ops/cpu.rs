@@ -67,6 +67,41 @@ pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
         });
 }
 
+/// `fn NAME(args) -> R = INNER;` defines NAME to run INNER (an `#[inline(always)]` function of
+/// the same arguments) compiled for AVX-512 on the AVX-512 paths, for AVX2 and FMA on the AVX2
+/// path, else for the baseline: as `simd`, but certain to inline INNER into the vector code
+/// (`simd`'s closure can be left out of line, in SSE code, when it is large; the decoding
+/// attention's was). No fast-math: the same bits either way.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $inner:path;) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $inner($($arg),*)
+                }
+                let path = $crate::ops::gemm::isa::selected();
+                if path >= $crate::ops::gemm::Isa::Avx512 {
+                    // SAFETY: the path's features were detected.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if path >= $crate::ops::gemm::Isa::Avx2 {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
+
 /// Runs `f` compiled for AVX-512 on the AVX-512 paths (sixteen lanes: the dual-cache sampler
 /// step's softmaxes took about 2% off it), else for AVX2 and FMA on the AVX2 path (gemm/isa.rs),
 /// so the elementwise loops inside it (inlined into the wrapper) vectorise that wide; the crate

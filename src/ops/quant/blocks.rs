@@ -227,6 +227,42 @@ pub struct QuantActs {
     quads: OnceLock<QuadActs>,
 }
 
+crate::ops::cpu::simd_fn! {
+    /// `quantize_acts` compiled for the vector units this CPU has: a decoded token quantises
+    /// ~100 rows, each on the critical path between two products.
+    fn quantize_acts_on(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) = quantize_acts;
+}
+
+/// x's 32-element blocks to int8 `qs`, with each block's scale `d` and d·Σq `s`.
+#[inline(always)]
+fn quantize_acts(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let blocks = x
+        .chunks_exact(ACT_BLOCK)
+        .zip(qs.chunks_exact_mut(ACT_BLOCK));
+    for ((b, q), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
+        let (b, q) = (
+            b.try_into().expect("a block"),
+            q.try_into().expect("a block"),
+        );
+        (*d, *s) = quantize_act_block(b, q);
+    }
+}
+
+/// One block of activations to int8: returns (d, d·Σq). Round half away from zero, as `round`
+/// does, but in plain float ops that vectorise (`round` is a libm call per element without
+/// SSE4.1); |v·id| ≤ 127.
+#[inline(always)]
+fn quantize_act_block(b: &[f32; ACT_BLOCK], q: &mut [i8; ACT_BLOCK]) -> (f32, f32) {
+    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(b) {
+        *q = (v * id + 0.5f32.copysign(v)) as i32 as i8;
+    }
+    let sum: i32 = q.iter().map(|&q| q as i32).sum();
+    (d, d * sum as f32)
+}
+
 /// Elements per quad: four blocks, what one 64-byte register of 4-bit weights holds.
 pub const QUAD: usize = 4 * ACT_BLOCK;
 
@@ -264,26 +300,19 @@ impl QuantActs {
         let blocks = x.len() / ACT_BLOCK;
         let mut a = Self {
             cols,
-            d: Vec::with_capacity(blocks),
-            s: Vec::with_capacity(blocks),
-            qs: Vec::with_capacity(x.len()),
+            d: vec![0.0; blocks],
+            s: vec![0.0; blocks],
+            qs: vec![0; blocks * ACT_BLOCK],
             quads: OnceLock::new(),
         };
-        for b in x.chunks_exact(ACT_BLOCK) {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let start = a.qs.len();
-            // Round half away from zero, as `round` does, but in plain float ops that vectorise
-            // (`round` is a libm call per element without SSE4.1); |v·id| ≤ 127.
-            a.qs.extend(
-                b.iter()
-                    .map(|&v| (v * id + 0.5f32.copysign(v)) as i32 as i8),
-            );
-            let sum: i32 = a.qs[start..].iter().map(|&q| q as i32).sum();
-            a.d.push(d);
-            a.s.push(d * sum as f32);
-        }
+        quantize_acts_on(x, &mut a.qs, &mut a.d, &mut a.s);
+        a
+    }
+
+    /// `new`, with the quad order (`quads`) made at once where the 4-bit kernel will read it.
+    pub fn with_quads(x: &[f32], cols: usize) -> Self {
+        let a = Self::new(x, cols);
+        a.quads();
         a
     }
 

@@ -372,6 +372,16 @@ impl QuantMatrix {
             )));
         }
         let acts = match activations {
+            // The 4-bit VNNI kernel's quad order made here, before the parallel op (made by its
+            // first task, the others would wait for it).
+            QuantActivations::Int8
+                if kernel == QuantKernel::Avx512Vnni
+                    && weights
+                        .iter()
+                        .any(|w| matches!(w.ty, QuantType::Q4_0 | QuantType::Q4_1)) =>
+            {
+                Some(QuantActs::with_quads(x, cols))
+            }
             QuantActivations::Int8 => Some(QuantActs::new(x, cols)),
             QuantActivations::F32 => None,
             QuantActivations::Bf16 => {
