@@ -257,12 +257,19 @@ fn quantize_acts(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
 fn quantize_act_block(b: &[f32; ACT_BLOCK], q: &mut [i8; ACT_BLOCK]) -> (f32, f32) {
     // max |v| as the largest of the magnitudes' bits: non-negative floats order as their bits
     // do, and an integer maximum vectorises where a fold of `f32::max` stays scalar.
-    let amax = f32::from_bits(b.iter().map(|v| v.to_bits() & 0x7FFF_FFFF).max().unwrap_or(0));
+    let amax = f32::from_bits(
+        b.iter()
+            .map(|v| v.to_bits() & 0x7FFF_FFFF)
+            .max()
+            .unwrap_or(0),
+    );
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sums = [0i32; 16];
     for (qh, bh) in q.chunks_exact_mut(16).zip(b.chunks_exact(16)) {
         for ((q, &v), s) in qh.iter_mut().zip(bh).zip(sums.iter_mut()) {
+            // Not `clamp`: it keeps a NaN, which the conversion below must not see.
+            #[allow(clippy::manual_clamp)]
             let r = (v * id + 0.5f32.copysign(v)).max(-128.0).min(127.0);
             // SAFETY: r is finite and within i32 (clamped above; a NaN becomes -128).
             let i = unsafe { r.to_int_unchecked::<i32>() };
