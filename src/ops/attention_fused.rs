@@ -86,6 +86,36 @@ unsafe fn probs_part<'a>(
 /// for a decoding step's one query, a GEMM call's set-up costs more than its arithmetic.
 const DIRECT_QUERIES: usize = 4;
 
+cpu::simd_fn! {
+    /// `softmax_rows` compiled for the vector units this CPU has (a canvas of 256 positions
+    /// exponentiates 9 × 256 × 256 scores a layer).
+    fn softmax_rows_on(
+        scale: f32,
+        p: &mut [f32],
+        l: usize,
+        lk: usize,
+        bias: Option<&[Vec<f32>]>,
+    ) = softmax_rows;
+}
+
+/// Softmax of `p`'s rows of `lk` scores times `scale`, plus `bias` row (row index mod `l`).
+#[inline(always)]
+fn softmax_rows(scale: f32, p: &mut [f32], l: usize, lk: usize, bias: Option<&[Vec<f32>]>) {
+    for (r, row) in p.chunks_mut(lk).enumerate() {
+        match bias {
+            Some(bias) => row
+                .iter_mut()
+                .zip(&bias[r % l])
+                .for_each(|(s, b)| *s = *s * scale + b),
+            None => row.iter_mut().for_each(|s| *s *= scale),
+        }
+        let m = cpu::max(row);
+        row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
+        let inv = 1.0 / cpu::sum(row);
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
 /// Keys and values of one head: (data, head offset, row stride).
 type HeadRows<'a> = (&'a [f32], usize, usize);
 
@@ -403,21 +433,7 @@ impl FusedAttention {
 
     /// Softmax of `p`'s rows of `lk` scaled scores, plus `bias` row (row index mod `l`).
     fn softmax_rows(&self, p: &mut [f32], l: usize, lk: usize, bias: Option<&[Vec<f32>]>) {
-        cpu::simd(|| {
-            for (r, row) in p.chunks_mut(lk).enumerate() {
-                match bias {
-                    Some(bias) => row
-                        .iter_mut()
-                        .zip(&bias[r % l])
-                        .for_each(|(s, b)| *s = *s * self.scale + b),
-                    None => row.iter_mut().for_each(|s| *s *= self.scale),
-                }
-                let m = cpu::max(row);
-                row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
-                let inv = 1.0 / cpu::sum(row);
-                row.iter_mut().for_each(|s| *s *= inv);
-            }
-        });
+        softmax_rows_on(self.scale, p, l, lk, bias)
     }
 
     /// `attend` for a few queries (decoding): tasks of one key/value head and a span of its
