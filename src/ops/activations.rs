@@ -60,6 +60,7 @@ enum Fused {
 
 impl Fused {
     /// y = f(x) over a chunk.
+    #[inline(always)]
     fn value(self, x: &[f32], y: &mut [f32]) {
         match self {
             Fused::GeluNew => {
@@ -77,6 +78,7 @@ impl Fused {
     }
 
     /// dx = dy·f'(x) over a chunk.
+    #[inline(always)]
     fn grad(self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         match self {
             Fused::GeluNew => {
@@ -99,6 +101,40 @@ impl Fused {
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 15;
 
+// The elementwise loops compiled for the vector units this CPU has (`cpu::simd`'s closure
+// stayed out of line, in SSE code).
+cpu::simd_fn! {
+    fn value_on(f: Fused, x: &[f32], y: &mut [f32]) = Fused::value;
+}
+cpu::simd_fn! {
+    fn grad_on(f: Fused, x: &[f32], dy: &[f32], dx: &mut [f32]) = Fused::grad;
+}
+cpu::simd_fn! {
+    fn swiglu_on(g: &[f32], u: &[f32], y: &mut [f32]) = swiglu_values;
+}
+cpu::simd_fn! {
+    fn swiglu_grad_on(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) =
+        swiglu_grads;
+}
+
+/// y = silu(g)·u.
+#[inline(always)]
+fn swiglu_values(g: &[f32], u: &[f32], y: &mut [f32]) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        *y = g * sigmoid(g) * u;
+    }
+}
+
+/// dg and du of y = silu(g)·u from dy.
+#[inline(always)]
+fn swiglu_grads(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    for k in 0..dg.len() {
+        let s = sigmoid(g[k]);
+        du[k] = dy[k] * g[k] * s;
+        dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+    }
+}
+
 impl Kernel for Fused {
     fn name(&self, _arity: usize) -> &'static str {
         match self {
@@ -112,7 +148,7 @@ impl Kernel for Fused {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| cpu::simd(|| self.value(x, y)));
+            .for_each(|(y, x)| value_on(*self, x, y));
         Ok((y, inputs.shape(0)?.clone()))
     }
 
@@ -123,7 +159,7 @@ impl Kernel for Fused {
             cpu::with_data(dy, |dys| {
                 dx.par_chunks_mut(CHUNK)
                     .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-                    .for_each(|(dx, (x, dy))| cpu::simd(|| self.grad(x, dy, dx)));
+                    .for_each(|(dx, (x, dy))| grad_on(*self, x, dy, dx));
                 Ok(())
             })
         })?;
@@ -143,13 +179,7 @@ impl Kernel for SwiGlu {
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(y, (g, u))| {
-                cpu::simd(|| {
-                    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                        *y = g * sigmoid(g) * u;
-                    }
-                })
-            });
+            .for_each(|(y, (g, u))| swiglu_on(g, u, y));
         Ok((y, inputs.shape(0)?.clone()))
     }
 
@@ -167,13 +197,7 @@ impl Kernel for SwiGlu {
                         .for_each(|(c, (dg, du))| {
                             let at = c * CHUNK;
                             let (g, u, dy) = (&g[at..], &u[at..], &dy[at..]);
-                            cpu::simd(|| {
-                                for k in 0..dg.len() {
-                                    let s = sigmoid(g[k]);
-                                    du[k] = dy[k] * g[k] * s;
-                                    dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
-                                }
-                            })
+                            swiglu_grad_on(g, u, dy, dg, du)
                         });
                     Ok(())
                 })

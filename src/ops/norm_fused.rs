@@ -50,34 +50,8 @@ impl FusedNorm {
             .zip(stats.par_chunks_mut(chunk))
             .enumerate()
             .for_each(|(c, (y, stats))| {
-                cpu::simd(|| {
-                    for (i, (y, st)) in y.chunks_mut(d).zip(stats.iter_mut()).enumerate() {
-                        let x = &x[(c * chunk + i) * d..][..d];
-                        let mean = if self.center {
-                            cpu::sum(x) / d as f32
-                        } else {
-                            0.0
-                        };
-                        // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x - mean;
-                        }
-                        let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + self.eps).sqrt();
-                        match b {
-                            Some(b) => {
-                                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
-                                    *y = *y * rstd * w + b;
-                                }
-                            }
-                            None => {
-                                for (y, &w) in y.iter_mut().zip(w) {
-                                    *y = *y * rstd * w;
-                                }
-                            }
-                        }
-                        *st = (mean, rstd);
-                    }
-                })
+                let x = &x[c * chunk * d..][..y.len()];
+                normalise_rows_on(x, w, b, self.center, self.eps, y, stats)
             });
         let (mean, rstd) = stats.into_iter().unzip();
         self.saved.put(Stats { mean, rstd })?;
@@ -153,6 +127,56 @@ impl Kernel for FusedNorm {
         let mut grads = vec![dx, dw.to_vec(), db.to_vec()];
         grads.truncate(inputs.len());
         Ok(grads)
+    }
+}
+
+cpu::simd_fn! {
+    /// `normalise_rows` compiled for the vector units this CPU has (`cpu::simd`'s closure stayed
+    /// out of line, in SSE code).
+    fn normalise_rows_on(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        center: bool,
+        eps: f32,
+        y: &mut [f32],
+        stats: &mut [(f32, f32)],
+    ) = normalise_rows;
+}
+
+/// y = (x − mean)·rstd·w (+ b) for each row of x (RMSNorm: mean 0 unless `center`), and each
+/// row's (mean, rstd) into `stats`.
+#[inline(always)]
+fn normalise_rows(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    center: bool,
+    eps: f32,
+    y: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    let d = w.len();
+    for ((y, st), x) in y.chunks_mut(d).zip(stats.iter_mut()).zip(x.chunks(d)) {
+        let mean = if center { cpu::sum(x) / d as f32 } else { 0.0 };
+        // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x - mean;
+        }
+        let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + eps).sqrt();
+        match b {
+            Some(b) => {
+                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+                    *y = *y * rstd * w + b;
+                }
+            }
+            None => {
+                for (y, &w) in y.iter_mut().zip(w) {
+                    *y = *y * rstd * w;
+                }
+            }
+        }
+        *st = (mean, rstd);
     }
 }
 
