@@ -118,6 +118,7 @@ pub fn dequantize_block(ty: QuantType, b: &[u8], out: &mut Vec<f32>) {
 
 /// Writes the values of one block of type `ty` into `out` (`ty.block_elems()` long): slice
 /// writes the compiler vectorises, in ggml's arithmetic order.
+#[inline(always)]
 pub fn dequantize_block_into(ty: QuantType, b: &[u8], out: &mut [f32]) {
     match ty {
         QuantType::Q8_0 => {

@@ -208,6 +208,21 @@ fn join_columns<'a>(
     y
 }
 
+crate::ops::cpu::simd_fn! {
+    /// `dequantize_row` compiled for the vector units this CPU has (`cpu::simd`'s closure
+    /// stayed out of line, in SSE code).
+    fn dequantize_row_on(ty: QuantType, w: &[u8], vals: &mut [f32]) = dequantize_row;
+}
+
+/// The blocks `w` of one row into `vals`.
+#[inline(always)]
+fn dequantize_row(ty: QuantType, w: &[u8], vals: &mut [f32]) {
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    for (b, v) in w.chunks_exact(bb).zip(vals.chunks_exact_mut(be)) {
+        blocks::dequantize_block_into(ty, b, v);
+    }
+}
+
 /// A `[rows, cols]` weight (rows = outputs) kept as its blocks: a U8 tensor `[rows, row_bytes]`,
 /// so that it is stored, shared and saved like any other tensor.
 #[derive(Debug, Clone)]
@@ -517,14 +532,9 @@ impl QuantMatrix {
         thread_local! {
             static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let (be, bb) = (self.ty.block_elems(), self.ty.block_bytes());
         ROW.with_borrow_mut(|vals| {
             vals.resize(self.cols, 0.0);
-            crate::ops::cpu::simd(|| {
-                for (b, v) in w.chunks_exact(bb).zip(vals.chunks_exact_mut(be)) {
-                    blocks::dequantize_block_into(self.ty, b, v);
-                }
-            });
+            dequantize_row_on(self.ty, w, vals);
             crate::ops::packed_linear::round_to_bf16(vals, out);
         })
     }
