@@ -106,7 +106,9 @@ pub(crate) use simd_fn;
 /// step's softmaxes took about 2% off it), else for AVX2 and FMA on the AVX2 path (gemm/isa.rs),
 /// so the elementwise loops inside it (inlined into the wrapper) vectorise that wide; the crate
 /// itself targets baseline x86-64 (SSE2, four lanes). No fast-math: the results are the same
-/// bits either way.
+/// bits either way. Only a closure that LLVM inlines into the wrapper gets those units: a
+/// large one can stay out of line in baseline code (attention's softmax, the norms and the
+/// activations did), so loops that matter use `simd_fn!` instead.
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -48,6 +48,25 @@ struct FusedCrossEntropy {
     saved_lse: Saved<Vec<f32>>,
 }
 
+cpu::simd_fn! {
+    /// `log_sum_exp` compiled for the vector units this CPU has (`cpu::simd`'s closure stayed
+    /// out of line, in SSE code).
+    fn log_sum_exp_on(x: &[f32]) -> f32 = log_sum_exp;
+}
+
+/// ln Σ e^x over a row, against its maximum.
+#[inline(always)]
+fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = cpu::max(x);
+    let mut acc = [0f32; 8];
+    for c in x.chunks(8) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += cpu::exp(x - m);
+        }
+    }
+    m + acc.iter().sum::<f32>().ln()
+}
+
 /// (logits, targets).
 impl Kernel for FusedCrossEntropy {
     fn name(&self, _arity: usize) -> &'static str {
@@ -63,19 +82,7 @@ impl Kernel for FusedCrossEntropy {
         // One task per row: a row of V ≈ 50k is plenty of work.
         let lse: Vec<f32> = (0..n)
             .into_par_iter()
-            .map(|r| {
-                let x = &x[r * v..][..v];
-                cpu::simd(|| {
-                    let m = cpu::max(x);
-                    let mut acc = [0f32; 8];
-                    for c in x.chunks(8) {
-                        for (a, &x) in acc.iter_mut().zip(c) {
-                            *a += cpu::exp(x - m);
-                        }
-                    }
-                    m + acc.iter().sum::<f32>().ln()
-                })
-            })
+            .map(|r| log_sum_exp_on(&x[r * v..][..v]))
             .collect();
         let ce = lse
             .iter()
