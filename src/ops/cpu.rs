@@ -71,8 +71,20 @@ pub fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
 /// the same arguments) compiled for AVX-512 on the AVX-512 paths, for AVX2 and FMA on the AVX2
 /// path, else for the baseline: as `simd`, but certain to inline INNER into the vector code
 /// (`simd`'s closure can be left out of line, in SSE code, when it is large; the decoding
-/// attention's was). No fast-math: the same bits either way.
+/// attention's was). `fn NAME(args) -> R { body }` does the same for a body written in place.
+/// No fast-math: the same bits either way.
 macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            $crate::ops::cpu::simd_fn! {
+                fn vectorised($($arg: $ty),*) $(-> $ret)? = body;
+            }
+            vectorised($($arg),*)
+        }
+    };
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $inner:path;) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {

@@ -131,8 +131,9 @@ impl Kernel for FusedNorm {
 }
 
 cpu::simd_fn! {
-    /// `normalise_rows` compiled for the vector units this CPU has (`cpu::simd`'s closure stayed
-    /// out of line, in SSE code).
+    /// y = (x − mean)·rstd·w (+ b) for each row of x (RMSNorm: mean 0 unless `center`), and
+    /// each row's (mean, rstd) into `stats`; compiled for the vector units this CPU has
+    /// (`cpu::simd`'s closure stayed out of line, in SSE code).
     fn normalise_rows_on(
         x: &[f32],
         w: &[f32],
@@ -141,42 +142,29 @@ cpu::simd_fn! {
         eps: f32,
         y: &mut [f32],
         stats: &mut [(f32, f32)],
-    ) = normalise_rows;
-}
-
-/// y = (x − mean)·rstd·w (+ b) for each row of x (RMSNorm: mean 0 unless `center`), and each
-/// row's (mean, rstd) into `stats`.
-#[inline(always)]
-fn normalise_rows(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    center: bool,
-    eps: f32,
-    y: &mut [f32],
-    stats: &mut [(f32, f32)],
-) {
-    let d = w.len();
-    for ((y, st), x) in y.chunks_mut(d).zip(stats.iter_mut()).zip(x.chunks(d)) {
-        let mean = if center { cpu::sum(x) / d as f32 } else { 0.0 };
-        // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = x - mean;
-        }
-        let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + eps).sqrt();
-        match b {
-            Some(b) => {
-                for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
-                    *y = *y * rstd * w + b;
+    ) {
+        let d = w.len();
+        for ((y, st), x) in y.chunks_mut(d).zip(stats.iter_mut()).zip(x.chunks(d)) {
+            let mean = if center { cpu::sum(x) / d as f32 } else { 0.0 };
+            // Two passes, as the composed form: mean((x − μ)²), not mean(x²) − μ².
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x - mean;
+            }
+            let rstd = 1.0 / (cpu::dot(y, y) / d as f32 + eps).sqrt();
+            match b {
+                Some(b) => {
+                    for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+                        *y = *y * rstd * w + b;
+                    }
+                }
+                None => {
+                    for (y, &w) in y.iter_mut().zip(w) {
+                        *y = *y * rstd * w;
+                    }
                 }
             }
-            None => {
-                for (y, &w) in y.iter_mut().zip(w) {
-                    *y = *y * rstd * w;
-                }
-            }
+            *st = (mean, rstd);
         }
-        *st = (mean, rstd);
     }
 }
 
