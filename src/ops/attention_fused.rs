@@ -102,18 +102,32 @@ cpu::simd_fn! {
 #[inline(always)]
 fn softmax_rows(scale: f32, p: &mut [f32], l: usize, lk: usize, bias: Option<&[Vec<f32>]>) {
     for (r, row) in p.chunks_mut(lk).enumerate() {
-        match bias {
-            Some(bias) => row
-                .iter_mut()
-                .zip(&bias[r % l])
-                .for_each(|(s, b)| *s = *s * scale + b),
-            None => row.iter_mut().for_each(|s| *s *= scale),
-        }
+        scale_row(row, scale, bias.map(|b| b[r % l].as_slice()));
         let m = cpu::max(row);
-        row.iter_mut().for_each(|s| *s = cpu::exp(*s - m));
-        let inv = 1.0 / cpu::sum(row);
-        row.iter_mut().for_each(|s| *s *= inv);
+        normalise_row(row, m);
     }
+}
+
+/// A row of scores times `scale`, plus `bias`.
+#[inline(always)]
+fn scale_row(row: &mut [f32], scale: f32, bias: Option<&[f32]>) {
+    match bias {
+        Some(bias) => row
+            .iter_mut()
+            .zip(bias)
+            .for_each(|(s, b)| *s = *s * scale + b),
+        None => row.iter_mut().for_each(|s| *s *= scale),
+    }
+}
+
+/// A row of scores to its softmax against its maximum `top`; returns Σ e^(score − top).
+#[inline(always)]
+fn normalise_row(row: &mut [f32], top: f32) -> f32 {
+    row.iter_mut().for_each(|s| *s = cpu::exp(*s - top));
+    let sum = cpu::sum(row);
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|s| *s *= inv);
+    sum
 }
 
 /// Keys and values of one head: (data, head offset, row stride).
@@ -160,13 +174,7 @@ fn direct_span(
     }
     let (outs, stats) = part.split_at_mut(rows * dh);
     for (r, row) in p.chunks_mut(n).enumerate() {
-        match bias {
-            Some(bias) => row
-                .iter_mut()
-                .zip(bias[r % bias.len()])
-                .for_each(|(s, b)| *s = *s * scale + b),
-            None => row.iter_mut().for_each(|s| *s *= scale),
-        }
+        scale_row(row, scale, bias.map(|b| b[r % b.len()]));
         let top = cpu::max(row);
         if top == f32::NEG_INFINITY {
             // Every key of the span masked: it takes no share of the row.
@@ -174,11 +182,7 @@ fn direct_span(
             (stats[r], stats[rows + r]) = (top, 0.0);
             continue;
         }
-        row.iter_mut().for_each(|s| *s = cpu::exp(*s - top));
-        let sum = cpu::sum(row);
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
-        (stats[r], stats[rows + r]) = (top, sum);
+        (stats[r], stats[rows + r]) = (top, normalise_row(row, top));
     }
     for (j, key) in keys.enumerate() {
         let vj = &v[vo + key * vs..][..dh];
