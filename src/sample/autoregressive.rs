@@ -61,7 +61,7 @@ pub fn generate(
             cfg.max_position_embeddings
         )));
     }
-    let mut cache = KvCache::new(cfg.num_layers);
+    let mut cache = KvCache::with_capacity(cfg.num_layers, prompt.len() + opts.max_new_tokens);
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     let mut logits = next_logits(model, prompt, &mut cache, device)?;
     for _ in 0..opts.max_new_tokens {
