@@ -179,15 +179,27 @@ mod tests {
                     ("causal", causal),
                     ("padding", Some(padding)),
                 ] {
-                    let fused = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), false)?;
-                    let composed =
-                        scaled_dot_product_attention_composed(&q, &k, &v, bias.as_ref())?;
-                    let err = max_diff(&fused, &composed)?;
-                    assert!(err < 1e-5, "{l} queries, mask {what}: {err}");
+                    let what = format!("{l} queries, mask {what}");
+                    inference_matches_composed(&q, &k, &v, bias.as_ref(), &what)?;
                 }
             }
             Ok(())
         })
+    }
+
+    /// The fused forward (nothing to differentiate) within 1e-5 of the composed one.
+    fn inference_matches_composed(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        what: &str,
+    ) -> Result<()> {
+        let fused = scaled_dot_product_attention(q, k, v, bias, false)?;
+        let composed = scaled_dot_product_attention_composed(q, k, v, bias)?;
+        let err = max_diff(&fused, &composed)?;
+        assert!(err < 1e-5, "{what}: {err}");
+        Ok(())
     }
 
     /// The decoding path's products in vector code (heads of 16 to 128; others portable),
@@ -205,11 +217,8 @@ mod tests {
                     let causal =
                         AttentionMask::Causal.bias(l, lk, lk - l.min(lk), DType::F32, &dev)?;
                     for bias in [None, causal] {
-                        let fused = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), false)?;
-                        let composed =
-                            scaled_dot_product_attention_composed(&q, &k, &v, bias.as_ref())?;
-                        let err = max_diff(&fused, &composed)?;
-                        assert!(err < 1e-5, "dh {dh}, {lk} keys, {l} queries: {err}");
+                        let what = format!("dh {dh}, {lk} keys, {l} queries");
+                        inference_matches_composed(&q, &k, &v, bias.as_ref(), &what)?;
                     }
                 }
             }

@@ -237,6 +237,19 @@ mod direct_kernel {
         None
     }
 
+    /// `$f::<C>($args)` for C = `$c` registers a head row (1, 2, 4 or 8).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! by_width {
+        ($c:expr, $($f:ident)::+($($arg:expr),*)) => {
+            match $c {
+                1 => $($f)::+::<1>($($arg),*),
+                2 => $($f)::+::<2>($($arg),*),
+                4 => $($f)::+::<4>($($arg),*),
+                _ => $($f)::+::<8>($($arg),*),
+            }
+        };
+    }
+
     impl Kernel {
         /// p[r·n + j] = q_r · (the key row at k + j·ks), for the `n` keys from `k`.
         ///
@@ -251,12 +264,7 @@ mod direct_kernel {
             p: &mut [f32],
         ) {
             #[cfg(target_arch = "x86_64")]
-            match self.0 {
-                1 => x86::scores::<1>(queries, k, ks, n, p),
-                2 => x86::scores::<2>(queries, k, ks, n, p),
-                4 => x86::scores::<4>(queries, k, ks, n, p),
-                _ => x86::scores::<8>(queries, k, ks, n, p),
-            }
+            by_width!(self.0, x86::scores(queries, k, ks, n, p))
         }
 
         /// out row r = Σ_j p[r·n + j] · (the value row at v + j·vs), for the `n` values from v
@@ -273,12 +281,7 @@ mod direct_kernel {
             out: &mut [f32],
         ) {
             #[cfg(target_arch = "x86_64")]
-            match self.0 {
-                1 => x86::weighted_values::<1>(p, n, v, vs, out),
-                2 => x86::weighted_values::<2>(p, n, v, vs, out),
-                4 => x86::weighted_values::<4>(p, n, v, vs, out),
-                _ => x86::weighted_values::<8>(p, n, v, vs, out),
-            }
+            by_width!(self.0, x86::weighted_values(p, n, v, vs, out))
         }
     }
 
