@@ -17,6 +17,10 @@ pub struct KvCache {
     reserve: usize,
 }
 
+/// The most bytes a cache's reservation (`KvCache::with_capacity`) sets aside for one layer's
+/// keys (and as many for its values); past it the buffers grow as they fill.
+const RESERVE_BYTES: usize = 16 << 20;
+
 /// One layer's keys and values, [B, K, capacity, Dh] each: the first `len` positions are
 /// cached, the rest is room that later forwards fill in place. A decoding step so copies its own
 /// keys and values only (concatenating copied the whole cache at every step).
@@ -34,6 +38,10 @@ impl KvBuffers {
     /// first forward's keys and values are kept as they are when no more room is asked for.
     fn append(old: Option<Self>, k: &Tensor, v: &Tensor, reserve: usize) -> Result<Self> {
         let n = k.dim(2)?;
+        // A reservation holds at most RESERVE_BYTES a buffer: a 7B model's 4096 positions would
+        // be 4 GB of f32 keys and values set aside for a generation that may stop early.
+        let per_position = k.elem_count() / n.max(1) * k.dtype().size_in_bytes();
+        let reserve = reserve.min(RESERVE_BYTES / per_position.max(1));
         let old = match old {
             Some(old) => old,
             // Exactly full: the first append moves them (they may share storage with the
@@ -109,9 +117,9 @@ impl KvCache {
         Self::with_capacity(num_layers, 0)
     }
 
-    /// A cache whose layers make room for `positions` at once (decoding to a known length):
-    /// growing it as it fills copied every layer's keys and values into freshly zeroed pages,
-    /// ~3% of a decoded SmolLM2 token (Q4_0, 128 tokens).
+    /// A cache whose layers make room for `positions` at once (decoding to a known length), up
+    /// to 16 MB a buffer (`RESERVE_BYTES`): growing it as it filled copied every layer's keys
+    /// and values into freshly zeroed pages, ~3% of a decoded SmolLM2 token (Q4_0, 128 tokens).
     pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
@@ -298,6 +306,18 @@ mod tests {
         for reserve in [0, 100, 240] {
             appends_match_concatenation(reserve)?;
         }
+        Ok(())
+    }
+
+    /// A reservation larger than RESERVE_BYTES a buffer is cut to it.
+    #[test]
+    fn reservations_stop_at_their_byte_budget() -> Result<()> {
+        let dev = Device::Cpu;
+        // 1 MB a position: room for 16 of the 100 asked for.
+        let k = Tensor::zeros((1, 1, 3, 1 << 18), DType::F32, &dev)?;
+        let buffers = KvBuffers::append(None, &k, &k, 100)?;
+        assert_eq!(buffers.k.dim(2)?, RESERVE_BYTES >> 20);
+        assert_eq!(buffers.len, 3);
         Ok(())
     }
 
