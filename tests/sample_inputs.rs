@@ -347,6 +347,62 @@ fn cli_generate_and_infill() {
     );
 }
 
+/// `generate --ar`: prompts from `--prompt-ids` or an `--input` file, one JSON object per
+/// prompt with `--json` (the same ids as streaming the text); diffusion-only fields refused.
+#[test]
+fn cli_generate_ar_takes_input_and_json() {
+    let dir = fixture("llama-tiny");
+    let model = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let jsonl = tmp.path().join("req.jsonl");
+    std::fs::write(&jsonl, "{\"prompt_ids\": [1, 2]}\n{\"prompt_ids\": [4]}\n").unwrap();
+    let ar = ["generate", model, "--ar", "--max-new-tokens", "4", "--json"];
+    let (rc, out, err) = dlm_run(
+        ar.iter()
+            .copied()
+            .chain(["--input", jsonl.to_str().unwrap()]),
+    );
+    assert_eq!(rc, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["index"], i);
+        let ids = v["ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 4, "{v}");
+    }
+    // The first request alone, from the flag: the same greedy continuation.
+    let (rc, out, err) = dlm_run(ar.iter().copied().chain(["--prompt-ids", "1,2"]));
+    assert_eq!(rc, 0, "{err}");
+    let alone: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(alone["ids"], lines[0]["ids"]);
+
+    for (line, want) in [
+        (
+            "{\"prompt_ids\": [1], \"suffix_ids\": [2]}",
+            "no prefix or suffix",
+        ),
+        ("{\"prompt_ids\": [1], \"length\": 3}", "--max-new-tokens"),
+        ("{}", "--ar needs"),
+        ("{\"prompt\": \"text\"}", "no tokenizer.json"),
+    ] {
+        std::fs::write(&jsonl, format!("{line}\n")).unwrap();
+        let (rc, _, err) = dlm_run([
+            "generate",
+            model,
+            "--ar",
+            "--input",
+            jsonl.to_str().unwrap(),
+        ]);
+        assert!(
+            rc == 1 && err.contains(want) && !err.contains("panicked"),
+            "{line}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_stopped_canvas_leaves_the_batch_and_the_others_finish_as_alone() {
     let m = model("llama-tiny");

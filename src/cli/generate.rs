@@ -10,13 +10,17 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::args::{builtin_model, load_model_for_inference, load_tokenizer, RuntimeArgs};
+use super::args::{
+    builtin_model, is_gguf_file, load_model_for_inference, load_tokenizer, RuntimeArgs,
+};
 
 use super::sampling::{parse_ids, read_jsonl, ChoiceArgs, DiffusionArgs, Request};
 use crate::data::chat::{ChatMessage, ChatTemplate};
+use crate::data::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::sample::autoregressive::{generate, ArOptions};
 use crate::sample::filter::TokenChoice;
+use crate::sample::request::render;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -64,17 +68,13 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if !a.ar {
         return run_diffusion(a);
     }
-    let Some(user) = &a.prompt else {
-        bail!("--ar needs --prompt");
-    };
     let m = load_model_for_inference(&a.model, &a.runtime)?;
-    let tokenizer = load_tokenizer(&a.model)?;
-    let prompt = if a.chat {
-        chat_prompt(&a.model, user)?
-    } else {
-        user.clone()
+    // Token ids in and out need no tokenizer (a text prompt does: `load_tokenizer` says so).
+    let tokenizer = match is_gguf_file(&a.model) || a.model.join("tokenizer.json").exists() {
+        true => Some(load_tokenizer(&a.model)?),
+        false => None,
     };
-    let ids = tokenizer.encode(&prompt)?;
+    let prompts = ar_prompts(&a, tokenizer.as_ref())?;
     let device = a.runtime.device.open()?;
     let opts = ArOptions {
         max_new_tokens: a.max_new_tokens,
@@ -87,33 +87,91 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut rng = Rng::seed(a.choice.seed);
     let start = Instant::now();
-    let mut shown = String::new();
-    let mut all = Vec::new();
-    let out = generate(m.model.as_ref(), &ids, &opts, &mut rng, &device, |t| {
-        // Decode the whole continuation each time so multi-byte characters print whole; the
-        // stop token itself is not shown.
-        if opts.stop_ids.contains(&t) {
-            return;
-        }
-        all.push(t);
-        if let Ok(text) = tokenizer.decode(&all) {
+    let (mut prompt_tokens, mut new_tokens) = (0, 0);
+    for (index, ids) in prompts.iter().enumerate() {
+        let mut shown = String::new();
+        let mut all = Vec::new();
+        let out = generate(m.model.as_ref(), ids, &opts, &mut rng, &device, |t| {
+            // The stop token itself is not shown.
+            if opts.stop_ids.contains(&t) {
+                return;
+            }
+            all.push(t);
+            if a.diffusion.json {
+                return;
+            }
+            // Decode the whole continuation each time so multi-byte characters print whole.
+            let text = render(tokenizer.as_ref(), &all);
             if text.len() > shown.len() && text.starts_with(&shown) && !text.ends_with('\u{FFFD}') {
                 print!("{}", &text[shown.len()..]);
                 let _ = std::io::stdout().flush();
                 shown = text;
             }
+        })?;
+        match a.diffusion.json {
+            true => {
+                let text = render(tokenizer.as_ref(), &all);
+                println!(
+                    "{}",
+                    serde_json::json!({"index": index, "ids": all, "text": text})
+                );
+            }
+            false => println!(),
         }
-    })?;
-    println!();
+        prompt_tokens += ids.len();
+        new_tokens += out.len();
+    }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "{} prompt tokens, {} new tokens in {:.2} s ({:.1} tokens/s)",
-        ids.len(),
-        out.len(),
-        secs,
-        out.len() as f64 / secs
+        "{prompt_tokens} prompt tokens, {new_tokens} new tokens in {secs:.2} s ({:.1} tokens/s)",
+        new_tokens as f64 / secs
     );
     Ok(())
+}
+
+/// `--ar`'s prompts as ids: `--prompt` (through the chat template with `--chat`) or
+/// `--prompt-ids`, else each `--input` line's `prompt` or `prompt_ids` (nothing else: an AR model
+/// continues a prompt, it fills no suffix).
+fn ar_prompts(a: &GenerateArgs, tokenizer: Option<&Tokenizer>) -> anyhow::Result<Vec<Vec<u32>>> {
+    let one = |prompt: Option<&String>, ids: Option<Vec<u32>>| -> anyhow::Result<Vec<u32>> {
+        match (prompt, ids) {
+            (_, Some(ids)) => Ok(ids),
+            (Some(p), None) => {
+                let Some(tokenizer) = tokenizer else {
+                    bail!(
+                        "{} has no tokenizer.json; pass token ids instead of text (--prompt-ids, \
+                         or prompt_ids in --input)",
+                        a.model.display()
+                    );
+                };
+                match a.chat {
+                    true => Ok(tokenizer.encode(&chat_prompt(&a.model, p)?)?),
+                    false => Ok(tokenizer.encode(p)?),
+                }
+            }
+            (None, None) => bail!("--ar needs --prompt, --prompt-ids or --input"),
+        }
+    };
+    let Some(path) = &a.diffusion.input else {
+        let ids = a.prompt_ids.as_deref().map(parse_ids).transpose()?;
+        return Ok(vec![one(a.prompt.as_ref(), ids)?]);
+    };
+    if a.prompt.is_some() || a.prompt_ids.is_some() {
+        bail!("--input replaces --prompt/--prompt-ids; give one or the other");
+    }
+    read_jsonl(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.prefix.is_some() || r.suffix.is_some() || r.suffix_ids.is_some() {
+                bail!("{} line {}: --ar continues a prompt; it takes no prefix or suffix", path.display(), i + 1);
+            }
+            if r.template.is_some() || r.length.is_some() {
+                bail!("{} line {}: --ar takes prompt or prompt_ids (a template or length is for diffusion; --max-new-tokens sets how many tokens)", path.display(), i + 1);
+            }
+            one(r.prompt.as_ref(), r.prompt_ids)
+        })
+        .collect()
 }
 
 /// Diffusion generation: one request from the flags, or one per `--input` line.

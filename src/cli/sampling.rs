@@ -105,10 +105,11 @@ pub struct DiffusionArgs {
     #[arg(long)]
     pub variable_length: bool,
     /// A JSONL file of requests, one object per line (fields as the flags: prompt, prompt_ids,
-    /// prefix, suffix, suffix_ids, template, length).
+    /// prefix, suffix, suffix_ids, template, length; with `generate --ar`: prompt or prompt_ids).
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// One JSON object per canvas on stdout.
+    /// One JSON object per canvas on stdout (`generate --ar`: per prompt, its index and new ids
+    /// and text).
     #[arg(long)]
     pub json: bool,
     /// With --json: the canvas after every step.
