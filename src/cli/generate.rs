@@ -163,11 +163,15 @@ fn ar_prompts(a: &GenerateArgs, tokenizer: Option<&Tokenizer>) -> anyhow::Result
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
+            let line = format!("{} line {}", path.display(), i + 1);
             if r.prefix.is_some() || r.suffix.is_some() || r.suffix_ids.is_some() {
-                bail!("{} line {}: --ar continues a prompt; it takes no prefix or suffix", path.display(), i + 1);
+                bail!("{line}: --ar continues a prompt; it takes no prefix or suffix");
             }
             if r.template.is_some() || r.length.is_some() {
-                bail!("{} line {}: --ar takes prompt or prompt_ids (a template or length is for diffusion; --max-new-tokens sets how many tokens)", path.display(), i + 1);
+                bail!(
+                    "{line}: --ar takes prompt or prompt_ids (a template or length is for \
+                     diffusion; --max-new-tokens sets how many tokens)"
+                );
             }
             one(r.prompt.as_ref(), r.prompt_ids)
         })
