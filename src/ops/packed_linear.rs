@@ -40,6 +40,8 @@ mod avx512;
 mod avx512bf16;
 mod generic;
 mod greedy;
+#[cfg(target_arch = "x86_64")]
+mod pairs;
 
 pub use greedy::Greedy;
 
@@ -181,10 +183,9 @@ impl PackedWeight {
             return Self::pack_on(path, b);
         };
         b.check();
-        let round = |v: f32| bf16::from_f32(v);
         let lines = match path.bf16_products() {
-            true => Lines::Pairs(pack_pairs(d, b, |v| round(v).to_bits())),
-            false => Lines::Bf16(pack_lines(d, b, round)),
+            true => Lines::Pairs(pack_pairs_rounded(d, b)),
+            false => Lines::Bf16(pack_lines(d, b, bf16::from_f32)),
         };
         Self {
             lines,
@@ -485,6 +486,38 @@ fn pack_pairs<T: Copy + Sync>(d: &[T], b: MatRef, bits: impl Fn(T) -> u16 + Sync
     lines
 }
 
+/// `pack_pairs` of an f32 b rounded to bf16 (nearest even): in registers (`pairs`) where b runs
+/// along one of its axes and the CPU has AVX-512-BF16, else element by element.
+fn pack_pairs_rounded(d: &[f32], b: MatRef) -> Vec<LinePair> {
+    #[cfg(target_arch = "x86_64")]
+    if isa::features().has("avx512_bf16") && (b.cs == 1 || b.rs == 1) {
+        let (k, n) = (b.rows, b.cols);
+        let per_panel = padded_k(k) / 2;
+        let mut lines = vec![LinePair([0; 2 * NR]); n.div_ceil(NR) * per_panel];
+        lines
+            .par_chunks_mut(per_panel)
+            .enumerate()
+            .filter(|_| k > 0)
+            .for_each(|(p, panel)| {
+                let (j, cols) = (p * NR, (n - p * NR).min(NR));
+                let out = panel.as_mut_ptr();
+                // SAFETY: the instructions were just detected; b's elements lie in d (checked
+                // by the caller) and the panel holds padded_k / 2 ≥ k.div_ceil(2) lines.
+                unsafe {
+                    match b.cs == 1 {
+                        true => pairs::pair_lines_from_rows(d[j..].as_ptr(), b.rs, k, cols, out),
+                        false => {
+                            let col = d[j * b.cs..].as_ptr();
+                            pairs::pair_lines_from_columns(col, b.cs, k, cols, out)
+                        }
+                    }
+                }
+            });
+        return lines;
+    }
+    pack_pairs(d, b, |v| bf16::from_f32(v).to_bits())
+}
+
 /// x rounded to bf16 (round to nearest even), row-major, `padded_k(k)` wide, zero in the padding
 /// columns and in the rows added to make a multiple of 16; blocks of 16 rows in parallel, each
 /// read along x's shorter stride.
@@ -502,6 +535,15 @@ fn stage_pairs(x: MatRef) -> Vec<u16> {
                 Data::F32(d) if x.cs == 1 => {
                     for (i, o) in out.chunks_mut(ld).take(rows).enumerate() {
                         round_to_bf16(&d[at(i, 0)..at(i, 0) + k], &mut o[..k]);
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Data::F32(d) if x.rs == 1 && isa::features().has("avx512_bf16") => {
+                    // SAFETY: the instructions were just detected; x's elements lie in d
+                    // (checked by the caller) and the block holds 16 rows of ld ≥ k.
+                    unsafe {
+                        let a = d[r0.min(d.len())..].as_ptr();
+                        pairs::rows_from_columns(a, x.cs, rows, k, out.as_mut_ptr(), ld)
                     }
                 }
                 Data::F32(d) => transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| {
@@ -688,3 +730,80 @@ impl Load for LineBf16 {}
 
 /// A packed weight shared by the clones of a layer, made on first use.
 pub type PackedCache = Arc<std::sync::OnceLock<PackedWeight>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Values whose rounding to bf16 is a tie or near one (low 16 bits at and around 0x8000,
+    /// even and odd kept bit), of both signs and many exponents; no subnormals, which
+    /// VCVTNEPS2BF16 flushes to zero where `half` keeps them.
+    fn awkward(n: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let v = rng.uniform_f32() * 2.0 - 1.0;
+                let bits = v.to_bits() & 0xffff_0000;
+                let low = [0x8000, 0x7fff, 0x8001, 0, 0xffff][i % 5];
+                f32::from_bits(bits | low) * (1 << (i % 9)) as f32
+            })
+            .collect()
+    }
+
+    /// The register paths of the pair packing and of the transposed staging (where this CPU
+    /// has AVX-512-BF16) give the element paths' bits, on every layout and awkward sizes:
+    /// k odd, below and above one 32-deep block, n not a multiple of 16, rows not of 16.
+    #[test]
+    fn register_pair_packing_matches_element_by_element() {
+        if !isa::features().has("avx512_bf16") {
+            println!("skipped: this CPU has no AVX-512-BF16 (the element paths run)");
+            return;
+        }
+        let mut rng = Rng::seed(21);
+        for (k, n) in [
+            (1, 1),
+            (2, 17),
+            (7, 16),
+            (31, 5),
+            (32, 33),
+            (33, 40),
+            (70, 3),
+            (130, 49),
+        ] {
+            let d = awkward(k * n, &mut rng);
+            for (rs, cs) in [(n, 1), (1, k)] {
+                let b = MatRef {
+                    data: Data::F32(&d),
+                    rows: k,
+                    cols: n,
+                    rs,
+                    cs,
+                };
+                let fast = pack_pairs_rounded(&d, b);
+                let slow = pack_pairs(&d, b, |v| bf16::from_f32(v).to_bits());
+                assert_eq!(fast.len(), slow.len());
+                for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                    assert_eq!(f.0, s.0, "k {k} n {n} strides ({rs}, {cs}) line {i}");
+                }
+                // The same matrix as a staged a (m = k rows of n), read through its strides.
+                let a = MatRef {
+                    rows: k,
+                    cols: n,
+                    ..b
+                };
+                let (ld, m) = (padded_k(n), k.div_ceil(PAIR_ROWS).max(1) * PAIR_ROWS);
+                let mut want = vec![0u16; m * ld];
+                for i in 0..k {
+                    for q in 0..n {
+                        want[i * ld + q] = bf16::from_f32(d[i * rs + q * cs]).to_bits();
+                    }
+                }
+                assert_eq!(
+                    stage_pairs(a),
+                    want,
+                    "staged k {k} n {n} strides ({rs}, {cs})"
+                );
+            }
+        }
+    }
+}
