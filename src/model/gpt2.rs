@@ -27,7 +27,8 @@ struct Attention {
     c_attn: Linear,
     c_proj: Linear,
     n_head: usize,
-    /// Q·Kᵀ and P·V in bf16 operands (a bf16 model's inference: `widen_activations`).
+    /// Attention's products in bf16 operands (a bf16 model's inference, `widen_activations`;
+    /// mixed-precision training, `attention_in_bf16`).
     bf16_products: bool,
 }
 
@@ -180,6 +181,12 @@ impl LanguageModel for Gpt2 {
         super::widen(&mut self.ln_f.weight)?;
         super::widen(&mut self.ln_f.bias)?;
         Ok(true)
+    }
+
+    fn attention_in_bf16(&mut self) {
+        for block in &mut self.h {
+            block.attn.bf16_products = true;
+        }
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

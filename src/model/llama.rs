@@ -30,7 +30,8 @@ pub(super) struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    /// Q·Kᵀ and P·V in bf16 operands (a bf16 model's inference: `widen_activations`).
+    /// Attention's products in bf16 operands (a bf16 model's inference, `widen_activations`;
+    /// mixed-precision training, `attention_in_bf16`).
     bf16_products: bool,
 }
 
@@ -244,6 +245,12 @@ impl LanguageModel for Llama {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn attention_in_bf16(&mut self) {
+        for block in &mut self.layers {
+            block.self_attn.bf16_products = true;
+        }
     }
 
     fn widen_activations(&mut self) -> Result<bool> {

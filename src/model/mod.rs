@@ -54,6 +54,10 @@ pub trait LanguageModel: Send + Sync {
     /// in bf16. Returns whether anything changed (false for any other dtype or device).
     fn widen_activations(&mut self) -> candle_core::Result<bool>;
 
+    /// Mixed-precision training, as autocast's bmm: attention's products (forward and backward)
+    /// in bf16 operands with f32 accumulation, on the GEMM paths that multiply in bf16.
+    fn attention_in_bf16(&mut self);
+
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
     fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head().forward(hidden)

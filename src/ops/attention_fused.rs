@@ -457,8 +457,9 @@ unsafe fn matmul(
 
 pub struct FusedAttention {
     scale: f32,
-    /// The forward's two products (Q·Kᵀ, P·V) in bf16 operands on dlm's bf16 GEMM path, as a
-    /// bf16 model's inference runs them (`bf16_products`); the backward stays f32.
+    /// The products (forward Q·Kᵀ and P·V, and the backward's four) in bf16 operands with f32
+    /// accumulation on dlm's bf16 GEMM path, as a bf16 model's inference and mixed-precision
+    /// training (autocast's bmm) run them (`bf16_products`).
     bf16_path: Option<Isa>,
     /// [L, Lk] additive mask, a constant.
     bias: Option<Tensor>,
@@ -768,6 +769,8 @@ impl FusedAttention {
     ) {
         let (l, lk, dh) = (g.l, g.lk, g.dh);
         let group = g.h / g.kh;
+        // The forward's choice of products (`attend`), so both passes round alike.
+        let bf16_path = self.bf16_path.filter(|_| l >= BF16_MIN_QUERIES);
         // One task per (batch, key/value head): it owns dK and dV of that head and the dQ of
         // the query heads that share it.
         (0..g.b * g.kh).into_par_iter().for_each(|bk| {
@@ -779,11 +782,18 @@ impl FusedAttention {
                 let h = kvh * group + gi;
                 let p = &probs[(b * g.h + h) * l * lk..][..l * lk];
                 let (qh, oh) = (g.q.at(b, h), g.o.at(b, h));
-                // SAFETY: as in the forward; the heads written here belong to this task only.
-                unsafe {
-                    let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
-                    let vt = (v.as_ptr().add(vh), 1, g.v.sl);
-                    matmul((l, lk, dh), (ds.as_mut_ptr(), lk, 1), false, dyv, vt);
+                match bf16_path {
+                    Some(path) => {
+                        ds.fill(0.0);
+                        let dyh = head(dy, oh, (l, dh), (g.o.sl, 1));
+                        matmul_acc_bf16_on(path, dyh, head(v, vh, (dh, lk), (1, g.v.sl)), &mut ds);
+                    }
+                    // SAFETY: as in the forward; the heads written here belong to this task only.
+                    None => unsafe {
+                        let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
+                        let vt = (v.as_ptr().add(vh), 1, g.v.sl);
+                        matmul((l, lk, dh), (ds.as_mut_ptr(), lk, 1), false, dyv, vt);
+                    },
                 }
                 for (ds, p) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
                     let s = cpu::dot(ds, p);
@@ -791,25 +801,50 @@ impl FusedAttention {
                         .zip(p)
                         .for_each(|(d, &p)| *d = self.scale * p * (*d - s));
                 }
-                unsafe {
-                    let dsm = (ds.as_ptr(), lk, 1);
-                    let dst = (dq.ptr(qh), g.q.sl, 1);
-                    matmul(
-                        (l, dh, lk),
-                        dst,
-                        false,
-                        dsm,
-                        (k.as_ptr().add(kh), g.k.sl, 1),
-                    );
-                    let dst = (dk.ptr(kh), g.k.sl, 1);
-                    let qm = (q.as_ptr().add(qh), g.q.sl, 1);
-                    matmul((lk, dh, l), dst, gi > 0, (ds.as_ptr(), 1, lk), qm);
-                    let dst = (dv.ptr(vh), g.v.sl, 1);
-                    let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
-                    matmul((lk, dh, l), dst, gi > 0, (p.as_ptr(), 1, lk), dyv);
-                }
+                let Some(path) = bf16_path else {
+                    // SAFETY: as above.
+                    unsafe {
+                        let dsm = (ds.as_ptr(), lk, 1);
+                        let dst = (dq.ptr(qh), g.q.sl, 1);
+                        let km = (k.as_ptr().add(kh), g.k.sl, 1);
+                        matmul((l, dh, lk), dst, false, dsm, km);
+                        let dst = (dk.ptr(kh), g.k.sl, 1);
+                        let qm = (q.as_ptr().add(qh), g.q.sl, 1);
+                        matmul((lk, dh, l), dst, gi > 0, (ds.as_ptr(), 1, lk), qm);
+                        let dst = (dv.ptr(vh), g.v.sl, 1);
+                        let dyv = (dy.as_ptr().add(oh), g.o.sl, 1);
+                        matmul((lk, dh, l), dst, gi > 0, (p.as_ptr(), 1, lk), dyv);
+                    }
+                    continue;
+                };
+                // The bf16 products write contiguous blocks, added into the strided heads.
+                let dsm = MatRef::row_major(Data::F32(&ds), l, lk);
+                let mut block = vec![0f32; l.max(lk) * dh];
+                matmul_acc_bf16_on(path, dsm, head(k, kh, (lk, dh), (g.k.sl, 1)), &mut block);
+                // SAFETY: dQ of head h, dK and dV of head kvh belong to this task alone; every
+                // row lies inside its buffer (the geometry matches the inputs' shapes).
+                unsafe { add_rows(&block[..l * dh], dq.ptr(qh), g.q.sl, dh) };
+                block.fill(0.0);
+                let qm = head(q, qh, (l, dh), (g.q.sl, 1));
+                matmul_acc_bf16_on(path, dsm.t(), qm, &mut block);
+                unsafe { add_rows(&block[..lk * dh], dk.ptr(kh), g.k.sl, dh) };
+                block.fill(0.0);
+                let pm = MatRef::row_major(Data::F32(p), l, lk).t();
+                matmul_acc_bf16_on(path, pm, head(dy, oh, (l, dh), (g.o.sl, 1)), &mut block);
+                unsafe { add_rows(&block[..lk * dh], dv.ptr(vh), g.v.sl, dh) };
             }
         });
+    }
+}
+
+/// Adds the rows of `block` (each `width` long) to the rows at `dst`, `stride` apart.
+///
+/// # Safety
+/// Each of the block's rows has room at `dst + i·stride`, written by no one else meanwhile.
+unsafe fn add_rows(block: &[f32], dst: *mut f32, stride: usize, width: usize) {
+    for (i, row) in block.chunks(width).enumerate() {
+        let dst = std::slice::from_raw_parts_mut(dst.add(i * stride), width);
+        dst.iter_mut().zip(row).for_each(|(d, &r)| *d += r);
     }
 }
 

@@ -58,6 +58,10 @@ const GROUP: usize = 16;
 const PAIR_K: usize = 32;
 /// Rows of a staged for the pair kernels are padded to a multiple of this (one AMX tile).
 const PAIR_ROWS: usize = 16;
+/// Columns of b (rows of a transposed a) one task of the register packing reads from each line
+/// of its source: four cache lines in a row, which the prefetchers follow where one line at a
+/// large stride leaves every read a miss.
+const RUN: usize = 64;
 
 /// One line of a panel: the 16 columns' elements at one k.
 pub(crate) trait Line: Copy + Send + Sync + 'static + Load {
@@ -495,20 +499,28 @@ fn pack_pairs_rounded(d: &[f32], b: MatRef) -> Vec<LinePair> {
         let per_panel = padded_k(k) / 2;
         let mut lines = vec![LinePair([0; 2 * NR]); n.div_ceil(NR) * per_panel];
         lines
-            .par_chunks_mut(per_panel)
+            .par_chunks_mut(per_panel * RUN / NR)
             .enumerate()
             .filter(|_| k > 0)
-            .for_each(|(p, panel)| {
-                let (j, cols) = (p * NR, (n - p * NR).min(NR));
-                let out = panel.as_mut_ptr();
+            .for_each(|(t, panels)| {
+                let (j, cols) = (t * RUN, (n - t * RUN).min(RUN));
+                let out = panels.as_mut_ptr();
                 // SAFETY: the instructions were just detected; b's elements lie in d (checked
-                // by the caller) and the panel holds padded_k / 2 ≥ k.div_ceil(2) lines.
+                // by the caller); the chunk holds cols/16 panels of padded_k / 2 ≥ k.div_ceil(2)
+                // lines.
                 unsafe {
                     match b.cs == 1 {
-                        true => pairs::pair_lines_from_rows(d[j..].as_ptr(), b.rs, k, cols, out),
+                        true => {
+                            let run = d[j..].as_ptr();
+                            pairs::pair_lines_from_rows(run, b.rs, k, cols, (out, per_panel))
+                        }
                         false => {
-                            let col = d[j * b.cs..].as_ptr();
-                            pairs::pair_lines_from_columns(col, b.cs, k, cols, out)
+                            for g in 0..cols.div_ceil(NR) {
+                                let col = d[(j + g * NR) * b.cs..].as_ptr();
+                                let out = out.add(g * per_panel);
+                                let cols = (cols - g * NR).min(NR);
+                                pairs::pair_lines_from_columns(col, b.cs, k, cols, out)
+                            }
                         }
                     }
                 }
@@ -519,17 +531,19 @@ fn pack_pairs_rounded(d: &[f32], b: MatRef) -> Vec<LinePair> {
 }
 
 /// x rounded to bf16 (round to nearest even), row-major, `padded_k(k)` wide, zero in the padding
-/// columns and in the rows added to make a multiple of 16; blocks of 16 rows in parallel, each
-/// read along x's shorter stride.
+/// columns and in the rows added to make a multiple of 16; blocks of rows in parallel, each read
+/// along x's shorter stride.
 fn stage_pairs(x: MatRef) -> Vec<u16> {
     let (m, k) = (x.rows, x.cols);
     let ld = padded_k(k);
     let mut out = vec![0u16; m.div_ceil(PAIR_ROWS).max(1) * PAIR_ROWS * ld];
-    out.par_chunks_mut(PAIR_ROWS * ld)
+    // A transposed x is read in runs of `RUN` rows, row-major x a row at a time.
+    let task_rows = if x.cs == 1 { PAIR_ROWS } else { RUN };
+    out.par_chunks_mut(task_rows * ld)
         .enumerate()
-        .for_each(|(blk, out)| {
-            let r0 = blk * PAIR_ROWS;
-            let rows = m.saturating_sub(r0).min(PAIR_ROWS);
+        .for_each(|(t, out)| {
+            let r0 = t * task_rows;
+            let rows = m.saturating_sub(r0).min(task_rows);
             let at = |i: usize, q: usize| (r0 + i) * x.rs + q * x.cs;
             match x.data {
                 Data::F32(d) if x.cs == 1 => {
@@ -540,7 +554,7 @@ fn stage_pairs(x: MatRef) -> Vec<u16> {
                 #[cfg(target_arch = "x86_64")]
                 Data::F32(d) if x.rs == 1 && isa::features().has("avx512_bf16") => {
                     // SAFETY: the instructions were just detected; x's elements lie in d
-                    // (checked by the caller) and the block holds 16 rows of ld ≥ k.
+                    // (checked by the caller) and the chunk holds `rows` rows of ld ≥ k.
                     unsafe {
                         let a = d[r0.min(d.len())..].as_ptr();
                         pairs::rows_from_columns(a, x.cs, rows, k, out.as_mut_ptr(), ld)

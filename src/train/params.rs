@@ -4,8 +4,8 @@
 //! Mixed precision (`Precision::Bf16`), as PyTorch's autocast: the variables (master weights)
 //! stay f32 and the model reads them; every linear layer computes its products in bf16 operands
 //! (`Linear::compute_in_bf16`: the weight rounded to bf16 as the product packs it, linear_bf16.rs)
-//! with f32 accumulation, while embedding lookups, norms, biases, attention and the loss stay
-//! f32. A linear's weight gradient comes back f32, onto the variable; all-reduce, clipping and
+//! with f32 accumulation, and so do attention's products (`attention_in_bf16`, as autocast's
+//! bmm), while embedding lookups, norms, biases, softmax and the loss stay f32. A linear's weight gradient comes back f32, onto the variable; all-reduce, clipping and
 //! AdamW see f32 gradients, and checkpoints hold the f32 masters. As under autocast, a tied LM
 //! head multiplies in bf16 too, while the same table's lookups read f32.
 
@@ -188,6 +188,7 @@ impl TrainableModel {
             for linear in self.model.linears_mut() {
                 linear.compute_in_bf16();
             }
+            self.model.attention_in_bf16();
         }
         Ok(())
     }

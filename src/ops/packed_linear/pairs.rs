@@ -46,8 +46,7 @@ const SWAP: [[[i32; 16]; 2]; 4] = {
 
 /// Transposes 16 registers of 16 32-bit lanes in place: lane l of register i ↔ lane i of
 /// register l. Each round exchanges one bit between the register and the lane index.
-#[inline]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 unsafe fn transpose16(r: &mut [__m512i; 16]) {
     for (round, [lo, hi]) in SWAP.iter().enumerate() {
         let b = 8 >> round;
@@ -78,32 +77,33 @@ unsafe fn round_two(p: *const f32, q: *const f32, n: usize) -> __m512i {
     std::mem::transmute::<__m512bh, __m512i>(v)
 }
 
-/// Pair lines of a panel from b row-major (element (k, c) at `b[k·ld + c]`): line q holds rows
-/// 2q and 2q + 1 (zero past `k`) of the panel's first `cols` (≤ 16) columns, zero past them;
-/// `k.div_ceil(2)` lines written.
+/// Pair lines of consecutive panels from b row-major (element (k, c) at `b[k·ld + c]`): line q
+/// of panel g (at `out + g·stride`) holds rows 2q and 2q + 1 (zero past `k`) of columns
+/// 16g..16g + 16 (zero past `cols`); `k.div_ceil(2)` lines a panel written. Each pair of rows is
+/// read across all the panels at once: contiguous runs the prefetchers follow.
 ///
 /// # Safety
 /// AVX-512 F/BW and BF16 are present; b holds rows 0..k of `ld` floats (the first `cols` read);
-/// `out` holds `k.div_ceil(2)` lines.
+/// `out` holds `cols.div_ceil(16)` panels `stride` ≥ `k.div_ceil(2)` lines apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn pair_lines_from_rows(
     b: *const f32,
     ld: usize,
     k: usize,
     cols: usize,
-    out: *mut LinePair,
+    (out, stride): (*mut LinePair, usize),
 ) {
     let interleave = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
     let zeros = [0f32; NR];
     for q in 0..k.div_ceil(2) {
         let even = b.add(2 * q * ld);
-        let odd = match 2 * q + 1 < k {
-            true => b.add((2 * q + 1) * ld),
-            false => zeros.as_ptr(),
-        };
-        let halves = round_two(even, odd, cols);
-        let line = _mm512_permutexvar_epi16(interleave, halves);
-        _mm512_storeu_si512(out.add(q).cast(), line);
+        let odd = (2 * q + 1 < k).then(|| b.add((2 * q + 1) * ld));
+        for g in 0..cols.div_ceil(NR) {
+            let odd = odd.map_or(zeros.as_ptr(), |o| o.add(g * NR));
+            let halves = round_two(even.add(g * NR), odd, cols - g * NR);
+            let line = _mm512_permutexvar_epi16(interleave, halves);
+            _mm512_storeu_si512(out.add(g * stride + q).cast(), line);
+        }
     }
 }
 
@@ -142,7 +142,8 @@ pub unsafe fn pair_lines_from_columns(
 }
 
 /// Rows of a transposed operand rounded to bf16: `out[i·ldo + q]` = a(i, q) = `a[q·ld + i]` for
-/// i < rows (≤ 16) and q < k; nothing else written.
+/// i < rows and q < k; nothing else written. 16 k at a time across all the rows, so each run
+/// of a is read whole.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL and BF16 are present; a holds k runs of `ld` floats (the first `rows` read);
@@ -156,21 +157,27 @@ pub unsafe fn rows_from_columns(
     out: *mut u16,
     ldo: usize,
 ) {
-    let m = lanes(rows);
     for q0 in (0..k).step_by(NR) {
         let n = (k - q0).min(NR);
-        let mut r = [_mm512_setzero_si512(); 16];
-        for (t, r) in r.iter_mut().enumerate().take(n) {
-            *r = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, a.add((q0 + t) * ld)));
-        }
-        transpose16(&mut r);
-        for (i, v) in r.iter().enumerate().take(rows) {
-            let bits = _mm512_cvtneps_pbh(_mm512_castsi512_ps(*v));
-            _mm256_mask_storeu_epi16(
-                out.add(i * ldo + q0).cast(),
-                lanes(n),
-                std::mem::transmute::<__m256bh, __m256i>(bits),
-            );
+        for i0 in (0..rows).step_by(NR) {
+            let m = lanes(rows - i0);
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (t, r) in r.iter_mut().enumerate().take(n) {
+                *r = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, a.add((q0 + t) * ld + i0)));
+                // The runs are far apart: without a prefetch of the next 16 k's, every load
+                // waits for memory. (A prefetch past a's end is dropped, never a fault.)
+                let next = a.wrapping_add((q0 + NR + t) * ld + i0);
+                _mm_prefetch::<_MM_HINT_T0>(next.cast());
+            }
+            transpose16(&mut r);
+            for (i, v) in r.iter().enumerate().take(rows - i0) {
+                let bits = _mm512_cvtneps_pbh(_mm512_castsi512_ps(*v));
+                _mm256_mask_storeu_epi16(
+                    out.add((i0 + i) * ldo + q0).cast(),
+                    lanes(n),
+                    std::mem::transmute::<__m256bh, __m256i>(bits),
+                );
+            }
         }
     }
 }
