@@ -32,7 +32,8 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct TrainBenchArgs {
-    /// Model size (see `dlm pretrain --config`).
+    /// Model size (tiny, mini, small: GPT-2 with an untied head) or a config.json, as `dlm
+    /// pretrain --config` takes it (its vocabulary replaced by --vocab).
     #[arg(long, default_value = "small")]
     pub config: String,
     #[arg(long, default_value_t = 512)]
@@ -357,14 +358,31 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pytorch compares GPT-2 small (--config small --vocab 50257) only: the PyTorch script builds that model");
     }
     let device = a.device.open()?;
-    let size: crate::model::preset::Size = a.config.parse().map_err(anyhow::Error::msg)?;
-    let (layers, d, heads) = size.dims();
-    // GPT-2 small with an untied head, as the PyTorch reference step in bench/ measures.
-    let value = serde_json::json!({
-        "model_type": "gpt2", "vocab_size": a.vocab, "n_positions": a.seq.max(1024), "n_embd": d,
-        "n_layer": layers, "n_head": heads, "tie_word_embeddings": false,
-    });
-    let config = ModelConfig::from_json(value, std::path::Path::new("<bench>"))?;
+    let (value, model_name) = match a.config.parse::<crate::model::preset::Size>() {
+        Ok(size) => {
+            let (layers, d, heads) = size.dims();
+            // GPT-2 with an untied head, as the PyTorch reference step in bench/ measures.
+            let value = serde_json::json!({
+                "model_type": "gpt2", "vocab_size": a.vocab, "n_positions": a.seq.max(1024),
+                "n_embd": d, "n_layer": layers, "n_head": heads, "tie_word_embeddings": false,
+            });
+            (value, format!("gpt2-{}", a.config))
+        }
+        // A config.json (the built-in model's, say), with --vocab as its vocabulary.
+        Err(_) => (
+            super::pretrain::config_file(&a.config, a.vocab)?,
+            a.config.clone(),
+        ),
+    };
+    let config = ModelConfig::from_json(value, std::path::Path::new(&a.config))?;
+    let d = config.hidden_size;
+    anyhow::ensure!(
+        a.seq <= config.max_position_embeddings,
+        "--seq {} exceeds the {} positions of {}",
+        a.seq,
+        config.max_position_embeddings,
+        a.config
+    );
     let weights = crate::train::init::init_weights(&config, &mut Rng::seed(0))?;
     let mut model = TrainableModel::new(&config, &weights, &device)?;
     model.set_precision(a.dtype, std::path::Path::new("<bench>"))?;
@@ -422,8 +440,8 @@ fn train_bench(a: TrainBenchArgs) -> anyhow::Result<()> {
     // 6·N·tokens for forward + backward of the weight matmuls (the head scores ~t of the rows).
     let flops = 6.0 * params as f64 * (a.batch * a.seq) as f64;
     println!(
-        "train step gpt2-{} (untied head, {} params, {} compute on {}) batch {} seq {}: {:.2} s/step = forward {:.2} + backward {:.2} + optimizer {:.2}; {:.0} tokens/s; peak RSS {:.0} MB",
-        a.config, params, a.dtype.dtype().as_str(), a.device, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
+        "train step {} ({} head, {} params, {} compute on {}) batch {} seq {}: {:.2} s/step = forward {:.2} + backward {:.2} + optimizer {:.2}; {:.0} tokens/s; peak RSS {:.0} MB",
+        model_name, if config.tie_word_embeddings { "tied" } else { "untied" }, params, a.dtype.dtype().as_str(), a.device, a.batch, a.seq, total, f, b, o, (a.batch * a.seq) as f64 / total, peak_rss_mb().unwrap_or(f64::NAN)
     );
     println!(
         "baseline f32 matmul {}x{}x{}: {:.1} GFLOP/s; step at {:.1} GFLOP/s effective (6·N·tokens), ratio {:.2}",

@@ -51,6 +51,11 @@ fn hf_config(
     if let Ok(size) = spec.parse::<Size>() {
         return Ok(size.hf_config(a.arch, vocab, context, eos));
     }
+    config_file(spec, vocab)
+}
+
+/// The config.json at `spec` (a `--config` that names no size), with `vocab` as its vocabulary.
+pub(crate) fn config_file(spec: &str, vocab: usize) -> anyhow::Result<serde_json::Value> {
     let text = std::fs::read_to_string(spec).with_context(|| {
         format!(
             "--config `{spec}` is neither a size (tiny, mini, small) nor a readable config.json"
