@@ -532,42 +532,71 @@ fn pack_pairs_rounded(d: &[f32], b: MatRef) -> Vec<LinePair> {
 
 /// x rounded to bf16 (round to nearest even), row-major, `padded_k(k)` wide, zero in the padding
 /// columns and in the rows added to make a multiple of 16; blocks of rows in parallel, each read
-/// along x's shorter stride.
+/// along x's shorter stride. Written into fresh memory once: only the padding is zeroed first
+/// (a zeroed buffer cost as much as the rounding).
 fn stage_pairs(x: MatRef) -> Vec<u16> {
     let (m, k) = (x.rows, x.cols);
     let ld = padded_k(k);
-    let mut out = vec![0u16; m.div_ceil(PAIR_ROWS).max(1) * PAIR_ROWS * ld];
+    let total = m.div_ceil(PAIR_ROWS).max(1) * PAIR_ROWS * ld;
+    let mut out = Vec::<u16>::with_capacity(total);
     // A transposed x is read in runs of `RUN` rows, row-major x a row at a time.
     let task_rows = if x.cs == 1 { PAIR_ROWS } else { RUN };
-    out.par_chunks_mut(task_rows * ld)
+    #[cfg(target_arch = "x86_64")]
+    let fast = isa::features().has("avx512_bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
+    out.spare_capacity_mut()[..total]
+        .par_chunks_mut(task_rows * ld)
         .enumerate()
-        .for_each(|(t, out)| {
+        .for_each(|(t, chunk)| {
             let r0 = t * task_rows;
             let rows = m.saturating_sub(r0).min(task_rows);
             let at = |i: usize, q: usize| (r0 + i) * x.rs + q * x.cs;
-            match x.data {
-                Data::F32(d) if x.cs == 1 => {
-                    for (i, o) in out.chunks_mut(ld).take(rows).enumerate() {
-                        round_to_bf16(&d[at(i, 0)..at(i, 0) + k], &mut o[..k]);
+            let base = chunk.as_mut_ptr() as *mut u16;
+            let written = match x.data {
+                Data::F32(_) if x.cs == 1 => true,
+                Data::F32(_) => fast && x.rs == 1,
+                Data::Bf16(_) => false,
+            };
+            // SAFETY: every pointer below stays inside this chunk (`rows` rows of ld ≥ k, then
+            // the padding rows); the chunk is zeroed where no path writes, and whole before an
+            // element path, so the buffer is initialised when its length is set.
+            unsafe {
+                if !written {
+                    std::ptr::write_bytes(base, 0, chunk.len());
+                } else {
+                    for i in 0..rows {
+                        std::ptr::write_bytes(base.add(i * ld + k), 0, ld - k);
                     }
+                    let tail = rows * ld;
+                    std::ptr::write_bytes(base.add(tail), 0, chunk.len() - tail);
                 }
-                #[cfg(target_arch = "x86_64")]
-                Data::F32(d) if x.rs == 1 && isa::features().has("avx512_bf16") => {
-                    // SAFETY: the instructions were just detected; x's elements lie in d
-                    // (checked by the caller) and the chunk holds `rows` rows of ld ≥ k.
-                    unsafe {
+                match x.data {
+                    Data::F32(d) if x.cs == 1 => {
+                        for i in 0..rows {
+                            round_into(&d[at(i, 0)..at(i, 0) + k], base.add(i * ld));
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Data::F32(d) if written => {
                         let a = d[r0.min(d.len())..].as_ptr();
-                        pairs::rows_from_columns(a, x.cs, rows, k, out.as_mut_ptr(), ld)
+                        pairs::rows_from_columns(a, x.cs, rows, k, base, ld)
                     }
-                }
-                Data::F32(d) => transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| {
-                    bf16::from_f32(d[at(i, q)]).to_bits()
-                }),
-                Data::Bf16(d) => {
-                    transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| d[at(i, q)].to_bits())
+                    Data::F32(d) => {
+                        let out = std::slice::from_raw_parts_mut(base, chunk.len());
+                        transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| {
+                            bf16::from_f32(d[at(i, q)]).to_bits()
+                        })
+                    }
+                    Data::Bf16(d) => {
+                        let out = std::slice::from_raw_parts_mut(base, chunk.len());
+                        transpose_into(out, ld, rows, k, x.rs < x.cs, |i, q| d[at(i, q)].to_bits())
+                    }
                 }
             }
         });
+    // SAFETY: every element of the first `total` was written above.
+    unsafe { out.set_len(total) };
     out
 }
 
@@ -599,13 +628,23 @@ fn transpose_into(
 /// f32 → bf16 bits, round to nearest even (as `half` and VCVTNEPS2BF16 round), vectorised
 /// where the CPU has AVX-512-BF16.
 pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    // SAFETY: dst has room for n.
+    unsafe { round_into(&src[..n], dst.as_mut_ptr()) }
+}
+
+/// `round_to_bf16` into memory that need not be initialised.
+///
+/// # Safety
+/// dst has room for src.len() elements.
+unsafe fn round_into(src: &[f32], dst: *mut u16) {
     #[cfg(target_arch = "x86_64")]
     if isa::features().has("avx512_bf16") {
-        // SAFETY: the instructions were just detected.
-        return unsafe { avx512bf16::round(src, dst) };
+        // SAFETY: the instructions were just detected; the caller vouches for dst.
+        return avx512bf16::round(src, dst);
     }
-    for (o, &v) in dst.iter_mut().zip(src) {
-        *o = bf16::from_f32(v).to_bits();
+    for (i, &v) in src.iter().enumerate() {
+        dst.add(i).write(bf16::from_f32(v).to_bits());
     }
 }
 

@@ -126,25 +126,26 @@ unsafe fn tile<const R: usize, const P: usize>(
     }
 }
 
-/// dst = src rounded to bf16 bits (nearest even), 16 at a time.
+/// dst[..src.len()] = src rounded to bf16 bits (nearest even), 16 at a time.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL and BF16 are present.
+/// AVX-512 F/BW/VL and BF16 are present; dst has room for src.len() elements (which need not
+/// be initialised).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-pub unsafe fn round(src: &[f32], dst: &mut [u16]) {
-    let n = src.len().min(dst.len());
+pub unsafe fn round(src: &[f32], dst: *mut u16) {
+    let n = src.len();
     let mut i = 0;
     while i + 16 <= n {
         let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
         let bits = std::mem::transmute::<__m256bh, __m256i>(v);
-        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, bits);
+        _mm256_storeu_si256(dst.add(i) as *mut __m256i, bits);
         i += 16;
     }
     if i < n {
         let mask = ((1u32 << (n - i)) - 1) as __mmask16;
         let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src.as_ptr().add(i)));
         _mm256_mask_storeu_epi16(
-            dst.as_mut_ptr().add(i) as *mut i16,
+            dst.add(i) as *mut i16,
             mask,
             std::mem::transmute::<__m256bh, __m256i>(v),
         );
