@@ -46,6 +46,9 @@ const SWAP: [[[i32; 16]; 2]; 4] = {
 
 /// Transposes 16 registers of 16 32-bit lanes in place: lane l of register i ↔ lane i of
 /// register l. Each round exchanges one bit between the register and the lane index.
+///
+/// # Safety
+/// AVX-512 F is present (inlined into the kernels below, which enable it).
 #[inline(always)]
 unsafe fn transpose16(r: &mut [__m512i; 16]) {
     for (round, [lo, hi]) in SWAP.iter().enumerate() {
