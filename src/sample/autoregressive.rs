@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::filter::{choose, TokenChoice};
+use super::filter::{choose_token, TokenChoice};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, LanguageModel};
 use crate::ops::AttentionMask;
@@ -65,7 +65,7 @@ pub fn generate(
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     let mut logits = next_logits(model, prompt, &mut cache, device)?;
     for _ in 0..opts.max_new_tokens {
-        let (token, _) = choose(&logits, opts.choice, rng);
+        let token = choose_token(&logits, opts.choice, rng);
         out.push(token);
         on_token(token);
         if opts.stop_ids.contains(&token) || out.len() == opts.max_new_tokens {

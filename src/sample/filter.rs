@@ -83,6 +83,14 @@ pub fn top_p_filter(logits: &mut [f32], p: f32) {
     }
 }
 
+/// Picks a token where its log-probability is not wanted (greedy then skips the Σ exp).
+pub fn choose_token(logits: &[f32], choice: TokenChoice, rng: &mut Rng) -> u32 {
+    match choice {
+        TokenChoice::Greedy => Greedy::token_of(logits),
+        _ => choose(logits, choice, rng).0,
+    }
+}
+
 /// Picks a token; returns it with its log-probability under the (tempered, filtered) distribution.
 pub fn choose(logits: &[f32], choice: TokenChoice, rng: &mut Rng) -> (u32, f32) {
     match choice {
@@ -147,6 +155,21 @@ mod tests {
         let c = TokenChoice::from_flags(1.0, Some(1), None);
         for _ in 0..20 {
             assert_eq!(choose(&[0.5, 3.0, 1.0], c, &mut rng).0, 1);
+        }
+    }
+
+    #[test]
+    fn choose_token_is_choose_without_the_logprob() {
+        // Ties keep the first maximum; a sampled choice draws the same numbers as `choose`.
+        let logits = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        let (mut a, mut b) = (Rng::seed(7), Rng::seed(7));
+        assert_eq!(choose_token(&logits, TokenChoice::Greedy, &mut a), 1);
+        let c = TokenChoice::from_flags(1.5, None, Some(0.95));
+        for _ in 0..50 {
+            assert_eq!(
+                choose_token(&logits, c, &mut a),
+                choose(&logits, c, &mut b).0
+            );
         }
     }
 }

@@ -258,7 +258,7 @@ pub fn pick(logits: &[f32], temperature: f32, llada: &Llada, rng: &mut Rng) -> P
     }
     let token = match temperature > 0.0 {
         true => gumbel_argmax(&row, temperature as f64, rng),
-        false => Greedy::of(&row).token,
+        false => Greedy::token_of(&row),
     };
     let logprob = log_softmax(&row)[token as usize];
     let mut pick = ranked(token, logprob, llada.remasking, rng);

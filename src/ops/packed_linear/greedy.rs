@@ -64,16 +64,28 @@ pub struct Greedy {
 }
 
 impl Greedy {
+    /// The first maximum of a whole row of logits, where only the token is wanted (AR decoding
+    /// skips the Σ exp over the vocabulary that `of` adds).
+    pub fn token_of(logits: &[f32]) -> u32 {
+        first_max(logits).0
+    }
+
     /// From a whole row of logits: the first maximum, and max − logsumexp = −ln Σ exp(x − max).
     pub fn of(logits: &[f32]) -> Self {
-        let max = cpu::simd(|| cpu::max(logits));
-        let token = logits.iter().position(|&x| x == max).unwrap_or(0) as u32;
+        let (token, max) = first_max(logits);
         let sum = cpu::simd(|| cpu::sum_exp(logits, max));
         Self {
             token,
             logprob: -sum.ln() as f32,
         }
     }
+}
+
+/// The row's maximum and the first column that holds it.
+fn first_max(logits: &[f32]) -> (u32, f32) {
+    let max = cpu::simd(|| cpu::max(logits));
+    let token = logits.iter().position(|&x| x == max).unwrap_or(0) as u32;
+    (token, max)
 }
 
 /// Running statistics of a row seen in pieces: the first maximum, where it is, Σ exp(x − max).
