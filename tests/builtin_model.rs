@@ -52,7 +52,7 @@ fn the_main_job_prints_words_not_blank_lines() {
 }
 
 /// Issue 16's bar for the main job itself: at least 25 words per 64 generated tokens (the
-/// committed model's default sampler prints about 40; 43 of 63 check canvases meet the whole bar,
+/// committed model's default sampler prints 33 here; 55 of 63 check canvases meet the whole bar,
 /// see its MODEL_CARD.md).
 #[test]
 fn the_main_job_meets_the_word_bar() {

@@ -46,6 +46,17 @@ CANDIDATES=(
     "confidence-t0.9-k40-b4|--sampler confidence --temperature 0.9 --top-k 40 --block-length 4"
     "confidence-t1.0-k50-b4|--sampler confidence --temperature 1.0 --top-k 50 --block-length 4"
     "margin-t1.0-k40-b4|--sampler margin --temperature 1.0 --top-k 40 --block-length 4"
+    "random-t0.7-p0.9-b1|--sampler random --temperature 0.7 --top-p 0.9 --block-length 1"
+    "random-t0.6-p0.9-b1|--sampler random --temperature 0.6 --top-p 0.9 --block-length 1"
+    "random-t0.8-p0.8-b1|--sampler random --temperature 0.8 --top-p 0.8 --block-length 1"
+    "random-t0.7-p0.8-b1|--sampler random --temperature 0.7 --top-p 0.8 --block-length 1"
+    "random-t0.8-p0.9-b2|--sampler random --temperature 0.8 --top-p 0.9 --block-length 2"
+    "confidence-t0.8-p0.9-b2|--sampler confidence --temperature 0.8 --top-p 0.9 --block-length 2"
+    "random-t0.6-p0.8-b1|--sampler random --temperature 0.6 --top-p 0.8 --block-length 1"
+    "random-t0.5-p0.9-b1|--sampler random --temperature 0.5 --top-p 0.9 --block-length 1"
+    "random-t0.7-p0.7-b1|--sampler random --temperature 0.7 --top-p 0.7 --block-length 1"
+    "entropy-t0.7-p0.8-b4|--sampler entropy --temperature 0.7 --top-p 0.8 --block-length 4"
+    "confidence-t0.7-p0.8-b2|--sampler confidence --temperature 0.7 --top-p 0.8 --block-length 2"
 )
 # Each setting samples every prompt with seeds 0, 1 and 2 (63 canvases): one seed's pass count
 # swings by several canvases.
