@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A second adaptation cycle of the built-in model (measured, not adopted: MODEL_CARD.md,
-# docs/reproduction.md): from the committed model's checkpoint (the end of
+# A second adaptation cycle of the built-in model (measured on both versions, adopted on neither:
+# MODEL_CARD.md, docs/reproduction.md): from the committed model's checkpoint (the end of
 # scripts/make-builtin-model.sh's adaptation), the same objective bidirectional from the start
 # (annealing is done), a new cosine cycle at half the peak rate (lr 3e-4, warmup 100), another
 # data order (seed 1): 2400 steps of 4096 tokens (9.8M more tokens). Then the same checks as the
@@ -23,7 +23,7 @@ final="$WORK/dlm2/checkpoints/step-$(printf %08d $STEPS)"
 model="$WORK/dlm2-f16"
 [ -f "$model/model.safetensors" ] || $DLM convert --model "$final" --out "$model" --dtype f16
 DLM=$DLM bash scripts/builtin/sweep-samplers.sh "$model" "$WORK/data/train" "$WORK/sweep2" \
-    '^(topk-confidence|entropy-t0.8-p0.9-b4|confidence-t1.0-k40-b4|confidence-t0.9-k40-b4)$'
+    '^(topk-confidence|random-t0.7-p0.8-b1|random-t0.6-p0.8-b1|entropy-t0.8-p0.9-b4)$'
 out="$WORK/dlm2-infill"
 mkdir -p "$out"
 for set in word word-nosuffix span span-nosuffix; do
