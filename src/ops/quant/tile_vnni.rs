@@ -3,10 +3,11 @@
 //! `maddubs` + `madd` (and two `sign`s for signed weights). Tiles are up to 4 weight rows × 2
 //! activation rows, accumulated in registers across the whole of k.
 //!
-//! - Byte blocks (Q8_0) go two a step (`pair_tile`), tile_avx2.rs's scheme on 64-byte
-//!   registers (an odd last block with the upper half zero); the f16 scales of 16 blocks of a
-//!   weight row are read into one register, multiplied by x's 16 at once, and each pair of
-//!   blocks takes its two by a permute.
+//! - Byte blocks (Q8_0) go two a step (`pair_tile`): per weight row two loads cover the pair,
+//!   one two-source byte permute gathers its 64 q and a word permute its two f16 scales, into
+//!   the lanes where VPDPBUSD leaves each block's sums (an odd last block with the upper half
+//!   zero). (The scales used to be read one by one into general registers, 16 at a time: a
+//!   quarter of the kernel's instructions, but no measurable time beside the weights' stream.)
 //! - 4-bit blocks (Q4_0, Q4_1) go four a step (`quad_tile`): one two-source VBMI byte permute
 //!   puts the four blocks' 64 nibble bytes in one register, a mask and a shift split it into
 //!   their elements 0..16 and 16..32, and two VPDPBUSD multiply them with x rearranged to match
@@ -51,10 +52,13 @@ pub const TILE_ROWS: usize = 4;
 
 /// How many tiles ahead of the one being multiplied the kernel prefetches (whole weight tiles
 /// of TILE_ROWS rows): decoding SmolLM2 in Q8_0 took 7.9 → 5.8 ms a token with 2 (1: 6.3-6.7,
-/// 4: 6.0, 8: 5.8-6.2), Q4_0 4.4-4.9 → 4.1-4.5.
+/// 4: 6.0, 8: 5.8-6.2), Q4_0 4.4-4.9 → 4.1-4.5. The lines go to L2 (`_MM_HINT_T1`), not L1: a
+/// T0 prefetch holds one of L1's few fill buffers until its line arrives from memory, which
+/// capped the lines in flight when memory was slow (Q8_0 9.3-10.1 → 7.0-7.6 ms a token in the
+/// same invocation, T2 the same as T1, distances 1-12 no better; Q4_0 within the noise).
 const PREFETCH_TILES: usize = 2;
 
-/// Blocks whose scales are read (and multiplied) together: one register of f32.
+/// Blocks whose x scales are read together: one register of f32.
 const GROUP: usize = 16;
 
 /// out[i·ldo + j] = x row i · w row j for the `w.len() / row_bytes` weight rows `w` and every
@@ -107,9 +111,11 @@ unsafe fn all<F: Format>(job: &TileJob) {
 }
 
 /// Weight rows j0..j0 + W of byte blocks (Q8_0) against x rows i0..i0 + X, accumulated in
-/// registers over every pair of blocks, then written to out. The scales d_w·d_x of 16 blocks
-/// at a time are one register per (weight row, x row); each pair of blocks takes its two by a
-/// permute.
+/// registers over every pair of blocks, then written to out. Per weight row, from the 64 bytes
+/// at the pair's start and the 64 four bytes on (which end where the pair does): one two-source
+/// byte permute gathers the pair's 64 q, and a word permute of the first load puts the first
+/// block's f16 scale in lanes 0..8 and the second's in 8..16, where VPDPBUSD leaves each block's
+/// sums. x's scales are read 16 blocks at a time and permuted the same way per pair.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 #[inline]
 #[allow(clippy::needless_range_loop)] // r and i index both operands and the output
@@ -124,7 +130,9 @@ unsafe fn pair_tile<F: Format, const W: usize, const X: usize>(
     let xq = job.acts.qs.as_ptr().add(i0 * cols);
     let xd = job.acts.d.as_ptr().add(i0 * nb);
     let bias = _mm512_set1_epi8(F::BIAS as i8);
-    // Lanes 0..8 take the pair's first scale, 8..16 its second.
+    // Opaque to the compiler, as in quad_tile (constant byte indices become slower permutes).
+    let [bytes, scales] = std::hint::black_box(pair_indices::<F>());
+    // Lanes 0..8 take the pair's first x scale, 8..16 its second.
     let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     // The tile PREFETCH_TILES on is asked for a few lines per pair of blocks, spread over
     // this tile's pairs: the hardware prefetcher alone left the product latency-bound.
@@ -133,21 +141,38 @@ unsafe fn pair_tile<F: Format, const W: usize, const X: usize>(
     let lines_per_pair = lines.div_ceil(nb.div_ceil(2));
     for g in (0..nb).step_by(GROUP) {
         let count = (nb - g).min(GROUP);
-        let scale = group_scales::<F, W, X>(w, job.rb, xd, nb, g);
+        let valid: __mmask16 = (1u32 << count).wrapping_sub(1) as u16;
+        let dxs: [__m512; X] =
+            std::array::from_fn(|i| _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g)));
         for p in 0..count.div_ceil(2) {
             let b = g + 2 * p;
             for line in (b / 2 * lines_per_pair..).take(lines_per_pair) {
                 if line < lines {
                     // A hint: never faults, even past the matrix.
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line * 64) as *const i8);
                 }
             }
             let both = b + 1 < nb;
-            let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
             let mut u = [_mm512_setzero_si512(); W];
-            for (r, u) in u.iter_mut().enumerate() {
-                *u = byte_pair::<F>(w.add(r * job.rb + b * F::BYTES), both);
+            let mut dw = [_mm512_setzero_ps(); W];
+            for r in 0..W {
+                let a = w.add(r * job.rb + b * F::BYTES);
+                let (first, next) = match both {
+                    true => (
+                        _mm512_loadu_si512(a as _),
+                        _mm512_loadu_si512(a.add(2 * F::BYTES - 64) as _),
+                    ),
+                    // A lone last block: its bytes alone, zeros (q and scale) after them.
+                    false => (
+                        _mm512_maskz_loadu_epi8((1u64 << F::BYTES) - 1, a as *const i8),
+                        _mm512_setzero_si512(),
+                    ),
+                };
+                u[r] = _mm512_xor_si512(_mm512_permutex2var_epi8(first, bytes, next), bias);
+                let d = _mm512_castsi512_si256(_mm512_permutexvar_epi16(scales, first));
+                dw[r] = _mm512_cvtph_ps(d);
             }
+            let pick = _mm512_add_epi32(halves, _mm512_set1_epi32(2 * p as i32));
             for i in 0..X {
                 let xp = xq.add(i * cols + b * ACT_BLOCK);
                 let x = match both {
@@ -155,16 +180,14 @@ unsafe fn pair_tile<F: Format, const W: usize, const X: usize>(
                     false => _mm512_zextsi256_si512(_mm256_loadu_si256(xp as _)),
                 };
                 // −bias·Σx in each group of four, where every weight row's sums start.
-                let start = match F::BIAS {
-                    0 => _mm512_setzero_si512(),
-                    _ => _mm512_sub_epi32(
-                        _mm512_setzero_si512(),
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
-                    ),
-                };
+                let start = _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, x),
+                );
+                let dx = _mm512_permutexvar_ps(pick, dxs[i]);
                 for r in 0..W {
                     let ints = _mm512_dpbusd_epi32(start, u[r], x);
-                    let s = _mm512_permutexvar_ps(pick, scale[r][i]);
+                    let s = _mm512_mul_ps(dw[r], dx);
                     acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), s, acc[r][i]);
                 }
             }
@@ -204,7 +227,7 @@ unsafe fn quad_tile<F: Format, const W: usize, const X: usize>(
         for line in (quad * lines_per_quad..).take(lines_per_quad) {
             if line < lines {
                 // A hint: never faults, even past the matrix.
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line * 64) as *const i8);
             }
         }
         let b = 4 * quad;
@@ -260,35 +283,6 @@ unsafe fn quad_tile<F: Format, const W: usize, const X: usize>(
     write_tile::<W, X>(job, &acc, j0, i0);
 }
 
-/// d_w·d_x of the up to 16 blocks from block g, one register per (weight row, x row) of the
-/// tile at `w` (rows `rb` bytes apart), x's scales at `xd` (rows `nb` apart); zeros past the
-/// row's end.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-#[inline]
-unsafe fn group_scales<F: Format, const W: usize, const X: usize>(
-    w: *const u8,
-    rb: usize,
-    xd: *const f32,
-    nb: usize,
-    g: usize,
-) -> [[__m512; X]; W] {
-    let count = (nb - g).min(GROUP);
-    let valid: __mmask16 = if count == GROUP {
-        !0
-    } else {
-        (1u16 << count) - 1
-    };
-    let mut scale = [[_mm512_setzero_ps(); X]; W];
-    for (r, row) in scale.iter_mut().enumerate() {
-        let dw = _mm512_cvtph_ps(scales::<F>(w.add(r * rb + g * F::BYTES), count));
-        for (i, s) in row.iter_mut().enumerate() {
-            let dx = _mm512_maskz_loadu_ps(valid, xd.add(i * nb + g));
-            *s = _mm512_mul_ps(dw, dx);
-        }
-    }
-    scale
-}
-
 /// The tile's sums to out.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 #[inline]
@@ -303,22 +297,6 @@ unsafe fn write_tile<const W: usize, const X: usize>(
             *job.out.add((i0 + i) * job.ldo + j0 + r) = _mm512_reduce_add_ps(*a);
         }
     }
-}
-
-/// The f16 scales of the `count` ≤ 16 blocks from `row` (zeros after them), as 16 halves. Read
-/// one by one and packed four to a 64-bit word in general registers: a gather of 16, or 16
-/// stores and one vector load (which store forwarding cannot serve), made the whole M = 1
-/// product about 1.5× slower on the Xeon measured.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-unsafe fn scales<F: Format>(row: *const u8, count: usize) -> __m256i {
-    let half = |k: usize| match k < count {
-        true => (row.add(k * F::BYTES) as *const u16).read_unaligned() as u64,
-        false => 0,
-    };
-    let four =
-        |k: usize| (half(k) | half(k + 1) << 16 | half(k + 2) << 32 | half(k + 3) << 48) as i64;
-    _mm256_set_epi64x(four(12), four(8), four(4), four(0))
 }
 
 /// One block format: its weights as unsigned values u (bytes, or nibbles two to a byte), valued
@@ -359,21 +337,27 @@ impl Format for Q4_1 {
     const NIBBLES: Option<usize> = Some(4);
 }
 
-/// The byte block at `a` and (if `both`) the next one, as 64 u8 q + 128 in element order (a
-/// missing second block's zeros become 128, multiplied by zero x).
+/// Permute indices for a pair of byte blocks (68 bytes) loaded as the 64 bytes at its start and
+/// the 64 ending at its end: [its q bytes (byte j of block k to lane 32k + j), as bytes; its
+/// scales (block k's f16 to halves 8k..8k + 8), as words of the first load].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-unsafe fn byte_pair<F: Format>(a: *const u8, both: bool) -> __m512i {
-    let lo = _mm256_loadu_si256(a.add(2) as _);
-    let z = match both {
-        true => _mm512_inserti64x4(
-            _mm512_castsi256_si512(lo),
-            _mm256_loadu_si256(a.add(F::BYTES + 2) as _),
-            1,
-        ),
-        false => _mm512_zextsi256_si512(lo),
-    };
-    _mm512_xor_si512(z, _mm512_set1_epi8(-128))
+unsafe fn pair_indices<F: Format>() -> [__m512i; 2] {
+    let (mut bytes, mut scales) = ([0u8; 64], [0u16; 32]);
+    for (l, b) in bytes.iter_mut().enumerate() {
+        let (k, j) = (l / 32, l % 32);
+        *b = match k {
+            0 => 2 + j,
+            _ => 64 + (F::BYTES + 2 + j - (2 * F::BYTES - 64)),
+        } as u8;
+    }
+    for (l, h) in scales.iter_mut().enumerate().take(16) {
+        *h = ((l / 8) * F::BYTES / 2) as u16;
+    }
+    [
+        _mm512_loadu_si512(bytes.as_ptr() as _),
+        _mm512_loadu_si512(scales.as_ptr() as _),
+    ]
 }
 
 /// Byte permute indices for a quad of four 4-bit blocks (72 or 80 bytes): [its nibble bytes,
