@@ -40,3 +40,19 @@ builtin_split() {
         fi
     done
 }
+
+# builtin_checks MODEL TRAIN_TEXT_DIR OUT_DIR [NAME_REGEX]: what the card reports of a candidate
+# model: the sampler sweep (sweep-samplers.sh, the settings matching NAME_REGEX; default: the
+# argmax reference, the current default and the runners-up) into OUT_DIR/sweep, and the four
+# infilling sets (`dlm eval --task infill`, argmax) into OUT_DIR/infill. Needs $DLM.
+builtin_checks() {
+    local model=$1 text=$2 out=$3 set
+    local only=${4:-'^(topk-confidence|random-t0.7-p0.8-b1|random-t0.6-p0.8-b1|random-t0.5-p0.9-b1|entropy-t0.8-p0.9-b4)$'}
+    DLM=$DLM bash scripts/builtin/sweep-samplers.sh "$model" "$text" "$out/sweep" "$only"
+    mkdir -p "$out/infill"
+    for set in word word-nosuffix span span-nosuffix; do
+        [ -f "$out/infill/$set.json" ] || $DLM eval "$model" --task infill \
+            --data "data/eval/shakespeare-infill-$set.jsonl.gz" --out "$out/infill/$set.json" \
+            --no-progress
+    done
+}

@@ -22,11 +22,7 @@ run_or_resume "$WORK/dlm2" $STEPS adapt \
 final="$WORK/dlm2/checkpoints/step-$(printf %08d $STEPS)"
 model="$WORK/dlm2-f16"
 [ -f "$model/model.safetensors" ] || $DLM convert --model "$final" --out "$model" --dtype f16
-DLM=$DLM bash scripts/builtin/sweep-samplers.sh "$model" "$WORK/data/train" "$WORK/sweep2" \
+# The second cycle's sweep and infilling figures went to sweep2/ and dlm2-infill/ (infilled from
+# the f32 checkpoint; the f16 copy gives the same figures).
+builtin_checks "$model" "$WORK/data/train" "$WORK/dlm2-checks" \
     '^(topk-confidence|random-t0.7-p0.8-b1|random-t0.6-p0.8-b1|entropy-t0.8-p0.9-b4)$'
-out="$WORK/dlm2-infill"
-mkdir -p "$out"
-for set in word word-nosuffix span span-nosuffix; do
-    [ -f "$out/$set.json" ] || $DLM eval "$final" --task infill \
-        --data "data/eval/shakespeare-infill-$set.jsonl.gz" --out "$out/$set.json" --no-progress
-done
