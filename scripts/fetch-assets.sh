@@ -5,13 +5,15 @@
 # of silently changing test results. Idempotent: files already present with the right sum are
 # left alone and their archive is not downloaded again.
 #
-# usage: scripts/fetch-assets.sh [GROUP...]   groups: smollm2 gpt2-tokenizer shakespeare benchmarks kjv all
+# usage: scripts/fetch-assets.sh [GROUP...]   groups: smollm2 gpt2-tokenizer shakespeare benchmarks all,
+#        and kjv (not in all: it needs Debian's apt-get and dpkg-deb; only the built-in recipe's
+#        EXTRA=kjv reads it)
 #        (default: smollm2 gpt2-tokenizer)
 # cache: ${DLM_ASSETS:-$HOME/.cache/dlm-assets}
 set -euo pipefail
 
 CACHE="${DLM_ASSETS:-$HOME/.cache/dlm-assets}"
-ALL_GROUPS=(smollm2 gpt2-tokenizer shakespeare benchmarks kjv)
+ALL_GROUPS=(smollm2 gpt2-tokenizer shakespeare benchmarks)
 
 # --- pinned archives: group -> "kind spec file sha256 bytes" -------------------------------------
 archive_of() {
@@ -174,7 +176,7 @@ extract_kjv() {
 
 fetch_group() {
     local group=$1 kind spec file sum bytes
-    read -r kind spec file sum bytes < <(archive_of "$group") || die "unknown group '$group' (known: ${ALL_GROUPS[*]} all)"
+    read -r kind spec file sum bytes < <(archive_of "$group") || die "unknown group '$group' (known: ${ALL_GROUPS[*]} kjv all)"
 
     # Which files are missing or wrong? Only those are extracted.
     local -a todo=()
@@ -237,8 +239,8 @@ selected=()
 for g in "${groups[@]}"; do
     case "$g" in
     all) selected+=("${ALL_GROUPS[@]}") ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) archive_of "$g" >/dev/null || die "unknown group '$g' (known: ${ALL_GROUPS[*]} all)"; selected+=("$g") ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) archive_of "$g" >/dev/null || die "unknown group '$g' (known: ${ALL_GROUPS[*]} kjv all)"; selected+=("$g") ;;
     esac
 done
 
