@@ -211,7 +211,7 @@ fetch_group() {
         read -r fsum member dest <<<"$entry"
         mkdir -p "$(dirname "$CACHE/$dest")"
         printf '%s\t%s\n' "$member" "$CACHE/$dest.part"
-    done | if [[ $kind == deb ]]; then
+    done | if [[ $group == kjv ]]; then
         extract_kjv "$tmp/$file" "$CACHE/$(files_of "$group" | cut -d' ' -f3).part"
     else
         extract "$tmp/$file"
