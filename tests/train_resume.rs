@@ -374,3 +374,65 @@ fn bf16_training_tracks_f32_and_resumes_exactly() {
         "bf16: 3 + resume + 3 differs from 6 straight",
     );
 }
+
+/// `--dropout`: the same run with p = 0.1 trains on other losses than without (the masks change
+/// the forward), records p in run_config.json, and still resumes exactly (the masks are drawn
+/// from the run's seed, the step and the rank); a p outside [0, 1) is refused before anything
+/// is written.
+#[test]
+fn dropout_changes_the_step_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = common::train_tokenizer(tmp.path());
+    let run = |name: &str, steps: &str, dropout: &str| -> PathBuf {
+        let out = tmp.path().join(name);
+        let mut args = pretrain_dtype_args(&tok, &out, steps, "f32");
+        args.extend(["--dropout".to_string(), dropout.to_string()]);
+        dlm(args);
+        out
+    };
+    let plain = run("plain", "6", "0");
+    let dropped = run("dropout", "6", "0.1");
+    let (a, b) = (train_losses(&plain), train_losses(&dropped));
+    assert_eq!((a.len(), b.len()), (6, 6));
+    // Step 1 starts from the same weights, data and noise: only the masks differ.
+    assert_ne!(a[0], b[0], "dropout left the first step's loss unchanged");
+    assert!(b.iter().all(|l| l.is_finite()));
+    let config = read_json(&dropped.join("run_config.json"));
+    assert!((config["dropout"].as_f64().unwrap() - 0.1).abs() < 1e-6);
+    assert_eq!(read_json(&plain.join("run_config.json"))["dropout"], 0.0);
+
+    // The LLaMA family takes it too (the same sites: embeddings, attention and MLP outputs).
+    let llama = |name: &str, dropout: &str| -> Vec<f64> {
+        let out = tmp.path().join(name);
+        let mut args = pretrain_dtype_args(&tok, &out, "1", "f32");
+        let arch = args.iter().position(|a| a == "gpt2").unwrap();
+        args[arch] = "llama".into();
+        args.extend(["--dropout".to_string(), dropout.to_string()]);
+        dlm(args);
+        train_losses(&out)
+    };
+    assert_ne!(llama("llama-plain", "0"), llama("llama-dropout", "0.1"));
+
+    let halves = run("dropout-halves", "3", "0.1");
+    resume("pretrain", &halves, Some("6"));
+    assert_same_checkpoint(
+        &dropped,
+        &halves,
+        6,
+        "dropout: 3 + resume + 3 differs from 6 straight",
+    );
+
+    let refused = tmp.path().join("refused");
+    let mut args = pretrain_dtype_args(&tok, &refused, "2", "f32");
+    args.extend(["--dropout".to_string(), "1".to_string()]);
+    let out = dlm_output(args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dropout 1 is not a probability"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !refused.exists(),
+        "a refused run wrote {}",
+        refused.display()
+    );
+}

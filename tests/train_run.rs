@@ -55,6 +55,7 @@ fn a_program_starts_inspects_and_resumes_a_run() {
         base: Some(base.clone()),
         lora: None,
         dtype: Default::default(),
+        dropout: 0.0,
     };
     let options = RunOptions {
         device: "cpu".parse().unwrap(),

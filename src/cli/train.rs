@@ -106,6 +106,11 @@ pub struct TrainArgs {
     /// checkpoints stay f32 either way. On resume it replaces the run's.
     #[arg(long)]
     pub dtype: Option<Precision>,
+    /// Dropout probability while training, on the residual stream: the embeddings' output and
+    /// each block's attention and MLP outputs (GPT-2's embd_pdrop and resid_pdrop sites; GPT-2
+    /// and LLaMA-family models). 0 (default): none, as the reference trains. Kept on resume.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
     /// cpu, or cuda / cuda:N in a build with the `cuda` feature. With several ranks, `cuda`
     /// means the GPU of the rank's index on its node.
     #[arg(long, default_value = "cpu")]
@@ -136,6 +141,9 @@ impl TrainArgs {
         };
         if micro_batch == 0 || self.grad_accum == 0 || self.seq_len < 2 {
             bail!("micro-batch and accumulation must be ≥ 1 and seq-len ≥ 2");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("--dropout {} is not a probability in [0, 1)", self.dropout);
         }
         Ok(RunConfig {
             command: command.into(),
@@ -170,6 +178,7 @@ impl TrainArgs {
             base,
             lora: None,
             dtype: self.dtype.unwrap_or_default(),
+            dropout: self.dropout,
         })
     }
 

@@ -3,14 +3,16 @@
 //! construction. Conv1D weights stay `[in, out]` as HF stores them (`WeightLayout::InOut`): the
 //! four of them are c_attn, attn.c_proj, c_fc and mlp.c_proj.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::pass::{LayerPass, Pass};
 use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
-    gelu_new, packed_self_attention, scaled_dot_product_attention, AttentionMask, Embedding,
-    LayerNorm, Linear, WeightLayout,
+    gelu_new, maybe_dropout, packed_self_attention, scaled_dot_product_attention, AttentionMask,
+    Dropout, Embedding, LayerNorm, Linear, WeightLayout,
 };
 
 /// A LayerNorm over the hidden features.
@@ -103,9 +105,10 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, pass: LayerPass<'_>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, pass)?)?;
-        &x + self.mlp.forward(&self.ln_2.forward(&x)?)?
+    fn forward(&self, x: &Tensor, pass: LayerPass<'_>, drop: Option<&Dropout>) -> Result<Tensor> {
+        let a = self.attn.forward(&self.ln_1.forward(x)?, pass)?;
+        let x = (x + maybe_dropout(a, drop)?)?;
+        &x + maybe_dropout(self.mlp.forward(&self.ln_2.forward(&x)?)?, drop)?
     }
 }
 
@@ -116,6 +119,8 @@ pub struct Gpt2 {
     h: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
+    /// Set while training with `--dropout`.
+    dropout: Option<Arc<Dropout>>,
 }
 
 impl Gpt2 {
@@ -130,6 +135,7 @@ impl Gpt2 {
             h: blocks(t.pp("h"), cfg, Block::load)?,
             ln_f: layer_norm(t.pp("ln_f"), cfg)?,
             lm_head,
+            dropout: None,
         })
     }
 }
@@ -157,7 +163,9 @@ impl LanguageModel for Gpt2 {
         }
         let positions = self.wpe.weight.narrow(0, offset, l)?; // [L, D]
         let x = self.wte.forward(ids)?.broadcast_add(&positions)?;
-        let x = pass.through(&self.h, x, |block, x, layer| block.forward(x, layer))?;
+        let drop = self.dropout.as_deref();
+        let x = maybe_dropout(x, drop)?;
+        let x = pass.through(&self.h, x, |block, x, layer| block.forward(x, layer, drop))?;
         self.ln_f.forward(&x)
     }
 
@@ -187,6 +195,11 @@ impl LanguageModel for Gpt2 {
         for block in &mut self.h {
             block.attn.bf16_products = true;
         }
+    }
+
+    fn set_dropout(&mut self, dropout: Option<Arc<Dropout>>) -> bool {
+        self.dropout = dropout;
+        true
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {

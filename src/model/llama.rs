@@ -3,14 +3,16 @@
 //! Attention, MLP and block are built from loaded parts (`new`), so the families that compute
 //! the same thing under other names (llada.rs, dream.rs) only say where each weight lives.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::pass::{LayerPass, Pass};
 use super::{blocks, embedding_and_head, linear, KvCache, LanguageModel, ModelConfig};
 use crate::ops::{
-    scaled_dot_product_attention, swiglu, AttentionMask, Embedding, Linear, RmsNorm, Rope,
-    WeightLayout,
+    maybe_dropout, scaled_dot_product_attention, swiglu, AttentionMask, Dropout, Embedding, Linear,
+    RmsNorm, Rope, WeightLayout,
 };
 
 /// An RMSNorm over the hidden features.
@@ -151,12 +153,18 @@ impl Block {
         ))
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, pass: LayerPass<'_>) -> Result<Tensor> {
+    /// `drop`: training dropout on each branch's output (`LanguageModel::set_dropout`).
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pass: LayerPass<'_>,
+        drop: Option<&Dropout>,
+    ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let x = (x + self.self_attn.forward(&h, rope, pass)?)?;
-        &x + self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?
+        let x = (x + maybe_dropout(self.self_attn.forward(&h, rope, pass)?, drop)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        &x + maybe_dropout(self.mlp.forward(&h)?, drop)?
     }
 }
 
@@ -167,6 +175,8 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    /// Set while training with `--dropout`.
+    dropout: Option<Arc<Dropout>>,
 }
 
 impl Llama {
@@ -191,6 +201,7 @@ impl Llama {
             norm,
             lm_head,
             rope,
+            dropout: None,
         })
     }
 
@@ -236,9 +247,10 @@ impl LanguageModel for Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let pass = Pass::start(ids, self.config.vocab_size, mask, cache)?;
-        let x = self.embed_tokens.forward(ids)?;
+        let drop = self.dropout.as_deref();
+        let x = maybe_dropout(self.embed_tokens.forward(ids)?, drop)?;
         let x = pass.through(&self.layers, x, |block, x, layer| {
-            block.forward(x, &self.rope, layer)
+            block.forward(x, &self.rope, layer, drop)
         })?;
         self.norm.forward(&x)
     }
@@ -251,6 +263,11 @@ impl LanguageModel for Llama {
         for block in &mut self.layers {
             block.self_attn.bf16_products = true;
         }
+    }
+
+    fn set_dropout(&mut self, dropout: Option<Arc<Dropout>>) -> bool {
+        self.dropout = dropout;
+        true
     }
 
     fn widen_activations(&mut self) -> Result<bool> {

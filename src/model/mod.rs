@@ -58,6 +58,15 @@ pub trait LanguageModel: Send + Sync {
     /// in bf16 operands with f32 accumulation, on the GEMM paths that multiply in bf16.
     fn attention_in_bf16(&mut self);
 
+    /// Training dropout (`--dropout`) on the residual stream: the embeddings' output and each
+    /// block's attention and MLP outputs before they are added (GPT-2's `embd_pdrop` and
+    /// `resid_pdrop` sites; attention probabilities are not dropped). Returns whether this
+    /// architecture applies it.
+    fn set_dropout(&mut self, dropout: Option<std::sync::Arc<crate::ops::Dropout>>) -> bool {
+        let _ = dropout;
+        false
+    }
+
     /// The LM head applied to hidden rows [..., D] → [..., V]; callers pass only the rows they need.
     fn head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         self.lm_head().forward(hidden)

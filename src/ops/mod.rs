@@ -9,6 +9,7 @@ mod attention_mask;
 pub(crate) mod cpu;
 mod cross_entropy;
 mod custom;
+mod dropout;
 #[cfg(test)]
 mod fused_check;
 pub mod gemm;
@@ -30,6 +31,7 @@ pub use attention::{
 };
 pub use attention_mask::AttentionMask;
 pub use cross_entropy::cross_entropy;
+pub use dropout::{maybe_dropout, Dropout};
 pub use linear::{Embedding, Linear, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
 pub use packed_linear::Greedy;

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use super::lora::{factor_names, init_factors, is_adapted, Adapter, LoraConfig};
 use crate::error::{Error, Result};
 use crate::model::runtime::WeightDtype;
 use crate::model::{build, LanguageModel, ModelConfig, Weights};
+use crate::ops::Dropout;
 use crate::rng::Rng;
 
 /// The dtype of a training forward and backward pass. Parameters and AdamW moments are f32 under
@@ -65,6 +67,8 @@ pub struct TrainableModel {
     pub adapter: Option<Adapter>,
     /// The dtype the model computes in (the variables are f32 regardless).
     precision: Precision,
+    /// Training dropout, given to every model built over the variables (`set_dropout`).
+    dropout: Option<Arc<Dropout>>,
 }
 
 impl TrainableModel {
@@ -89,6 +93,7 @@ impl TrainableModel {
             model,
             adapter: None,
             precision: Precision::F32,
+            dropout: None,
         })
     }
 
@@ -148,6 +153,7 @@ impl TrainableModel {
                 .map_err(|e| Error::checkpoint(weights.source(), e))?,
             adapter: Some(adapter),
             precision: Precision::F32,
+            dropout: None,
         };
         model.rebuild(weights.source())?;
         Ok(model)
@@ -157,6 +163,34 @@ impl TrainableModel {
     pub fn set_precision(&mut self, precision: Precision, source: &std::path::Path) -> Result<()> {
         self.precision = precision;
         self.build_model(source)
+    }
+
+    /// Trains with dropout `p` on the residual stream (`LanguageModel::set_dropout`); 0 turns it
+    /// off. Off outside the steps the trainer marks (`dropout`), so validation sees the model
+    /// whole. An architecture without it refuses any p > 0.
+    pub fn set_dropout(&mut self, p: f32) -> Result<()> {
+        let dropout = match p {
+            0.0 => None,
+            _ => Some(Arc::new(
+                Dropout::new(p).map_err(|e| Error::option("dropout", e))?,
+            )),
+        };
+        if !self.model.set_dropout(dropout.clone()) && dropout.is_some() {
+            return Err(Error::option(
+                "dropout",
+                format!(
+                    "not implemented for the {:?} architecture",
+                    self.config.arch
+                ),
+            ));
+        }
+        self.dropout = dropout;
+        Ok(())
+    }
+
+    /// The training dropout, if any: the trainer turns it on for each step's micro-batches.
+    pub fn dropout(&self) -> Option<&Dropout> {
+        self.dropout.as_deref()
     }
 
     /// Rebuilds the model from the current variables where it does not read them directly: with
@@ -190,6 +224,7 @@ impl TrainableModel {
             }
             self.model.attention_in_bf16();
         }
+        self.model.set_dropout(self.dropout.clone());
         Ok(())
     }
 

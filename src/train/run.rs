@@ -245,6 +245,7 @@ impl<S: ExampleSource> Parts<S> {
             }
         };
         model.set_precision(run.dtype, dir)?;
+        model.set_dropout(run.dropout)?;
         let mut optimizer = Optimizer::new(run.optimizer, opts.zero1, &model.vars, comm);
         // Every rank reads the global micro-batches and trains on its rows of each.
         let loader_config = LoaderConfig {

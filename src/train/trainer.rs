@@ -66,6 +66,10 @@ pub struct RunConfig {
     /// The dtype of forward and backward (parameters and moments are f32 regardless).
     #[serde(default)]
     pub dtype: Precision,
+    /// Training dropout on the residual stream (`LanguageModel::set_dropout`); 0: none, the
+    /// reference's deterministic step.
+    #[serde(default)]
+    pub dropout: f32,
 }
 
 pub struct Session<'a, S: ExampleSource> {
@@ -161,6 +165,15 @@ fn target_share(comm: &dyn Communicator, normaliser: usize) -> Result<f64> {
     })
 }
 
+/// The seed of step `step`'s dropout masks on `rank`.
+fn dropout_seed(seed: u64, step: u64, rank: usize) -> u64 {
+    const STREAM: u64 = 0xd50f_0a7e_5eed_0001;
+    let mut rng = Rng::seed(seed ^ STREAM);
+    let base = rng.next_u64();
+    Rng::seed(base ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rank as u64).rotate_left(40))
+        .next_u64()
+}
+
 /// Runs from `state.step` to `run.max_steps`, saving every `save_every` steps and at the end.
 pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
     let run = s.run;
@@ -181,6 +194,10 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
         let (mut grads, mut tokens, mut ratio) = (Vec::new(), 0, 1.0);
         // [weighted, unweighted] loss of the global batch, summed over ranks below.
         let mut losses = [0.0f64; 2];
+        if let Some(dropout) = s.model.dropout() {
+            // Masks from the run's seed, the step and the rank: a resumed run draws the same.
+            dropout.train(dropout_seed(run.seed, step, rank));
+        }
         for _ in 0..run.grad_accum {
             let batch = s.loader.next_batch()?;
             let rows = shard_rows(batch.ids.len(), rank, world);
@@ -201,6 +218,9 @@ pub fn train<S: ExampleSource>(s: Session<'_, S>) -> Result<Summary> {
             losses[1] += loss.unweighted as f64 * share / run.grad_accum as f64;
             tokens += batch.ids.iter().map(Vec::len).sum::<usize>();
             ratio = prepared.anneal_ratio;
+        }
+        if let Some(dropout) = s.model.dropout() {
+            dropout.eval();
         }
         s.comm.all_reduce_sum_f64(&mut losses)?;
         let [loss_sum, unweighted_sum] = losses;
