@@ -14,10 +14,12 @@ DLM_STEPS=${DLM_STEPS:-3000}
 EXTRA=${EXTRA:-}
 # Two whole plays are held out of training: every validation figure and the infilling sets.
 HELD_OUT=(julius_caesar_gut.txt twelfth_night_gut.txt)
+# Dropout on the residual stream in both stages (`--dropout`); the committed model: none.
+DROPOUT=${DROPOUT:-0}
 # 16 x 256 tokens a step, AdamW (beta2 0.99, wd 0.1), cosine to 10%, checkpoints every 100; seed 0
 # unless a run says otherwise.
 OPT=(--dtype bf16 --seq-len 256 --micro-batch 16 --beta2 0.99 --weight-decay 0.1 --schedule cosine
-    --val-every 100 --val-batches 8 --save-every 100)
+    --val-every 100 --val-batches 8 --save-every 100 --dropout "$DROPOUT")
 
 # builtin_split DIR: DIR/train and DIR/heldout as links to the plays in the asset cache, DIR/extra
 # to the EXTRA groups' files (fetched here).
