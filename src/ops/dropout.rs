@@ -30,10 +30,6 @@ impl Dropout {
         })
     }
 
-    pub fn p(&self) -> f32 {
-        self.p
-    }
-
     /// Drops from here on, with masks drawn from `seed`'s stream.
     pub fn train(&self, seed: u64) {
         *self.lock() = Some(Rng::seed(seed));
